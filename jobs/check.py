@@ -1,0 +1,42 @@
+"""`stepline check`: validate a database against DESIGN.md's invariants."""
+
+from sqlite_utils import Database
+
+from .states import TERMINAL
+
+TERMINAL_SQL = "(" + ", ".join(f"'{s}'" for s in sorted(TERMINAL)) + ")"
+
+
+def violations(db: Database, allow_running: bool = False) -> list[str]:
+    """Every broken invariant, one message each; empty means healthy.
+    `allow_running=False` also reports work left running (after a crash and
+    restart nothing may stay running)."""
+    found: list[str] = []
+    q = db.query
+    for row in q(f"SELECT j.id, j.status, count(*) AS n FROM jobs j JOIN steps s"
+                 f" ON s.job_id = j.id WHERE j.status IN {TERMINAL_SQL}"
+                 f" AND s.status NOT IN {TERMINAL_SQL} GROUP BY j.id"):
+        found.append(f"job {row['id']} is {row['status']} but {row['n']} steps are not terminal")
+    for row in q("SELECT s.id, s.log_count, count(l.line) AS n, coalesce(max(l.line), 0) AS mx"
+                 " FROM steps s LEFT JOIN logs l ON l.step_id = s.id GROUP BY s.id"
+                 " HAVING s.log_count != n OR s.log_count != mx"):
+        found.append(f"step {row['id']}: log_count {row['log_count']}, {row['n']} rows,"
+                     f" max line {row['mx']}")
+    for row in q("SELECT s.id, s.tasks_pending AS p, s.tasks_running AS r,"
+                 " s.tasks_completed AS c, s.tasks_failed AS f,"
+                 " sum(t.status = 'pending') AS tp, sum(t.status = 'running') AS tr,"
+                 " sum(t.status = 'completed') AS tc, sum(t.status = 'failed') AS tf"
+                 " FROM steps s JOIN tasks t ON t.step_id = s.id GROUP BY s.id"
+                 " HAVING p != tp OR r != tr OR c != tc OR f != tf"):
+        found.append(f"step {row['id']}: task counters disagree with task rows")
+    for kind, table, match in (("job", "jobs", "e.context = 'job' AND e.job_id = x.id"),
+                               ("step", "steps", "e.step_id = x.id")):
+        for row in q(f"SELECT x.id, x.version FROM {table} x WHERE x.version > 1 AND NOT EXISTS"
+                     f" (SELECT 1 FROM events e WHERE {match} AND e.version = x.version)"):
+            found.append(f"{kind} {row['id']} (version {row['version']}) has no event"
+                         " for its current state")
+    if not allow_running:
+        for table in ("jobs", "steps", "tasks"):
+            for row in q(f"SELECT id FROM {table} WHERE status = 'running'"):
+                found.append(f"{table[:-1]} {row['id']} left running")
+    return found

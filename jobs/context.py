@@ -1,0 +1,110 @@
+"""`ctx`, the object every step receives: logging, progress, task fan-out."""
+
+import threading
+import traceback
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .logwriter import BatchWriter
+from .states import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING
+from .store import Store
+
+
+class StepFailed(Exception):
+    """Raised by step code to fail its step with a clear message."""
+
+
+@dataclass
+class SpawnResult:
+    results: list[Any]
+    failed: list[tuple[int, str]] = field(default_factory=list)  # (task index, error)
+
+
+class StepContext:
+    def __init__(self, store: Store, writer: BatchWriter, job_id: str, step_id: str,
+                 params: dict, retries: int = 0):
+        self.store = store
+        self.writer = writer
+        self.job_id = job_id
+        self.step_id = step_id
+        self.params = params
+        self.retries = retries
+        self.stop_reason: str | None = None  # set by the worker's watchdog
+        self._stopped = threading.Event()
+        self.processes: list = []  # shell processes to kill on stop
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the step must stop: cancel, timeout or worker shutdown."""
+        return self._stopped.is_set()
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self._stopped.set()
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep that wakes early on stop; returns True if stopped."""
+        return self._stopped.wait(seconds)
+
+    @property
+    def workdir(self) -> Path:
+        """A directory shared by the steps of this job (like a CI workspace)."""
+        path = Path(self.store.path).resolve().parent / "stepline-work" / self.job_id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def log(self, message: Any, level: str = "info") -> None:
+        self.writer.log(self.job_id, self.step_id, str(message), level)
+
+    def progress(self, done: int, total: int) -> None:
+        self.writer.progress(self.step_id, int(done), int(total))
+
+    def spawn(self, items: Iterable[Any], fn: Callable[[Any], Any],
+              concurrency: int = 4) -> SpawnResult:
+        """Run fn(item) as one tracked task per item, `concurrency` at a time,
+        retrying each up to the step's `retries`. Task progress feeds the step's."""
+        items = list(items)
+        with self.store.write() as tx:
+            task_ids = tx.add_tasks(self.step_id, len(items))
+        results: list[Any] = [None] * len(items)
+        failed: list[tuple[int, str]] = []
+        done = 0
+        lock = threading.Lock()
+        self.progress(0, len(items))
+
+        def run_one(index: int) -> None:
+            nonlocal done
+            task_id = task_ids[index]
+            if self.cancelled:
+                self.writer.task(task_id, CANCELLED)
+                return
+            for attempt in range(self.retries + 1):
+                self.writer.task(task_id, RUNNING)
+                try:
+                    results[index] = fn(items[index])
+                except Exception as exc:  # noqa: BLE001 - task code may raise anything
+                    error = f"{type(exc).__name__}: {exc}"
+                    if attempt < self.retries and not self.cancelled:
+                        self.writer.task(task_id, PENDING, error)
+                        continue
+                    self.writer.task(task_id, FAILED, error)
+                    with lock:
+                        failed.append((index, error))
+                else:
+                    self.writer.task(task_id, COMPLETED)
+                break
+            with lock:
+                done += 1
+                self.progress(done, len(items))
+
+        with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+            for future in [pool.submit(run_one, i) for i in range(len(items))]:
+                exc = future.exception()
+                if exc is not None:  # a bug in run_one itself
+                    self.log("".join(traceback.format_exception(exc)), "error")
+        failed.sort()
+        return SpawnResult(results, failed)

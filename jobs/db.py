@@ -1,0 +1,141 @@
+"""Opening the SQLite file and keeping its schema current.
+
+All SQL lives in `jobs.db`, `jobs.store` and `jobs.queries`; nothing else in
+Stepline knows the database is SQLite.
+"""
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import sqlite_utils
+
+BUSY_TIMEOUT_S = 30.0
+
+# table -> (columns, primary key, defaults)
+SCHEMA: dict[str, tuple[dict[str, type], str | tuple[str, ...], dict[str, object]]] = {
+    "jobs": (
+        {
+            "id": str, "definition": str, "params": str, "status": str, "error": str,
+            "created": float, "started": float, "finished": float, "version": int,
+            "worker_id": str, "cancel_requested": int, "timeout_s": float,
+            "rerun_of": str,
+        },
+        "id",
+        {"version": 1, "cancel_requested": 0},
+    ),
+    "steps": (
+        {
+            "id": str, "job_id": str, "idx": int, "name": str, "type": str, "spec": str,
+            "depends": str, "on_error": str, "always_run": int, "retries": int,
+            "timeout_s": float, "status": str, "error": str, "started": float,
+            "finished": float, "log_count": int, "tasks_pending": int,
+            "tasks_running": int, "tasks_completed": int, "tasks_failed": int,
+            "progress_done": int, "progress_total": int, "attempts": int, "version": int,
+        },
+        "id",
+        {
+            "log_count": 0, "tasks_pending": 0, "tasks_running": 0, "tasks_completed": 0,
+            "tasks_failed": 0, "progress_done": 0, "progress_total": 0, "attempts": 0,
+            "version": 1, "always_run": 0, "retries": 0,
+        },
+    ),
+    "tasks": (
+        {
+            "id": int, "step_id": str, "idx": int, "status": str, "attempts": int,
+            "error": str, "started": float, "finished": float,
+        },
+        "id",
+        {"attempts": 0},
+    ),
+    "logs": (
+        {"step_id": str, "line": int, "job_id": str, "ts": float, "level": str, "message": str},
+        ("step_id", "line"),
+        {},
+    ),
+    "events": (
+        {
+            "seq": int, "ts": float, "context": str, "job_id": str, "step_id": str,
+            "status": str, "log_refresh": int, "log_count": int, "version": int,
+        },
+        "seq",
+        {"log_refresh": 0},
+    ),
+    "workers": (
+        {"id": str, "pid": int, "hostname": str, "started": float, "heartbeat": float},
+        "id",
+        {},
+    ),
+}
+
+# One index per query the UI and the worker make.
+INDEXES: dict[str, list[tuple[str, ...]]] = {
+    "jobs": [("status", "created"), ("created",), ("worker_id",)],
+    "steps": [("job_id", "idx"), ("status",)],
+    "tasks": [("step_id", "idx"), ("step_id", "status")],
+    "logs": [("step_id", "level", "line")],
+    "events": [("job_id", "seq")],
+}
+
+
+def connect(path: str) -> sqlite_utils.Database:
+    conn = sqlite3.connect(
+        path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+    )
+    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+    # WAL survives kill -9 of any process; NORMAL sync is enough for that.
+    conn.execute("PRAGMA synchronous = NORMAL")
+    return sqlite_utils.Database(conn)
+
+
+def ensure_schema(db: sqlite_utils.Database) -> None:
+    """Create missing tables, columns and indexes; safe to run on every start."""
+    if db.journal_mode != "wal":
+        db.enable_wal()
+    with transaction(db):
+        for name, (columns, pk, defaults) in SCHEMA.items():
+            table = db.table(name)
+            if not table.exists():
+                table.create(columns, pk=pk, defaults=defaults)
+            else:
+                for column, kind in columns.items():
+                    if column not in table.columns_dict:
+                        table.add_column(column, kind, not_null_default=defaults.get(column))
+            for cols in INDEXES.get(name, []):
+                table.create_index(cols, if_not_exists=True)
+
+
+@contextmanager
+def transaction(db: sqlite_utils.Database) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT: takes the write lock up front, so two
+    writers serialise instead of failing halfway with SQLITE_BUSY."""
+    conn = db.conn
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")
+
+
+class ConnectionPerThread:
+    """sqlite3 connections must not be shared across threads while in use;
+    this hands each thread (or gevent greenlet) its own."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._local = threading.local()
+
+    def get(self) -> sqlite_utils.Database:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = connect(self.path)
+        return db
+
+
+def now() -> float:
+    return time.time()

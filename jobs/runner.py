@@ -1,0 +1,237 @@
+"""`stepline worker`: claim pending jobs and run their steps.
+
+Jobs run in threads (not gevent): step code may block, spawn processes and
+use CPU. A watchdog thread heartbeats, notices cancel requests and timeouts,
+and recovers jobs left running by dead workers.
+"""
+
+import sys
+import threading
+import time
+import traceback
+
+from . import queries
+from .context import StepContext
+from .logwriter import BatchWriter
+from .states import CANCELLED, COMPLETED, FAILED, RUNNING, SKIPPED, TERMINAL
+from .steps import run_step
+from .store import Store
+
+HEARTBEAT_S = 1.0
+WATCH_S = 0.2
+STALE_AFTER_S = 15.0
+SHUTDOWN = "worker shutting down"
+
+
+class Worker:
+    def __init__(self, store: Store, concurrency: int = 4, poll_s: float = 0.2):
+        self.store = store
+        self.concurrency = concurrency
+        self.poll_s = poll_s
+        self.writer = BatchWriter(store)
+        self.worker_id = ""
+        self._running: dict[str, JobRun] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def run(self, exit_when_idle: bool = False) -> None:
+        self.worker_id = self.store.register_worker()
+        print(f"stepline worker {self.worker_id} started on {self.store.path}", flush=True)
+        self.writer.start()
+        self.recover_dead_workers()
+        watchdog = threading.Thread(target=self._watch, name="watchdog", daemon=True)
+        watchdog.start()
+        try:
+            while not self._stop.is_set():
+                if self._free_slot() and (job_id := self.store.claim_next_job(self.worker_id)):
+                    self._start(job_id)
+                    continue
+                if exit_when_idle and not self._running:
+                    break
+                self._stop.wait(self.poll_s)
+        finally:
+            self._shutdown()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _shutdown(self) -> None:
+        """Stop running steps, then hand unfinished jobs back to the queue."""
+        with self._lock:
+            runs = list(self._running.values())
+        for run in runs:
+            run.stop(SHUTDOWN)
+        for run in runs:
+            run.thread.join(timeout=10)
+        self.writer.stop()
+        self.store.recover_worker(self.worker_id)  # re-queues whatever was left
+        self.store.unregister_worker(self.worker_id)
+
+    def _free_slot(self) -> bool:
+        with self._lock:
+            return len(self._running) < self.concurrency
+
+    def _start(self, job_id: str) -> None:
+        run = JobRun(self, job_id)
+        with self._lock:
+            self._running[job_id] = run
+        run.thread.start()
+
+    def _finished(self, job_id: str) -> None:
+        with self._lock:
+            self._running.pop(job_id, None)
+
+    # -- watchdog ----------------------------------------------------------------
+
+    def _watch(self) -> None:
+        last_beat = last_recovery = 0.0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            try:
+                if now - last_beat >= HEARTBEAT_S:
+                    self.store.heartbeat(self.worker_id)
+                    last_beat = now
+                if now - last_recovery >= STALE_AFTER_S / 3:
+                    self.recover_dead_workers()
+                    last_recovery = now
+                for job_id in queries.cancel_requested(self.store.db, self.worker_id):
+                    if run := self._running.get(job_id):
+                        run.stop("cancelled by user")
+                with self._lock:
+                    runs = list(self._running.values())
+                for run in runs:
+                    run.check_timeouts()
+            except Exception as exc:  # the database may be busy; try again next tick
+                print(f"stepline: watchdog: {exc}", file=sys.stderr)
+            self._stop.wait(WATCH_S)
+
+    def recover_dead_workers(self) -> None:
+        for dead in self.store.dead_workers(STALE_AFTER_S):
+            if dead == self.worker_id:
+                continue
+            jobs = self.store.recover_worker(dead)
+            if jobs:
+                print(f"stepline: recovered {len(jobs)} job(s) from dead worker {dead}",
+                      flush=True)
+
+
+class JobRun:
+    """One job on one worker thread: its steps in order, honouring depends."""
+
+    def __init__(self, worker: Worker, job_id: str):
+        self.worker = worker
+        self.store = worker.store
+        self.job_id = job_id
+        self.stop_reason: str | None = None
+        self.ctx: StepContext | None = None
+        self.step_deadline: float | None = None
+        self.thread = threading.Thread(target=self.run, name=f"job-{job_id}", daemon=True)
+        job = queries.get_job(self.store.db, job_id)
+        self.job_deadline = (
+            job["started"] + job["timeout_s"] if job and job["timeout_s"] else None
+        )
+        self.job_timeout = job["timeout_s"] if job else None
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        if self.ctx is not None:
+            self.ctx.stop(reason)
+
+    def check_timeouts(self) -> None:
+        now = time.time()
+        if self.job_deadline and now > self.job_deadline:
+            self.stop(f"job timed out after {self.job_timeout:g}s")
+        elif self.step_deadline and now > self.step_deadline and self.ctx is not None:
+            self.ctx.stop("step timed out")
+
+    def run(self) -> None:
+        try:
+            self._run_steps()
+        except Exception:
+            print(f"stepline: job {self.job_id} crashed:\n{traceback.format_exc()}",
+                  file=sys.stderr)
+        finally:
+            self.worker._finished(self.job_id)
+
+    def _run_steps(self) -> None:
+        job = queries.get_job(self.store.db, self.job_id)
+        params = job["params"]
+        steps = queries.job_steps(self.store.db, self.job_id)
+        by_name = {s["name"]: s for s in steps}
+        for step in steps:
+            if step["status"] in TERMINAL:
+                continue  # a resumed job: this step finished before a crash
+            if self.stop_reason == SHUTDOWN:
+                return
+            if self.stop_reason:
+                self._transition("step", step["id"], CANCELLED, self.stop_reason)
+                step["status"] = CANCELLED
+                continue
+            blocker = next((d for d in step["depends"] if _blocks(by_name[d])), None)
+            if blocker and not step["always_run"]:
+                self._transition("step", step["id"], SKIPPED,
+                                 f"dependency '{blocker}' {by_name[blocker]['status']}")
+                step["status"] = SKIPPED
+                continue
+            step["status"] = self._run_one(step, params)
+            if self.stop_reason == SHUTDOWN:
+                return
+        self._finish_job(steps)
+
+    def _run_one(self, step: dict, params: dict) -> str:
+        ctx = StepContext(self.store, self.worker.writer, self.job_id, step["id"], params,
+                          retries=step["retries"])
+        self._transition("step", step["id"], RUNNING)
+        self.step_deadline = time.time() + step["timeout_s"] if step["timeout_s"] else None
+        self.ctx = ctx
+        if self.stop_reason:  # stopped between steps
+            ctx.stop(self.stop_reason)
+        status, error = COMPLETED, None
+        try:
+            run_step(ctx, step["type"], step["spec"])
+            if ctx.cancelled:
+                raise RuntimeError(ctx.stop_reason)
+        except Exception as exc:  # noqa: BLE001 - any step failure is data, not a crash
+            error = ctx.stop_reason or str(exc) or type(exc).__name__
+            if ctx.stop_reason == "step timed out":
+                error = f"step timed out after {step['timeout_s']:g}s"
+            status = CANCELLED if ctx.stop_reason == "cancelled by user" else FAILED
+            if not ctx.stop_reason and type(exc).__name__ != "StepFailed":
+                ctx.log("".join(traceback.format_exception(exc)).rstrip(), "error")
+            ctx.log(error, "error")
+        finally:
+            self.ctx = None
+            self.step_deadline = None
+        if self.stop_reason == SHUTDOWN:
+            self.worker.writer.flush()
+            return RUNNING  # left for recovery, which re-queues the job
+        self.worker.writer.flush()  # lines and task changes land before the status
+        self._transition("step", step["id"], status, error)
+        return status
+
+    def _finish_job(self, steps: list[dict]) -> None:
+        if self.stop_reason == "cancelled by user":
+            status, error = CANCELLED, "cancelled by user"
+        elif self.stop_reason:
+            status, error = FAILED, self.stop_reason
+        elif failed := [s["name"] for s in steps
+                        if s["status"] == FAILED and s["on_error"] == "fail"]:
+            status, error = FAILED, f"step {failed[0]!r} failed"
+        else:
+            status, error = COMPLETED, None
+        self._transition("job", self.job_id, status, error)
+
+    def _transition(self, kind: str, entity_id: str, to: str, error: str | None = None):
+        with self.store.write() as tx:
+            tx.transition(kind, entity_id, to, error)
+
+
+def _blocks(dep: dict) -> bool:
+    """A dependency stops its dependents unless it completed, or failed with
+    on_error = continue."""
+    if dep["status"] == COMPLETED:
+        return False
+    return not (dep["status"] == FAILED and dep["on_error"] == "continue")

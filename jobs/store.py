@@ -1,0 +1,383 @@
+"""The write side of the store: the one transition function, the one event
+writer, job creation, claiming, log appends and crash recovery.
+
+Every write happens inside `Store.write()`, a `Tx` bound to one SQLite
+transaction. A status change and its event row are therefore committed
+together or not at all (transactional outbox).
+"""
+
+import json
+import os
+import socket
+import sqlite3
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from . import db as dbmod
+from .states import PENDING, RUNNING, TERMINAL, check_transition
+
+TABLES = {"job": "jobs", "step": "steps", "task": "tasks"}
+TASK_COUNTERS = ("pending", "running", "completed", "failed")
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Conflict(RuntimeError):
+    """The request is valid but the entity's state forbids it (HTTP 409)."""
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class LogLine(NamedTuple):
+    ts: float
+    level: str
+    message: str
+
+
+@dataclass
+class Tx:
+    """One write transaction. Task changes and log appends only touch their
+    step; the step's single event for this transaction is written at the end."""
+
+    conn: sqlite3.Connection
+    _touched: dict[str, bool] = field(default_factory=dict)  # step_id -> log_refresh
+
+    def transition(self, kind: str, entity_id: str | int, to: str, error: str | None = None):
+        """THE status writer: validate against the table, write state, write event."""
+        table = TABLES[kind]
+        row = self.conn.execute(
+            f"SELECT status FROM {table} WHERE id = ?", (entity_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"{kind} {entity_id} not found")
+        current = row[0]
+        check_transition(kind, current, to)
+        if kind == "job" and to in TERMINAL:
+            open_steps = self.conn.execute(
+                "SELECT count(*) FROM steps WHERE job_id = ? AND status IN (?, ?)",
+                (entity_id, PENDING, RUNNING),
+            ).fetchone()[0]
+            if open_steps:
+                raise Conflict(f"job {entity_id} has {open_steps} steps not yet terminal")
+        ts = dbmod.now()
+        started = ts if to == RUNNING else None
+        finished = ts if to in TERMINAL else None
+        version = "" if kind == "task" else ", version = version + 1"
+        attempts = ", attempts = attempts + 1" if kind == "task" and to == RUNNING else ""
+        self.conn.execute(
+            f"UPDATE {table} SET status = ?, error = coalesce(?, error),"
+            f" started = coalesce(started, ?), finished = ?{version}{attempts}"
+            " WHERE id = ?",
+            (to, error, started, finished, entity_id),
+        )
+        if kind == "task":
+            self._move_task_counter(entity_id, current, to)
+        elif kind == "step":
+            self._touched.pop(str(entity_id), None)
+            self._write_step_event(str(entity_id), log_refresh=False)
+        else:
+            self.write_job_event(str(entity_id))
+
+    def _move_task_counter(self, task_id, old: str, new: str) -> None:
+        sets = ["version = version + 1"]
+        if old in TASK_COUNTERS:
+            sets.append(f"tasks_{old} = tasks_{old} - 1")
+        if new in TASK_COUNTERS:
+            sets.append(f"tasks_{new} = tasks_{new} + 1")
+        step_id = self.conn.execute(
+            "SELECT step_id FROM tasks WHERE id = ?", (task_id,)
+        ).fetchone()[0]
+        self.conn.execute(f"UPDATE steps SET {', '.join(sets)} WHERE id = ?", (step_id,))
+        self._touch(step_id)
+
+    def _touch(self, step_id: str, log_refresh: bool = False) -> None:
+        self._touched[step_id] = self._touched.get(step_id, False) or log_refresh
+
+    # -- the one event writer -------------------------------------------------
+
+    def write_job_event(self, job_id: str, status: str | None = None) -> int:
+        row = self.conn.execute(
+            "SELECT status, version FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        if row is not None:
+            status, version = status or row[0], row[1]
+        else:  # the job was deleted; `status` says so
+            version = None
+        return self._insert_event("job", job_id, None, status, False, None, version)
+
+    def _write_step_event(self, step_id: str, log_refresh: bool) -> int:
+        job_id, status, log_count, version = self.conn.execute(
+            "SELECT job_id, status, log_count, version FROM steps WHERE id = ?", (step_id,)
+        ).fetchone()
+        return self._insert_event(
+            "job_step", job_id, step_id, status, log_refresh, log_count, version
+        )
+
+    def _insert_event(self, context, job_id, step_id, status, log_refresh, log_count, version):
+        cur = self.conn.execute(
+            "INSERT INTO events (ts, context, job_id, step_id, status, log_refresh,"
+            " log_count, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (dbmod.now(), context, job_id, step_id, status, int(log_refresh), log_count,
+             version),
+        )
+        return cur.lastrowid
+
+    def flush_events(self) -> None:
+        for step_id, log_refresh in self._touched.items():
+            self._write_step_event(step_id, log_refresh)
+        self._touched.clear()
+
+    # -- other writes that are not status changes -----------------------------
+
+    def append_logs(self, job_id: str, step_id: str, lines: Sequence[LogLine]) -> int:
+        """Number lines after the step's committed count, inside this
+        transaction, so lines stay 1..n with no gap even across processes."""
+        if not lines:
+            return 0
+        start = self.conn.execute(
+            "SELECT log_count FROM steps WHERE id = ?", (step_id,)
+        ).fetchone()[0]
+        self.conn.executemany(
+            "INSERT INTO logs (step_id, line, job_id, ts, level, message)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (step_id, start + i, job_id, ln.ts, ln.level, ln.message)
+                for i, ln in enumerate(lines, 1)
+            ],
+        )
+        self.conn.execute(
+            "UPDATE steps SET log_count = ?, version = version + 1 WHERE id = ?",
+            (start + len(lines), step_id),
+        )
+        self._touch(step_id, log_refresh=True)
+        return start + len(lines)
+
+    def set_progress(self, step_id: str, done: int, total: int) -> None:
+        self.conn.execute(
+            "UPDATE steps SET progress_done = ?, progress_total = ?, version = version + 1"
+            " WHERE id = ?",
+            (done, total, step_id),
+        )
+        self._touch(step_id)
+
+    def add_tasks(self, step_id: str, count: int) -> list[int]:
+        """Create `count` pending tasks; returns their ids in order."""
+        first = self.conn.execute(
+            "SELECT coalesce(max(idx), -1) + 1 FROM tasks WHERE step_id = ?", (step_id,)
+        ).fetchone()[0]
+        self.conn.executemany(
+            "INSERT INTO tasks (step_id, idx, status, attempts) VALUES (?, ?, ?, 0)",
+            [(step_id, first + i, PENDING) for i in range(count)],
+        )
+        rows = self.conn.execute(
+            "SELECT id FROM tasks WHERE step_id = ? AND idx >= ? ORDER BY idx",
+            (step_id, first),
+        ).fetchall()
+        self.conn.execute(
+            "UPDATE steps SET tasks_pending = tasks_pending + ?, version = version + 1"
+            " WHERE id = ?",
+            (count, step_id),
+        )
+        self._touch(step_id)
+        return [r[0] for r in rows]
+
+
+class Store:
+    """Narrow interface to the database: claim work, apply transitions,
+    append logs, read views (see `jobs.queries`), read events after a seq."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._conns = dbmod.ConnectionPerThread(path)
+        dbmod.ensure_schema(self.db)
+
+    @property
+    def db(self):
+        return self._conns.get()
+
+    @contextmanager
+    def write(self) -> Iterator[Tx]:
+        with dbmod.transaction(self.db) as conn:
+            tx = Tx(conn)
+            yield tx
+            tx.flush_events()
+
+    # -- jobs ------------------------------------------------------------------
+
+    def create_job(self, definition, params: dict, rerun_of: str | None = None) -> str:
+        """Insert a pending job and its pending steps from a loaded Definition."""
+        job_id = new_id()
+        with self.write() as tx:
+            tx.conn.execute(
+                "INSERT INTO jobs (id, definition, params, status, created, version,"
+                " cancel_requested, timeout_s, rerun_of) VALUES (?, ?, ?, ?, ?, 1, 0, ?, ?)",
+                (job_id, definition.name, json.dumps(params), PENDING, dbmod.now(),
+                 definition.timeout_s, rerun_of),
+            )
+            tx.conn.executemany(
+                "INSERT INTO steps (id, job_id, idx, name, type, spec, depends, on_error,"
+                " always_run, retries, timeout_s, status) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (new_id(), job_id, idx, s.name, s.type, json.dumps(s.spec),
+                     json.dumps(s.depends), s.on_error, int(s.always_run), s.retries,
+                     s.timeout_s, PENDING)
+                    for idx, s in enumerate(definition.steps)
+                ],
+            )
+            tx.write_job_event(job_id)
+        return job_id
+
+    def claim_next_job(self, worker_id: str) -> str | None:
+        """Atomically take the oldest pending job: the IMMEDIATE transaction
+        holds the write lock, so two workers can never take the same one."""
+        with self.write() as tx:
+            row = tx.conn.execute(
+                "SELECT id FROM jobs WHERE status = ? ORDER BY created, rowid LIMIT 1",
+                (PENDING,),
+            ).fetchone()
+            if row is None:
+                return None
+            tx.conn.execute("UPDATE jobs SET worker_id = ? WHERE id = ?", (worker_id, row[0]))
+            tx.transition("job", row[0], RUNNING)
+            return row[0]
+
+    def request_cancel(self, job_id: str) -> str:
+        """Pending jobs are cancelled here and now; running ones are flagged
+        for their worker, which stops the running step and finishes the rest."""
+        with self.write() as tx:
+            row = tx.conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"job {job_id} not found")
+            status = row[0]
+            if status in TERMINAL:
+                raise Conflict(f"job {job_id} is already {status}")
+            if status == PENDING:
+                for (step_id,) in tx.conn.execute(
+                    "SELECT id FROM steps WHERE job_id = ? AND status = ? ORDER BY idx",
+                    (job_id, PENDING),
+                ).fetchall():
+                    tx.transition("step", step_id, "cancelled", "cancelled by user")
+                tx.transition("job", job_id, "cancelled", "cancelled by user")
+                return "cancelled"
+            tx.conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+            return "cancelling"
+
+    def delete_job(self, job_id: str) -> None:
+        with self.write() as tx:
+            row = tx.conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"job {job_id} not found")
+            if row[0] not in TERMINAL:
+                raise Conflict(f"job {job_id} is {row[0]}; cancel it before deleting")
+            _delete_jobs(tx, [job_id])
+
+    def prune(self, older_than_s: float) -> int:
+        """Delete terminal jobs finished before the cutoff, with their rows."""
+        cutoff = dbmod.now() - older_than_s
+        with self.write() as tx:
+            ids = [r[0] for r in tx.conn.execute(
+                "SELECT id FROM jobs WHERE finished < ? AND status IN (?, ?, ?)",
+                (cutoff, "completed", "failed", "cancelled"),
+            ).fetchall()]
+            _delete_jobs(tx, ids)
+            tx.conn.execute("DELETE FROM events WHERE ts < ? AND job_id NOT IN"
+                            " (SELECT id FROM jobs)", (cutoff,))
+        return len(ids)
+
+    # -- workers ---------------------------------------------------------------
+
+    def register_worker(self) -> str:
+        worker_id = f"{socket.gethostname()}-{os.getpid()}-{new_id()[:4]}"
+        ts = dbmod.now()
+        with self.write() as tx:
+            tx.conn.execute(
+                "INSERT INTO workers (id, pid, hostname, started, heartbeat) VALUES (?,?,?,?,?)",
+                (worker_id, os.getpid(), socket.gethostname(), ts, ts),
+            )
+        return worker_id
+
+    def heartbeat(self, worker_id: str) -> None:
+        with self.write() as tx:
+            tx.conn.execute(
+                "UPDATE workers SET heartbeat = ? WHERE id = ?", (dbmod.now(), worker_id)
+            )
+
+    def unregister_worker(self, worker_id: str) -> None:
+        with self.write() as tx:
+            tx.conn.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
+
+    def dead_workers(self, stale_after_s: float) -> list[str]:
+        """Workers whose heartbeat stopped, or whose process on this host is gone."""
+        here = socket.gethostname()
+        dead = []
+        for row in self.db.query("SELECT id, pid, hostname, heartbeat FROM workers"):
+            stale = row["heartbeat"] < dbmod.now() - stale_after_s
+            if stale or (row["hostname"] == here and not _pid_alive(row["pid"])):
+                dead.append(row["id"])
+        # Jobs held by a worker id that is not registered at all are orphans too.
+        for row in self.db.query(
+            "SELECT DISTINCT worker_id FROM jobs WHERE status = ? AND worker_id NOT IN"
+            " (SELECT id FROM workers)", (RUNNING,)
+        ):
+            dead.append(row["worker_id"])
+        return dead
+
+    def recover_worker(self, dead_worker_id: str) -> list[str]:
+        """Fail (or re-queue, where the step allows retries) what a dead worker
+        left running. The job goes back to pending so a live worker finishes
+        it with the normal rules: dependents skipped, always_run steps run."""
+        error = f"interrupted: worker {dead_worker_id} stopped"
+        with self.write() as tx:
+            job_ids = [r[0] for r in tx.conn.execute(
+                "SELECT id FROM jobs WHERE worker_id = ? AND status = ?",
+                (dead_worker_id, RUNNING),
+            ).fetchall()]
+            for job_id in job_ids:
+                for step_id, retries, attempts in tx.conn.execute(
+                    "SELECT id, retries, attempts FROM steps WHERE job_id = ? AND status = ?",
+                    (job_id, RUNNING),
+                ).fetchall():
+                    retry = attempts < retries
+                    for (task_id,) in tx.conn.execute(
+                        "SELECT id FROM tasks WHERE step_id = ? AND status = ?",
+                        (step_id, RUNNING),
+                    ).fetchall():
+                        tx.transition("task", task_id, PENDING if retry else "failed", error)
+                    tx.conn.execute(
+                        "UPDATE steps SET attempts = attempts + 1 WHERE id = ?", (step_id,)
+                    )
+                    tx.transition("step", step_id, PENDING if retry else "failed", error)
+                    tx.append_logs(job_id, step_id, [LogLine(dbmod.now(), "error", error)])
+                tx.conn.execute("UPDATE jobs SET worker_id = NULL WHERE id = ?", (job_id,))
+                tx.transition("job", job_id, PENDING)
+            tx.conn.execute("DELETE FROM workers WHERE id = ?", (dead_worker_id,))
+        return job_ids
+
+
+def _delete_jobs(tx: Tx, job_ids: Iterable[str]) -> None:
+    for job_id in job_ids:
+        step_ids = [r[0] for r in tx.conn.execute(
+            "SELECT id FROM steps WHERE job_id = ?", (job_id,)).fetchall()]
+        for step_id in step_ids:
+            tx.conn.execute("DELETE FROM tasks WHERE step_id = ?", (step_id,))
+            tx.conn.execute("DELETE FROM logs WHERE step_id = ?", (step_id,))
+        tx.conn.execute("DELETE FROM steps WHERE job_id = ?", (job_id,))
+        tx.conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        tx.write_job_event(job_id, status="deleted")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
