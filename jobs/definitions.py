@@ -155,7 +155,7 @@ def _build_step(name: str, raw: Any, params: dict, fail) -> StepDef:
         try:
             timeout_s = parse_duration(raw["timeout"])
         except ValueError as exc:
-            raise fail(f"timeout: {exc}") from None
+            raise fail(f"timeout: {exc}", name) from None
     spec = {k: v for k, v in raw.items() if k in TYPE_KEYS[stype]}
     for ref in PARAM_REF.findall(repr(spec)):
         if ref not in params:

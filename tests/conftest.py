@@ -1,0 +1,89 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from jobs import queries
+from jobs.definitions import build_definition
+from jobs.states import TERMINAL
+from jobs.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def db_path(tmp_path) -> str:
+    return str(tmp_path / "stepline.db")
+
+
+@pytest.fixture
+def store(db_path) -> Store:
+    return Store(db_path)
+
+
+def make_definition(toml_text: str, name: str = "t"):
+    import tomllib
+
+    return build_definition(tomllib.loads(toml_text), f"{name}.toml", default_name=name)
+
+
+class WorkerProcess:
+    """A real `stepline worker` subprocess on the test's database."""
+
+    def __init__(self, db_path: str, *extra: str):
+        env = {**os.environ, "STEPLINE_DB": db_path,
+               "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jobs.cli", "worker", *extra], env=env, cwd=ROOT,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 20) -> str:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        out, _ = self.proc.communicate(timeout=timeout)
+        return out
+
+
+@pytest.fixture
+def start_worker(db_path):
+    workers: list[WorkerProcess] = []
+
+    def start(*extra: str, path: str | None = None) -> WorkerProcess:
+        worker = WorkerProcess(path or db_path, *extra)
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop(signal.SIGKILL)
+
+
+def wait_for(predicate, timeout: float = 30, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def wait_job(store: Store, job_id: str, timeout: float = 30) -> dict:
+    def done():
+        job = queries.get_job(store.db, job_id)
+        return job if job["status"] in TERMINAL else None
+
+    return wait_for(done, timeout, what=f"job {job_id} to finish")
+
+
+def steps_by_name(store: Store, job_id: str) -> dict[str, dict]:
+    return {s["name"]: s for s in queries.job_steps(store.db, job_id)}
+
+
+def log_messages(store: Store, step_id: str) -> list[str]:
+    return [r["message"] for r in queries.log_lines(store.db, step_id, limit=10**9)]

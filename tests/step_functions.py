@@ -1,0 +1,47 @@
+"""Python step functions used by the tests (called by real worker processes)."""
+
+import threading
+
+from jobs.context import StepFailed
+
+
+def log_many(ctx, threads: int = 100, lines: int = 50) -> None:
+    """Many threads logging into one step at once."""
+
+    def worker(t: int) -> None:
+        for n in range(lines):
+            ctx.log(f"t{t} n{n}")
+
+    pool = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+
+
+def fan_out(ctx, items: int = 20, fail_every: int = 0, concurrency: int = 4) -> None:
+    attempts: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def task(i: int) -> int:
+        with lock:
+            attempts[i] = attempts.get(i, 0) + 1
+        ctx.log(f"task {i} attempt {attempts[i]}")
+        if fail_every and i % fail_every == 0 and attempts[i] == 1:
+            raise RuntimeError(f"task {i} flaked")
+        return i * i
+
+    result = ctx.spawn(range(items), task, concurrency=concurrency)
+    if result.failed:
+        raise StepFailed(f"{len(result.failed)} tasks failed")
+    ctx.log(f"sum {sum(result.results)}")
+
+
+def boom(ctx) -> None:
+    raise ValueError("something broke")
+
+
+def wait_until_cancelled(ctx) -> None:
+    ctx.log("waiting")
+    while not ctx.wait(0.05):
+        pass

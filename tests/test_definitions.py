@@ -1,0 +1,119 @@
+from pathlib import Path
+
+import pytest
+
+from jobs.definitions import (
+    BUILTIN_DIR, DefinitionError, ParamError, load_definitions, load_file, parse_duration,
+    resolve_params, substitute,
+)
+
+GOOD = """
+name = "good"
+timeout = "30m"
+[params]
+path = "."
+count = 3
+fast = false
+[step.a]
+type = "shell"
+run = "ls {params.path}"
+[step.b]
+type = "python"
+call = "pkg.mod:func"
+depends = ["a"]
+on_error = "continue"
+[step.c]
+type = "shell"
+run = "echo done"
+always_run = true
+timeout = "10s"
+retries = 2
+depends = ["b"]
+"""
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def test_good_definition_loads(tmp_path):
+    d = load_file(write(tmp_path, "good", GOOD))
+    assert d.name == "good"
+    assert d.timeout_s == 1800
+    assert [s.name for s in d.steps] == ["a", "b", "c"]
+    assert d.steps[1].on_error == "continue" and d.steps[1].depends == ["a"]
+    assert d.steps[2].always_run and d.steps[2].timeout_s == 10 and d.steps[2].retries == 2
+
+
+def test_name_defaults_to_file_stem(tmp_path):
+    d = load_file(write(tmp_path, "stem_name", GOOD.replace('name = "good"', "")))
+    assert d.name == "stem_name"
+
+
+@pytest.mark.parametrize("mutation, step, problem", [
+    (('type = "python"', 'type = "perl"'), "b", "unknown type 'perl'"),
+    (('depends = ["a"]', 'depends = ["nope"]'), "b", "unknown dependency 'nope'"),
+    (('depends = ["a"]', 'depends = ["c"]'), "b", "dependency cycle"),
+    (('timeout = "10s"', 'timeout = "10 parsecs"'), "c", "bad duration"),
+    (('run = "echo done"', 'command = "echo done"'), "c", "unknown key(s) for a shell step"),
+    (('call = "pkg.mod:func"', 'call = "not a call"'), "b", "must look like"),
+    (('run = "ls {params.path}"', 'run = "ls {params.nope}"'), "a", "no 'nope'"),
+    (('on_error = "continue"', 'on_error = "ignore"'), "b", "on_error must be"),
+])
+def test_bad_definition_names_file_step_and_problem(tmp_path, mutation, step, problem):
+    path = write(tmp_path, "bad", GOOD.replace(*mutation))
+    with pytest.raises(DefinitionError) as info:
+        load_file(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert f"step '{step}'" in message
+    assert problem in message
+
+
+def test_missing_run_and_bad_toml(tmp_path):
+    with pytest.raises(DefinitionError, match=r"step 'a': missing 'run'"):
+        load_file(write(tmp_path, "x", '[step.a]\ntype = "shell"\n'))
+    with pytest.raises(DefinitionError, match=r"y.toml: bad TOML"):
+        load_file(write(tmp_path, "y", "[step.a\n"))
+
+
+def test_one_bad_file_does_not_stop_the_others(tmp_path):
+    write(tmp_path, "good", GOOD)
+    write(tmp_path, "broken", "[step.a]\ntype = 'nope'\n")
+    found, errors = load_definitions([tmp_path])
+    assert "good" in found and "codebase_classify" in found and "load_demo" in found
+    assert len(errors) == 1 and "broken.toml" in errors[0] and "unknown type" in errors[0]
+
+
+def test_builtin_definitions_are_valid():
+    found, errors = load_definitions([])
+    assert errors == []
+    assert {p.stem for p in BUILTIN_DIR.glob("*.toml")} <= set(found)
+
+
+def test_durations():
+    assert parse_duration("500ms") == 0.5
+    assert parse_duration("1h30m") == 5400
+    assert parse_duration(12) == 12
+    for bad in ("", "10", "1x", "-5s", True, "m"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+
+
+def test_params_are_coerced_to_their_defaults_type(tmp_path):
+    d = load_file(write(tmp_path, "good", GOOD))
+    assert resolve_params(d, {"count": "7", "fast": "yes"}) == {
+        "path": ".", "count": 7, "fast": True}
+    with pytest.raises(ParamError, match="unknown param 'nope'"):
+        resolve_params(d, {"nope": "1"})
+    with pytest.raises(ParamError, match="param 'count' must be a int"):
+        resolve_params(d, {"count": "many"})
+
+
+def test_shell_substitution_quotes_every_param():
+    params = {"path": "x; touch /tmp/pwned", "n": 3}
+    assert substitute("ls {params.path} -n {params.n}", params, quote=True) == (
+        "ls 'x; touch /tmp/pwned' -n 3")
+    assert substitute("{params.n}", params) == 3  # python config keeps the type

@@ -1,0 +1,318 @@
+"""The runner, end to end, with real `stepline worker` processes."""
+
+import os
+import signal
+import time
+
+from jobs import queries
+from jobs.check import violations
+
+from .conftest import log_messages, make_definition, steps_by_name, wait_for, wait_job
+
+
+def run(store, start_worker, toml: str, params: dict | None = None, timeout: float = 30):
+    definition = make_definition(toml)
+    job_id = store.create_job(definition, params or dict(definition.params))
+    start_worker()
+    return job_id, wait_job(store, job_id, timeout)
+
+
+def test_shell_step_streams_stdout_and_stderr_and_keeps_bad_bytes(store, start_worker):
+    job_id, job = run(store, start_worker, r"""
+[step.out]
+type = "shell"
+run = 'echo hello; echo oops >&2; printf "bad \377 byte\n"; printf "no newline"'
+
+""")
+    assert job["status"] == "completed"
+    step = steps_by_name(store, job_id)["out"]
+    rows = queries.log_lines(store.db, step["id"])
+    by_message = {r["message"]: r["level"] for r in rows}
+    assert by_message["hello"] == "info"
+    assert by_message["oops"] == "warn"
+    assert by_message["bad \ufffd byte"] == "info"
+    assert by_message["no newline"] == "info"
+    assert step["log_count"] == 4
+
+
+def test_exit_code_fails_step_and_job_and_skips_dependents(store, start_worker):
+    job_id, job = run(store, start_worker, """
+[step.build]
+type = "shell"
+run = "echo building; exit 3"
+[step.deploy]
+type = "shell"
+run = "echo deploying"
+depends = ["build"]
+[step.notify]
+type = "shell"
+run = "echo notified"
+depends = ["deploy"]
+always_run = true
+[step.independent]
+type = "shell"
+run = "echo still runs"
+""")
+    steps = steps_by_name(store, job_id)
+    assert steps["build"]["status"] == "failed"
+    assert "exited with code 3" in steps["build"]["error"]
+    assert steps["deploy"]["status"] == "skipped"
+    assert "dependency 'build' failed" in steps["deploy"]["error"]
+    assert steps["notify"]["status"] == "completed"  # always_run
+    assert steps["independent"]["status"] == "completed"
+    assert job["status"] == "failed" and "build" in job["error"]
+    assert violations(store.db) == []
+
+
+def test_on_error_continue_lets_the_job_complete(store, start_worker):
+    job_id, job = run(store, start_worker, """
+[step.flaky]
+type = "python"
+call = "tests.step_functions:boom"
+on_error = "continue"
+[step.after]
+type = "shell"
+run = "echo after"
+depends = ["flaky"]
+""")
+    steps = steps_by_name(store, job_id)
+    assert steps["flaky"]["status"] == "failed"
+    assert steps["flaky"]["error"] == "something broke"
+    assert any("ValueError: something broke" in m for m in log_messages(store, steps["flaky"]["id"]))
+    assert steps["after"]["status"] == "completed"
+    assert job["status"] == "completed"
+
+
+def test_param_cannot_inject_a_command(store, start_worker, tmp_path):
+    target = tmp_path / "pwned"
+    job_id, job = run(store, start_worker, """
+[params]
+name = "x"
+[step.greet]
+type = "shell"
+run = "echo hello {params.name}; echo env $STEPLINE_PARAM_NAME"
+""", params={"name": f"x; touch {target}; $(touch {target})"})
+    assert job["status"] == "completed"
+    assert not target.exists()
+    messages = log_messages(store, steps_by_name(store, job_id)["greet"]["id"])
+    assert messages[0] == f"hello x; touch {target}; $(touch {target})"
+
+
+def test_fan_out_counts_tasks_and_retries(store, start_worker):
+    job_id, job = run(store, start_worker, """
+[step.fan]
+type = "python"
+call = "tests.step_functions:fan_out"
+config = { items = 30, fail_every = 7 }
+retries = 1
+""")
+    assert job["status"] == "completed"
+    step = steps_by_name(store, job_id)["fan"]
+    assert step["tasks"] == {"pending": 0, "running": 0, "completed": 30, "failed": 0}
+    assert (step["progress_done"], step["progress_total"]) == (30, 30)
+    retried = list(store.db.query("SELECT attempts FROM tasks WHERE step_id = ? AND idx % 7 = 0",
+                                  [step["id"]]))
+    assert {r["attempts"] for r in retried} == {2}
+    assert f"sum {sum(i * i for i in range(30))}" in log_messages(store, step["id"])
+
+
+def test_generate_step_with_failures(store, start_worker):
+    job_id, job = run(store, start_worker, """
+[step.gen]
+type = "generate"
+tasks = 50
+logs_per_task = 4
+failure_rate = 0.3
+seed = 1
+""")
+    step = steps_by_name(store, job_id)["gen"]
+    assert step["status"] == "failed"
+    assert step["tasks"]["failed"] > 0 and step["tasks"]["completed"] > 0
+    assert step["tasks"]["failed"] + step["tasks"]["completed"] == 50
+    assert "of 50 tasks failed" in step["error"]
+    assert violations(store.db) == []
+
+
+def test_hundred_threads_logging_into_one_step(store, start_worker):
+    job_id, job = run(store, start_worker, """
+[step.noisy]
+type = "python"
+call = "tests.step_functions:log_many"
+config = { threads = 100, lines = 200 }
+""")
+    assert job["status"] == "completed"
+    step = steps_by_name(store, job_id)["noisy"]
+    rows = queries.log_lines(store.db, step["id"], limit=10**6)
+    assert [r["line"] for r in rows] == list(range(1, 20_001))
+    assert step["log_count"] == 20_000
+    assert len({r["message"] for r in rows}) == 20_000
+    # lines from one thread keep their order
+    t7 = [r["message"] for r in rows if r["message"].startswith("t7 ")]
+    assert t7 == [f"t7 n{n}" for n in range(200)]
+    # batched: far fewer log_refresh events than lines
+    refreshes = store.db.execute(
+        "SELECT count(*) FROM events WHERE step_id = ? AND log_refresh = 1", [step["id"]]
+    ).fetchone()[0]
+    assert 1 <= refreshes < 200
+
+
+def test_cancel_kills_the_process_group_within_two_seconds(store, start_worker, tmp_path):
+    pidfile = tmp_path / "child.pid"
+    definition = make_definition(f"""
+[step.long]
+type = "shell"
+run = "sleep 60 & echo $! > {pidfile}; wait"
+[step.later]
+type = "shell"
+run = "echo never"
+""")
+    job_id = store.create_job(definition, {})
+    start_worker()
+    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), what="child pid")
+    child = int(pidfile.read_text())
+    started = time.monotonic()
+    assert store.request_cancel(job_id) == "cancelling"
+    job = wait_job(store, job_id, timeout=5)
+    assert time.monotonic() - started < 2.0
+    assert job["status"] == "cancelled"
+    steps = steps_by_name(store, job_id)
+    assert steps["long"]["status"] == "cancelled"
+    assert steps["later"]["status"] == "cancelled"
+    wait_for(lambda: not _alive(child), timeout=2, what="grandchild to die")
+
+
+def test_cancel_pending_job_is_immediate(store):
+    job_id = store.create_job(make_definition('[step.a]\ntype = "shell"\nrun = "true"\n'), {})
+    assert store.request_cancel(job_id) == "cancelled"
+    job = queries.get_job(store.db, job_id)
+    assert job["status"] == "cancelled"
+    assert violations(store.db) == []
+
+
+def test_step_and_job_timeouts(store, start_worker):
+    job_id, job = run(store, start_worker, """
+[step.slow]
+type = "shell"
+run = "sleep 30"
+timeout = "500ms"
+on_error = "continue"
+[step.fine]
+type = "shell"
+run = "echo fine"
+""")
+    steps = steps_by_name(store, job_id)
+    assert steps["slow"]["status"] == "failed"
+    assert steps["slow"]["error"] == "step timed out after 0.5s"
+    assert steps["fine"]["status"] == "completed"
+    assert job["status"] == "completed"
+
+    job_id, job = run(store, start_worker, """
+timeout = "1s"
+[step.slow]
+type = "shell"
+run = "sleep 30"
+[step.next]
+type = "shell"
+run = "echo next"
+""")
+    steps = steps_by_name(store, job_id)
+    assert job["status"] == "failed" and "timed out" in job["error"]
+    assert steps["slow"]["status"] == "failed"
+    assert steps["next"]["status"] == "cancelled"
+
+
+def test_two_workers_never_run_the_same_job(store, start_worker, tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    definition = make_definition(f"""
+[step.mark]
+type = "shell"
+run = "touch {marks}/$STEPLINE_PARAM_N-$$"
+[params]
+n = 0
+""")
+    job_ids = [store.create_job(definition, {"n": n}) for n in range(40)]
+    start_worker()
+    start_worker()
+    for job_id in job_ids:
+        assert wait_job(store, job_id, timeout=60)["status"] == "completed"
+    runs = sorted(p.name.split("-")[0] for p in marks.iterdir())
+    assert runs == sorted(str(n) for n in range(40))  # each exactly once
+    for job_id in job_ids:
+        running = store.db.execute(
+            "SELECT count(*) FROM events WHERE job_id = ? AND context = 'job'"
+            " AND status = 'running'", [job_id]).fetchone()[0]
+        assert running == 1
+    assert violations(store.db) == []
+
+
+def test_kill_9_leaves_nothing_running(store, start_worker):
+    definition = make_definition("""
+[step.first]
+type = "shell"
+run = "echo quick"
+[step.stuck]
+type = "shell"
+run = "for i in $(seq 1 100); do echo line $i; sleep 0.05; done; sleep 60"
+[step.cleanup]
+type = "shell"
+run = "echo cleanup"
+depends = ["stuck"]
+always_run = true
+""")
+    job_id = store.create_job(definition, {})
+    victim = start_worker()
+    stuck = steps_by_name(store, job_id)["stuck"]["id"]
+    wait_for(lambda: queries.get_step(store.db, stuck)["log_count"] >= 100, what="log lines")
+    committed = log_messages(store, stuck)
+    os.kill(victim.proc.pid, signal.SIGKILL)
+    victim.proc.wait()
+    start_worker()  # a fresh worker recovers the dead one's work on start
+    job = wait_job(store, job_id)
+    steps = steps_by_name(store, job_id)
+    error = "interrupted: worker "
+    assert steps["stuck"]["status"] == "failed"
+    assert steps["stuck"]["error"].startswith(error) and steps["stuck"]["error"].endswith("stopped")
+    assert steps["first"]["status"] == "completed"
+    assert steps["cleanup"]["status"] == "completed"
+    assert job["status"] == "failed"
+    after = log_messages(store, stuck)
+    assert after[: len(committed)] == committed  # every committed line kept, once
+    assert after[-1].startswith(error)
+    assert violations(store.db) == []
+
+
+def test_retryable_step_is_requeued_after_a_crash(store, start_worker):
+    definition = make_definition("""
+[step.work]
+type = "shell"
+run = "if [ -e $STEPLINE_PARAM_FLAG ]; then echo second run; else touch $STEPLINE_PARAM_FLAG; sleep 60; fi"
+retries = 1
+[params]
+flag = ""
+""")
+    import tempfile
+    flag = tempfile.mktemp()
+    job_id = store.create_job(definition, {"flag": flag})
+    victim = start_worker()
+    wait_for(lambda: os.path.exists(flag), what="first attempt")
+    os.kill(victim.proc.pid, signal.SIGKILL)
+    victim.proc.wait()
+    start_worker()
+    job = wait_job(store, job_id)
+    os.unlink(flag)
+    assert job["status"] == "completed"
+    step = steps_by_name(store, job_id)["work"]
+    assert step["attempts"] == 1
+    assert "second run" in log_messages(store, step["id"])
+    assert violations(store.db) == []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead for our purposes
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split()[2] != "Z"
