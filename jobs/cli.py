@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 from . import config, queries
+from .actions import start_job
 from .check import violations
-from .definitions import ParamError, parse_duration, resolve_params
+from .definitions import ParamError, parse_duration
 from .states import TERMINAL
 from .store import Conflict, NotFound, Store
 
@@ -129,18 +130,14 @@ def cmd_worker(args) -> int:
 
 def cmd_run(args) -> int:
     definitions, _errors = config.definitions(args.definitions)
-    if args.name not in definitions:
-        known = ", ".join(sorted(definitions)) or "none"
-        raise UsageError(f"no definition named {args.name!r} (known: {known})")
     overrides = {}
     for pair in args.param:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UsageError(f"-p takes KEY=VALUE, got {pair!r}")
         overrides[key] = value
-    definition = definitions[args.name]
     store = open_store(args)
-    job_id = store.create_job(definition, resolve_params(definition, overrides))
+    job_id = start_job(store, definitions, args.name, overrides)
     print(job_id, flush=True)
     if not args.wait:
         return 0

@@ -63,6 +63,7 @@ SCHEMA: dict[str, tuple[dict[str, type], str | tuple[str, ...], dict[str, object
         "seq",
         {"log_refresh": 0},
     ),
+    "meta": ({"key": str, "value": str}, "key", {}),
     "workers": (
         {"id": str, "pid": int, "hostname": str, "started": float, "heartbeat": float},
         "id",

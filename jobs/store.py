@@ -209,6 +209,14 @@ class Store:
             yield tx
             tx.flush_events()
 
+    def secret(self, name: str, candidate: str) -> str:
+        """A value chosen once and shared by every process (e.g. the session key)."""
+        with self.write() as tx:
+            tx.conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+                            (f"secret:{name}", candidate))
+            return tx.conn.execute("SELECT value FROM meta WHERE key = ?",
+                                   (f"secret:{name}",)).fetchone()[0]
+
     # -- jobs ------------------------------------------------------------------
 
     def create_job(self, definition, params: dict, rerun_of: str | None = None) -> str:

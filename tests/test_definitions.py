@@ -3,8 +3,14 @@ from pathlib import Path
 import pytest
 
 from jobs.definitions import (
-    BUILTIN_DIR, DefinitionError, ParamError, load_definitions, load_file, parse_duration,
-    resolve_params, substitute,
+    BUILTIN_DIR,
+    DefinitionError,
+    ParamError,
+    load_definitions,
+    load_file,
+    parse_duration,
+    resolve_params,
+    substitute,
 )
 
 GOOD = """

@@ -78,7 +78,8 @@ depends = ["flaky"]
     steps = steps_by_name(store, job_id)
     assert steps["flaky"]["status"] == "failed"
     assert steps["flaky"]["error"] == "something broke"
-    assert any("ValueError: something broke" in m for m in log_messages(store, steps["flaky"]["id"]))
+    flaky_log = log_messages(store, steps["flaky"]["id"])
+    assert any("ValueError: something broke" in m for m in flaky_log)
     assert steps["after"]["status"] == "completed"
     assert job["status"] == "completed"
 
@@ -286,7 +287,8 @@ def test_retryable_step_is_requeued_after_a_crash(store, start_worker):
     definition = make_definition("""
 [step.work]
 type = "shell"
-run = "if [ -e $STEPLINE_PARAM_FLAG ]; then echo second run; else touch $STEPLINE_PARAM_FLAG; sleep 60; fi"
+run = '''if [ -e $STEPLINE_PARAM_FLAG ]; then echo second run;
+else touch $STEPLINE_PARAM_FLAG; sleep 60; fi'''
 retries = 1
 [params]
 flag = ""

@@ -1,0 +1,56 @@
+"""ANSI colour codes in log lines, rendered as escaped HTML spans."""
+
+import re
+
+from markupsafe import Markup, escape
+
+SGR = re.compile(r"\x1b\[([0-9;]*)m")
+OTHER_ESCAPES = re.compile(r"\x1b(?:\[[0-9;?]*[A-Za-z]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
+COLOURS = ("black", "red", "green", "yellow", "blue", "magenta", "cyan", "white")
+
+
+def _classes(codes: list[int], current: set[str]) -> set[str]:
+    for code in codes or [0]:
+        if code == 0:
+            current = set()
+        elif code == 1:
+            current = current | {"ansi-bold"}
+        elif 30 <= code <= 37 or 90 <= code <= 97:
+            current = {c for c in current if not c.startswith("ansi-fg")}
+            current.add(f"ansi-fg-{COLOURS[code % 10]}")
+        elif 40 <= code <= 47:
+            current = {c for c in current if not c.startswith("ansi-bg")}
+            current.add(f"ansi-bg-{COLOURS[code % 10]}")
+        elif code == 39:
+            current = {c for c in current if not c.startswith("ansi-fg")}
+        elif code == 49:
+            current = {c for c in current if not c.startswith("ansi-bg")}
+    return current
+
+
+def ansi_to_html(text: str) -> Markup:
+    """Escape first, then turn SGR colour codes into spans and drop any other
+    escape sequence, so no terminal trick can reach the page as markup."""
+    out: list[str] = []
+    classes: set[str] = set()
+    pos = 0
+    open_span = False
+    for match in SGR.finditer(text):
+        out.append(_plain(text[pos:match.start()]))
+        pos = match.end()
+        codes = [int(c) for c in match.group(1).split(";") if c.isdigit()]
+        classes = _classes(codes, classes)
+        if open_span:
+            out.append("</span>")
+            open_span = False
+        if classes:
+            out.append(f'<span class="{" ".join(sorted(classes))}">')
+            open_span = True
+    out.append(_plain(text[pos:]))
+    if open_span:
+        out.append("</span>")
+    return Markup("".join(out))
+
+
+def _plain(text: str) -> str:
+    return str(escape(OTHER_ESCAPES.sub("", text).replace("\x1b", "")))

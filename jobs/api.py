@@ -1,0 +1,182 @@
+"""The JSON API (described by /api/openapi.json), /healthz and /metrics."""
+
+from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+
+from . import actions, config, queries
+from .http import ApiError, int_arg, level_arg, status_arg
+from .openapi import SPEC
+
+bp = Blueprint("api", __name__)
+
+
+def _app():
+    return current_app.extensions["stepline"]
+
+
+def _db():
+    return _app().store.db
+
+
+def job_json(job: dict) -> dict:
+    return {
+        "job_id": job["id"], "definition": job["definition"], "params": job["params"],
+        "status": job["status"], "error": job["error"], "version": job["version"],
+        "created_at": job["created"], "started_at": job["started"],
+        "finished_at": job["finished"], "steps_total": job["steps_total"],
+        "steps_done": job["steps_done"], "tasks": job["tasks"], "rerun_of": job["rerun_of"],
+    }
+
+
+def step_json(step: dict) -> dict:
+    return {
+        "step_id": step["id"], "name": step["name"], "type": step["type"],
+        "status": step["status"], "log_count": step["log_count"], "depends": step["depends"],
+        "tasks": step["tasks"], "progress": {"done": step["progress_done"],
+                                             "total": step["progress_total"]},
+        "started_at": step["started"], "finished_at": step["finished"],
+        "error": step["error"], "version": step["version"],
+    }
+
+
+def _job(job_id: str) -> dict:
+    job = queries.get_job(_db(), job_id)
+    if job is None:
+        raise ApiError(404, f"job {job_id} not found")
+    return job
+
+
+def _step(job_id: str, step_id: str) -> dict:
+    _job(job_id)
+    step = queries.get_step(_db(), step_id)
+    if step is None or step["job_id"] != job_id:
+        raise ApiError(404, f"step {step_id} not found in job {job_id}")
+    return step
+
+
+@bp.get("/api/openapi.json")
+def openapi():
+    return jsonify(SPEC)
+
+
+@bp.get("/api/jobs")
+def list_jobs():
+    args = request.args
+    limit = int_arg(args, "limit", 50, low=1, high=500)
+    offset = int_arg(args, "offset", 0)
+    jobs, total = queries.list_jobs(_db(), status=status_arg(args), q=args.get("q") or None,
+                                    limit=limit, offset=offset)
+    return jsonify(jobs=[job_json(j) for j in jobs], total=total, limit=limit, offset=offset)
+
+
+@bp.get("/api/jobs/<job_id>")
+def get_job(job_id: str):
+    job = _job(job_id)
+    return jsonify({**job_json(job),
+                    "steps": [step_json(s) for s in queries.job_steps(_db(), job_id)]})
+
+
+@bp.get("/api/jobs/<job_id>/structure")
+def structure(job_id: str):
+    job = _job(job_id)
+    steps = queries.job_steps(_db(), job_id)
+    updated = max([job["created"], job["started"] or 0, job["finished"] or 0]
+                  + [max(s["started"] or 0, s["finished"] or 0) for s in steps])
+    return jsonify(
+        job_id=job["id"], status=job["status"], version=job["version"], updated_at=updated,
+        steps=[{k: step_json(s)[k] for k in ("step_id", "name", "status", "log_count",
+                                             "depends", "tasks", "started_at", "finished_at",
+                                             "error", "version")} for s in steps],
+    )
+
+
+@bp.get("/api/jobs/<job_id>/steps/<step_id>/logs")
+def logs(job_id: str, step_id: str):
+    _step(job_id, step_id)
+    args = request.args
+    after = int_arg(args, "after", 0)
+    limit = int_arg(args, "limit", 1000, low=1, high=10_000)
+    filters = {"level": level_arg(args), "q": args.get("q") or None}
+    lines = queries.log_lines(_db(), step_id, after=after, limit=limit, **filters)
+    return jsonify(lines=lines, next_after=lines[-1]["line"] if lines else after,
+                   total=queries.count_log_lines(_db(), step_id, **filters))
+
+
+@bp.get("/api/jobs/<job_id>/steps/<step_id>/logs.txt")
+def logs_txt(job_id: str, step_id: str):
+    """Streamed in batches: a 10-million-line log never sits in memory."""
+    step = _step(job_id, step_id)
+    store = _app().store
+
+    def lines():
+        for row in queries.iter_log_lines(store.db, step_id):
+            yield f"{row['message']}\n"
+
+    filename = f"{job_id}-{step['name']}.log".replace('"', "")
+    return Response(stream_with_context(lines()), mimetype="text/plain",
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+@bp.get("/api/definitions")
+def definitions():
+    found, errors = config.definitions(current_app.config["STEPLINE_DEFINITIONS"])
+    return jsonify(definitions=[
+        {"name": d.name, "description": d.description, "params": d.params,
+         "steps": [{"name": s.name, "type": s.type, "depends": s.depends} for s in d.steps]}
+        for d in found.values()], errors=errors)
+
+
+@bp.post("/api/definitions/<name>/run")
+def run(name: str):
+    body = request.get_json(silent=True)
+    if body is None and request.get_data():
+        raise ApiError(400, "body must be JSON: {\"params\": {...}}")
+    body = body or {}
+    if not isinstance(body, dict):
+        raise ApiError(400, "body must be a JSON object: {\"params\": {...}}")
+    found, _ = config.definitions(current_app.config["STEPLINE_DEFINITIONS"])
+    job_id = actions.start_job(_app().store, found, name, body.get("params") or {})
+    return jsonify(job_id=job_id), 201
+
+
+@bp.post("/api/jobs/<job_id>/cancel")
+def cancel(job_id: str):
+    return jsonify(job_id=job_id, status=_app().store.request_cancel(job_id))
+
+
+@bp.post("/api/jobs/<job_id>/rerun")
+def rerun(job_id: str):
+    found, _ = config.definitions(current_app.config["STEPLINE_DEFINITIONS"])
+    return jsonify(job_id=actions.rerun_job(_app().store, found, job_id)), 201
+
+
+@bp.delete("/api/jobs/<job_id>")
+def delete(job_id: str):
+    _app().store.delete_job(job_id)
+    return "", 204
+
+
+@bp.get("/healthz")
+def healthz():
+    queries.last_seq(_db())
+    return jsonify(ok=True)
+
+
+@bp.get("/metrics")
+def metrics():
+    db = _db()
+    lines = ["# HELP stepline_jobs Jobs by status.", "# TYPE stepline_jobs gauge"]
+    lines += [f'stepline_jobs{{status="{s}"}} {n}' for s, n in queries.status_counts(db).items()]
+    lines += ["# HELP stepline_running_steps Steps running now.",
+              "# TYPE stepline_running_steps gauge",
+              f"stepline_running_steps {queries.running_steps_count(db)}",
+              "# HELP stepline_events_written Events written (highest seq).",
+              "# TYPE stepline_events_written counter",
+              f"stepline_events_written {queries.last_seq(db)}",
+              "# HELP stepline_events_dispatched Events this process fanned out.",
+              "# TYPE stepline_events_dispatched counter",
+              f"stepline_events_dispatched {_app().hub.events_seen}",
+              "# HELP stepline_live_connections Open live connections in this process.",
+              "# TYPE stepline_live_connections gauge"]
+    lines += [f'stepline_live_connections{{transport="{t}"}} {n}'
+              for t, n in _app().hub.connection_counts().items()]
+    return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")

@@ -1,0 +1,163 @@
+"""The live side of a web process: ONE tailer per process reads new rows of
+the `events` table (checking the cheap `PRAGMA data_version` first) and fans
+each event out to the connections watching an affected view.
+
+A fragment is rendered once per event and view, encoded once, and the same
+bytes go to every subscriber. Each connection has a bounded queue; one that
+falls behind is marked `lagging` and gets a fresh snapshot instead of an
+unbounded backlog. Under gunicorn's gevent worker `threading`, `queue` and
+`time` are monkey-patched, so the tailer is a greenlet and the queues are
+gevent-friendly; under a plain server they are real threads.
+"""
+
+import json
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import db as dbmod
+from . import queries
+
+POLL_S = 0.01
+QUEUE_SIZE = 500
+
+
+@dataclass
+class Message:
+    """One live message, encoded once for every subscriber of a view."""
+
+    seq: int
+    fields: dict[str, Any]
+    content: str
+
+    def __post_init__(self):
+        self.json_html = json.dumps({**self.fields, "content": self.content})
+        self.json_bare = json.dumps(self.fields)
+
+    def encoded(self, with_content: bool) -> str:
+        return self.json_html if with_content else self.json_bare
+
+
+def event_fields(event: dict) -> dict[str, Any]:
+    return {
+        "seq": event["seq"], "context": event["context"], "job_id": event["job_id"],
+        "step_id": event["step_id"], "status": event["status"],
+        "log_refresh": bool(event["log_refresh"]), "log_count": event["log_count"],
+        "version": event["version"],
+    }
+
+
+@dataclass(eq=False)
+class Subscription:
+    view: Any
+    transport: str
+    inbox: queue.Queue = field(default_factory=lambda: queue.Queue(QUEUE_SIZE))
+    lagging: bool = False
+
+    def put(self, message: Message) -> None:
+        try:
+            self.inbox.put_nowait(message)
+        except queue.Full:
+            self.lagging = True  # the reader resyncs from a snapshot
+            while not self.inbox.empty():
+                self.inbox.get_nowait()
+
+    def get(self, timeout: float) -> Message | None:
+        try:
+            return self.inbox.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+
+class Hub:
+    """Views are hashable objects with `.key`, `.wants(event)`; `render(view,
+    event)` returns the HTML fragment for that view."""
+
+    def __init__(self, db_path: str, render: Callable[[Any, dict], str]):
+        self.db_path = db_path
+        self.render = render
+        self._views: dict[Hashable, set[Subscription]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.last_seq = 0
+        self.events_seen = 0
+
+    # -- subscriptions -----------------------------------------------------------
+
+    def subscribe(self, view, transport: str) -> Subscription:
+        self._ensure_running()
+        sub = Subscription(view, transport)
+        with self._lock:
+            self._views.setdefault(view.key, set()).add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            subs = self._views.get(sub.view.key)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._views[sub.view.key]
+
+    def connection_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {"ws": 0, "sse": 0}
+        with self._lock:
+            for subs in self._views.values():
+                for sub in subs:
+                    counts[sub.transport] = counts.get(sub.transport, 0) + 1
+        return counts
+
+    # -- the tailer ----------------------------------------------------------------
+
+    def _ensure_running(self) -> None:
+        """Started lazily, so it runs in each gunicorn worker after the fork."""
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                db = dbmod.connect(self.db_path)
+                self.last_seq = queries.last_seq(db)
+                self._thread = threading.Thread(target=self._tail, args=(db,), daemon=True,
+                                                name="event-tailer")
+                self._thread.start()
+
+    def _tail(self, db) -> None:
+        version = None
+        while True:
+            try:
+                current = db.execute("PRAGMA data_version").fetchone()[0]
+                if current != version:
+                    version = current
+                    while self.poll_once(db):
+                        pass
+            except Exception as exc:  # a locked or briefly missing database
+                print(f"stepline: event tailer: {exc}", file=sys.stderr)
+                version = None
+                time.sleep(0.5)
+            time.sleep(POLL_S)
+
+    def poll_once(self, db) -> int:
+        events = queries.events_after(db, self.last_seq, limit=500)
+        for event in events:
+            self.last_seq = event["seq"]
+            self.events_seen += 1
+            self.dispatch(event)
+        return len(events)
+
+    def dispatch(self, event: dict) -> None:
+        with self._lock:
+            targets = [(subs, next(iter(subs)).view) for subs in self._views.values() if subs]
+        for subs, view in targets:
+            if not view.wants(event):
+                continue
+            try:
+                content = self.render(view, event)
+            except Exception as exc:  # never let one bad render stop the stream
+                print(f"stepline: render {view.key} seq {event['seq']}: {exc}",
+                      file=sys.stderr)
+                continue
+            message = Message(event["seq"], event_fields(event), content)
+            for sub in list(subs):
+                sub.put(message)

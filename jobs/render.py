@@ -1,0 +1,99 @@
+"""One renderer per fragment. The full pages include these same templates,
+and the live stream pushes what these return, so there is no second copy of
+any markup."""
+
+import time
+
+from flask import Flask, render_template
+from markupsafe import Markup
+
+from .ansi import ansi_to_html
+from .states import TERMINAL
+
+TAIL_LINES = 500
+PAGE_SIZE = 25
+
+
+def render_job_row(job: dict, oob: bool = False) -> str:
+    return render_template("job_row.html", job=job, oob=oob)
+
+
+def render_job_list(jobs: list[dict], total: int, filters: dict, oob: bool = False) -> str:
+    pages = max(1, -(-total // PAGE_SIZE))
+    return render_template("job_list.html", jobs=jobs, total=total, filters=filters,
+                           pages=pages, oob=oob)
+
+
+def render_metrics(counts: dict[str, int], oob: bool = False) -> str:
+    return render_template("metrics.html", counts=counts, oob=oob)
+
+
+def render_job_header(job: dict, oob: bool = False) -> str:
+    return render_template("job_header.html", job=job, oob=oob)
+
+
+def render_job_deleted(job_id: str) -> str:
+    return render_template("job_deleted.html", job_id=job_id)
+
+
+def render_step_row(step: dict, oob: bool = False) -> str:
+    return render_template("step_row.html", step=step, oob=oob)
+
+
+def render_log_trigger(step: dict) -> str:
+    return render_template("log_trigger.html", step=step)
+
+
+def render_log_panel(step: dict, lines: list[dict], filters: dict, matches: int) -> str:
+    return render_template("log_panel.html", step=step, lines=lines, filters=filters,
+                           matches=matches)
+
+
+def render_log_lines(step: dict, lines: list[dict], filters: dict, mode: str) -> str:
+    """mode: 'after' (new lines; moves the cursor) or 'before' (earlier lines;
+    moves the 'load earlier' button)."""
+    return render_template("log_lines.html", step=step, lines=lines, filters=filters,
+                           mode=mode)
+
+
+# -- template helpers -----------------------------------------------------------
+
+def duration(started: float | None, finished: float | None) -> str:
+    if not started:
+        return ""
+    seconds = (finished or time.time()) - started
+    if seconds < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{seconds:.0f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+def clock(ts: float | None) -> str:
+    if not ts:
+        return ""
+    return time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int(ts * 1000) % 1000:03d}"
+
+
+def datetime_text(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
+
+
+def register(app: Flask) -> None:
+    app.jinja_env.filters.update(
+        ansi=ansi_to_html, duration=duration, clock=clock, datetime=datetime_text,
+    )
+    app.jinja_env.globals.update(TERMINAL=TERMINAL, PAGE_SIZE=PAGE_SIZE,
+                                 icon=lambda status: Markup(ICONS.get(status, "")))
+
+
+ICONS = {
+    "pending": "&#9675;",    # ○
+    "running": "&#9680;",    # ◐
+    "completed": "&#10003;", # ✓
+    "failed": "&#10007;",    # ✗
+    "cancelled": "&#8856;",  # ⊘
+    "skipped": "&#8631;",    # ↷
+}

@@ -1,0 +1,142 @@
+"""HTML pages and the form actions behind their buttons. Routes stay thin:
+read, render the page template (which includes the fragment templates)."""
+
+from flask import Blueprint, Response, current_app, render_template, request
+
+from . import actions, config, queries, render
+from .definitions import ParamError
+from .http import ApiError, level_arg
+from .live import JobsFilters, view_from_args
+from .states import STATUSES
+
+bp = Blueprint("web", __name__)
+
+
+def _app():
+    return current_app.extensions["stepline"]
+
+
+def _job_or_404(job_id: str) -> dict:
+    job = queries.get_job(_app().store.db, job_id)
+    if job is None:
+        raise ApiError(404, f"job {job_id} not found")
+    return job
+
+
+def _step_or_404(job_id: str, step_id: str) -> dict:
+    step = queries.get_step(_app().store.db, step_id)
+    if step is None or step["job_id"] != job_id:
+        raise ApiError(404, f"step {step_id} not found in job {job_id}")
+    return step
+
+
+def _live(query: str) -> dict:
+    """Template values for live.html; ?transport=sse forces the SSE fallback."""
+    transport = "sse" if request.args.get("transport") == "sse" else "ws"
+    return {"transport": transport, "query": query}
+
+
+@bp.get("/")
+def jobs_page():
+    view = view_from_args(request.args)
+    filters: JobsFilters = view.filters
+    db = _app().store.db
+    jobs, total = queries.list_jobs(db, status=filters.status, q=filters.q,
+                                    limit=render.PAGE_SIZE,
+                                    offset=(filters.page - 1) * render.PAGE_SIZE)
+    pages = max(1, -(-total // render.PAGE_SIZE))
+    return render_template("jobs.html", jobs=jobs, total=total, pages=pages, filters=filters,
+                           counts=queries.status_counts(db), statuses=STATUSES, oob=False,
+                           **_live("&".join(filter(None, ["view=jobs", filters.query()]))))
+
+
+@bp.get("/jobs/<job_id>")
+def job_page(job_id: str):
+    job = _job_or_404(job_id)
+    steps = queries.job_steps(_app().store.db, job_id)
+    return render_template("job.html", job=job, steps=steps, oob=False,
+                           **_live(f"job={job_id}"))
+
+
+@bp.get("/jobs/<job_id>/steps/<step_id>/panel")
+def log_panel(job_id: str, step_id: str):
+    """Expanding a step: its log tail (filtered when asked), as one fragment."""
+    step = _step_or_404(job_id, step_id)
+    filters = {"level": level_arg(request.args), "q": request.args.get("q") or None}
+    db = _app().store.db
+    lines = queries.log_lines(db, step_id, limit=render.TAIL_LINES, tail=True, **filters)
+    matches = (queries.count_log_lines(db, step_id, **filters)
+               if filters["level"] or filters["q"] else step["log_count"])
+    return render.render_log_panel(step, lines, filters, matches)
+
+
+@bp.get("/jobs/<job_id>/steps/<step_id>/lines")
+def log_lines(job_id: str, step_id: str):
+    """New lines after the panel's cursor, or a page of earlier lines."""
+    step = _step_or_404(job_id, step_id)
+    args = request.args
+    filters = {"level": level_arg(args), "q": args.get("q") or None}
+    db = _app().store.db
+    if args.get("before"):
+        before = _int(args["before"])
+        lines = queries.log_lines(db, step_id, before=before, limit=render.TAIL_LINES,
+                                  **filters)
+        return render.render_log_lines(step, lines, filters, "before")
+    lines = queries.log_lines(db, step_id, after=_int(args.get("after", "0")),
+                              limit=render.TAIL_LINES * 4, **filters)
+    return render.render_log_lines(step, lines, filters, "after")
+
+
+def _int(raw: str) -> int:
+    if not raw.isdigit():
+        raise ApiError(400, f"expected a line number, got {raw!r}")
+    return int(raw)
+
+
+# -- buttons ----------------------------------------------------------------------
+
+@bp.post("/jobs/<job_id>/cancel")
+def cancel(job_id: str):
+    _app().store.request_cancel(job_id)
+    return Response(status=204)  # the live stream shows the change
+
+
+@bp.post("/jobs/<job_id>/rerun")
+def rerun(job_id: str):
+    definitions, _ = config.definitions(current_app.config["STEPLINE_DEFINITIONS"])
+    new_id = actions.rerun_job(_app().store, definitions, job_id)
+    return _go(f"/jobs/{new_id}")
+
+
+@bp.post("/jobs/<job_id>/delete")
+def delete(job_id: str):
+    _app().store.delete_job(job_id)
+    return _go("/")
+
+
+@bp.get("/definitions")
+def definitions_page():
+    definitions, errors = config.definitions(current_app.config["STEPLINE_DEFINITIONS"])
+    return render_template("definitions.html", definitions=definitions.values(), errors=errors,
+                           error=None, values=None)
+
+
+@bp.post("/definitions/<name>/run")
+def run_definition(name: str):
+    definitions, _ = config.definitions(current_app.config["STEPLINE_DEFINITIONS"])
+    values = {k[len("param."):]: v for k, v in request.form.items() if k.startswith("param.")}
+    try:
+        job_id = actions.start_job(_app().store, definitions, name, values)
+    except ParamError as exc:
+        if name not in definitions:
+            raise
+        return render_template("run_form.html", d=definitions[name], error=str(exc),
+                               values=values), 422
+    return _go(f"/jobs/{job_id}")
+
+
+def _go(url: str) -> Response:
+    """htmx follows HX-Redirect; a plain form post follows the 303."""
+    if request.headers.get("HX-Request"):
+        return Response(status=204, headers={"HX-Redirect": url})
+    return Response(status=303, headers={"Location": url})
