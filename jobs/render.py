@@ -82,6 +82,8 @@ def datetime_text(ts: float | None) -> str:
 
 
 def register(app: Flask) -> None:
+    app.jinja_env.trim_blocks = True
+    app.jinja_env.lstrip_blocks = True
     app.jinja_env.filters.update(
         ansi=ansi_to_html, duration=duration, clock=clock, datetime=datetime_text,
     )

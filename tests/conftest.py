@@ -87,3 +87,19 @@ def steps_by_name(store: Store, job_id: str) -> dict[str, dict]:
 
 def log_messages(store: Store, step_id: str) -> list[str]:
     return [r["message"] for r in queries.log_lines(store.db, step_id, limit=10**9)]
+
+
+@pytest.fixture
+def live_server(db_path):
+    from .live_server import LiveServer
+
+    servers = []
+
+    def start(**kwargs):
+        server = LiveServer(kwargs.pop("path", db_path), **kwargs).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

@@ -1,0 +1,197 @@
+"""The live protocol against a real `gunicorn -k gevent` and a real worker."""
+
+import json
+import time
+
+import requests
+from simple_websocket import Client
+
+from jobs import queries
+
+from .conftest import make_definition, wait_for, wait_job
+from .live_server import socket_count
+
+PIPELINE = """
+[step.build]
+type = "shell"
+run = "for i in 1 2 3; do echo build $i; sleep 0.1; done"
+[step.broken]
+type = "shell"
+run = "echo about to fail; exit 4"
+depends = ["build"]
+[step.after_broken]
+type = "shell"
+run = "echo never"
+depends = ["broken"]
+[step.fan]
+type = "generate"
+tasks = 6
+logs_per_task = 3
+depends = ["build"]
+[step.report]
+type = "shell"
+run = "echo report"
+depends = ["fan"]
+"""
+
+
+def collect(ws: Client, until, timeout: float = 30) -> list[dict]:
+    messages = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        raw = ws.receive(timeout=0.5)
+        if raw is None:
+            continue
+        messages.append(json.loads(raw))
+        if until(messages[-1]):
+            return messages
+    raise AssertionError(f"no final message; got {len(messages)} messages")
+
+
+def job_done(job_id):
+    return lambda m: (m["context"] == "job" and m["job_id"] == job_id and not m.get("snapshot")
+                      and m["status"] in ("completed", "failed", "cancelled"))
+
+
+def test_ws_snapshot_then_one_message_per_event_in_order(store, live_server, start_worker):
+    server = live_server()
+    job_id = store.create_job(make_definition(PIPELINE), {})
+    ws = Client.connect(server.url.replace("http", "ws") + f"/ws?job={job_id}&format=json")
+    snapshot = json.loads(ws.receive(timeout=5))
+    assert snapshot["snapshot"] is True and snapshot["status"] == "pending"
+    assert [s["status"] for s in snapshot["steps"]] == ["pending"] * 5
+    assert "content" not in snapshot
+    start_worker()
+    messages = collect(ws, job_done(job_id))
+    ws.close()
+
+    seqs = [m["seq"] for m in messages]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    expected = [e["seq"] for e in queries.events_after(store.db, snapshot["seq"], 10**6,
+                                                       job_id=job_id)]
+    assert seqs == expected  # every event of this job, none missing, none repeated
+    for m in messages:
+        assert set(m) == {"seq", "context", "job_id", "step_id", "status", "log_refresh",
+                          "log_count", "version"}
+
+    names = {s["id"]: s["name"] for s in queries.job_steps(store.db, job_id)}
+    history: dict[str, list[str]] = {}
+    for m in messages:
+        key = names.get(m["step_id"], "job")
+        if not history.get(key) or history[key][-1] != m["status"]:
+            history.setdefault(key, []).append(m["status"])
+    assert history["job"] == ["running", "failed"]
+    assert history["build"] == ["running", "completed"]
+    assert history["broken"] == ["running", "failed"]
+    assert history["after_broken"] == ["skipped"]
+    assert history["fan"] == ["running", "completed"]
+    assert history["report"] == ["running", "completed"]
+    build_logs = [m for m in messages if names.get(m["step_id"]) == "build" and m["log_refresh"]]
+    assert build_logs and build_logs[-1]["log_count"] == 3
+
+
+def test_ws_html_content_and_cancel_message(store, live_server, start_worker):
+    server = live_server()
+    job_id = store.create_job(make_definition('[step.wait]\ntype = "shell"\nrun = "sleep 30"\n'),
+                              {})
+    ws = Client.connect(server.url.replace("http", "ws") + f"/ws?job={job_id}")
+    snapshot = json.loads(ws.receive(timeout=5))
+    assert f'id="job-{job_id}"' in snapshot["content"]
+    assert 'data-status="pending"' in snapshot["content"]
+    start_worker()
+    running = collect(ws, lambda m: m["context"] == "job_step" and m["status"] == "running")
+    row = running[-1]["content"]
+    assert row.startswith(f'<tr id="step-{running[-1]["step_id"]}"')
+    assert 'hx-swap-oob="true"' in row and 'data-status="running"' in row
+    assert requests.post(server.url + f"/api/jobs/{job_id}/cancel", json={}).json() == {
+        "job_id": job_id, "status": "cancelling"}
+    final = collect(ws, job_done(job_id))
+    statuses = [(m["context"], m["status"]) for m in final]
+    assert ("job_step", "cancelled") in statuses and statuses[-1] == ("job", "cancelled")
+    assert 'data-status="cancelled"' in final[-1]["content"]
+
+
+def test_ws_jobs_view_sees_new_jobs(store, live_server):
+    server = live_server()
+    ws = Client.connect(server.url.replace("http", "ws") + "/ws?view=jobs")
+    snapshot = json.loads(ws.receive(timeout=5))
+    assert snapshot["snapshot"] and snapshot["jobs"] == []
+    job_id = requests.post(server.url + "/api/definitions/load_demo/run",
+                           json={"params": {"tasks": 2}}).json()["job_id"]
+    message = collect(ws, lambda m: m["job_id"] == job_id)[-1]
+    assert message["status"] == "pending"
+    assert f'id="job-{job_id}"' in message["content"] and 'id="metrics"' in message["content"]
+
+
+def test_ws_unknown_job_is_refused_with_an_error(live_server):
+    server = live_server()
+    ws = Client.connect(server.url.replace("http", "ws") + "/ws?job=nope")
+    assert json.loads(ws.receive(timeout=5)) == {"error": "job nope not found"}
+
+
+def read_sse(response, stop, limit_s: float = 30) -> list[tuple[int, str]]:
+    """(id, data) pairs of a text/event-stream until stop(pairs) is true."""
+    pairs, current_id, data = [], None, []
+    deadline = time.monotonic() + limit_s
+    for line in response.iter_lines(decode_unicode=True):
+        if time.monotonic() > deadline:
+            raise AssertionError("SSE read timed out")
+        if line.startswith("id: "):
+            current_id = int(line[4:])
+        elif line.startswith("data: "):
+            data.append(line[6:])
+        elif line == "" and current_id is not None:
+            pairs.append((current_id, "\n".join(data)))
+            current_id, data = None, []
+            if stop(pairs):
+                break
+    return pairs
+
+
+def test_sse_resumes_from_last_event_id_without_gap_or_repeat(store, live_server,
+                                                               start_worker):
+    server = live_server()
+    job_id = store.create_job(make_definition(PIPELINE), {})
+    url = server.url + f"/events?job={job_id}"
+    first = requests.get(url, stream=True, timeout=30)
+    assert first.headers["Content-Type"].startswith("text/event-stream")
+    assert first.headers["X-Accel-Buffering"] == "no"
+    start_worker()
+    part1 = read_sse(first, lambda p: len(p) >= 6)
+    first.close()
+    snapshot_seq, snapshot_html = part1[0]
+    assert f'id="job-{job_id}"' in snapshot_html
+    last_id = part1[-1][0]
+    wait_job(store, job_id)
+    second = requests.get(url, stream=True, timeout=30, headers={"Last-Event-ID": str(last_id)})
+    final_seq = queries.events_after(store.db, 0, 10**6, job_id=job_id)[-1]["seq"]
+    part2 = read_sse(second, lambda p: p[-1][0] >= final_seq)
+    second.close()
+    got = [seq for seq, _ in part1[1:] + part2]
+    expected = [e["seq"] for e in queries.events_after(store.db, snapshot_seq, 10**6,
+                                                       job_id=job_id)]
+    assert got == expected
+
+
+def test_two_gunicorn_workers_both_stream_a_job_run_by_the_worker(store, live_server,
+                                                                 start_worker):
+    server = live_server(workers=2)
+    pids = server.worker_pids()
+    assert len(pids) == 2
+    before = {pid: socket_count(pid) for pid in pids}
+    job_id = store.create_job(make_definition(PIPELINE), {})
+    clients = []
+    for _ in range(12):
+        ws = Client.connect(server.url.replace("http", "ws") + f"/ws?job={job_id}&format=json")
+        clients.append((ws, json.loads(ws.receive(timeout=5))))
+    grown = wait_for(lambda: [p for p in pids if socket_count(p) > before[p]] or None,
+                     what="connections")
+    assert len(grown) == 2, "both gunicorn workers hold live connections"
+    start_worker()
+    final = wait_job(store, job_id)
+    expected = [e["seq"] for e in queries.events_after(store.db, 0, 10**6, job_id=job_id)]
+    for ws, snapshot in clients:
+        messages = collect(ws, job_done(job_id))
+        assert [m["seq"] for m in messages] == [s for s in expected if s > snapshot["seq"]]
+        assert messages[-1]["status"] == final["status"]
+        ws.close()
