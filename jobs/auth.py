@@ -58,6 +58,11 @@ def check_request():
 
 
 def _csrf_exempt() -> bool:
+    """A foreign page can only send "simple" requests without a CORS preflight
+    (never granted here): POSTs with form or text bodies. Everything else,
+    JSON bodies and methods like DELETE, cannot be forged cross-site."""
+    if request.method != "POST":
+        return True
     return request.mimetype == "application/json" or (bool(token()) and _bearer_ok())
 
 

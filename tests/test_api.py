@@ -1,0 +1,158 @@
+"""The JSON API and the pages, through Flask's test client on a real SQLite file."""
+
+import pytest
+from openapi_spec_validator import validate
+
+from app import create_app
+from jobs import queries
+
+from .conftest import make_definition, wait_job
+
+TWO_STEPS = """
+[step.hello]
+type = "shell"
+run = "echo hello; echo world >&2"
+[step.bye]
+type = "shell"
+run = "echo bye"
+depends = ["hello"]
+"""
+
+
+@pytest.fixture
+def app(db_path, tmp_path):
+    (tmp_path / "defs").mkdir()
+    (tmp_path / "defs" / "two.toml").write_text(TWO_STEPS)
+    (tmp_path / "defs" / "broken.toml").write_text("[step.a]\ntype = 'nope'\n")
+    return create_app(db_path, definitions_dir=str(tmp_path / "defs"), token="")
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def test_openapi_spec_is_valid_and_lists_every_api_route(client, app):
+    spec = client.get("/api/openapi.json").get_json()
+    validate(spec)
+    documented = {path.replace("{", "<").replace("}", ">") for path in spec["paths"]}
+    routes = {r.rule for r in app.url_map.iter_rules() if r.rule.startswith("/api/")
+              and r.rule != "/api/openapi.json"}
+    assert routes == documented
+
+
+def test_run_structure_logs_and_download(client, store, start_worker):
+    created = client.post("/api/definitions/two/run", json={"params": {}})
+    assert created.status_code == 201
+    job_id = created.get_json()["job_id"]
+    start_worker()
+    wait_job(store, job_id)
+    structure = client.get(f"/api/jobs/{job_id}/structure").get_json()
+    assert structure["status"] == "completed" and structure["job_id"] == job_id
+    assert [s["name"] for s in structure["steps"]] == ["hello", "bye"]
+    hello = structure["steps"][0]
+    assert hello["log_count"] == 2 and hello["depends"] == []
+    assert hello["tasks"] == {"pending": 0, "running": 0, "completed": 0, "failed": 0}
+    assert structure["steps"][1]["depends"] == ["hello"]
+    assert structure["updated_at"] >= hello["finished_at"]
+
+    url = f"/api/jobs/{job_id}/steps/{hello['step_id']}/logs"
+    page = client.get(url + "?limit=1").get_json()
+    assert [line["message"] for line in page["lines"]] == ["hello"]
+    assert page["next_after"] == 1 and page["total"] == 2
+    rest = client.get(url + f"?after={page['next_after']}").get_json()
+    assert [(line["line"], line["level"]) for line in rest["lines"]] == [(2, "warn")]
+    assert client.get(url + "?level=warn").get_json()["total"] == 1
+    assert client.get(url + "?q=WOR").get_json()["lines"][0]["message"] == "world"
+    text = client.get(url + ".txt")
+    assert text.data == b"hello\nworld\n"
+    assert "attachment" in text.headers["Content-Disposition"]
+
+    listed = client.get("/api/jobs?status=completed").get_json()
+    assert listed["total"] == 1 and listed["jobs"][0]["job_id"] == job_id
+    assert client.get("/api/jobs?q=two").get_json()["total"] == 1
+    assert client.get("/api/jobs?q=zzz").get_json()["total"] == 0
+    full = client.get(f"/api/jobs/{job_id}").get_json()
+    assert full["steps_done"] == 2 and len(full["steps"]) == 2
+
+    rerun = client.post(f"/api/jobs/{job_id}/rerun", json={})
+    assert rerun.status_code == 201
+    assert queries.get_job(store.db, rerun.get_json()["job_id"])["rerun_of"] == job_id
+    assert client.delete(f"/api/jobs/{job_id}").status_code == 204
+    assert client.get(f"/api/jobs/{job_id}").status_code == 404
+
+
+@pytest.mark.parametrize("method, url, body, status, message", [
+    ("get", "/api/jobs/nope", None, 404, "job nope not found"),
+    ("get", "/api/jobs/nope/structure", None, 404, "job nope not found"),
+    ("get", "/api/jobs?status=weird", None, 400, "unknown status 'weird'"),
+    ("get", "/api/jobs?limit=0", None, 400, "limit must be between 1 and 500"),
+    ("get", "/api/jobs?offset=x", None, 400, "offset must be a whole number"),
+    ("post", "/api/definitions/nope/run", {}, 404, "no definition named 'nope'"),
+    ("post", "/api/definitions/two/run", {"params": {"x": 1}}, 400, "unknown param 'x'"),
+    ("post", "/api/definitions/two/run", [1, 2], 400, "body must be a JSON object"),
+    ("post", "/api/jobs/nope/cancel", {}, 404, "job nope not found"),
+    ("delete", "/api/jobs/nope", None, 404, "job nope not found"),
+    ("get", "/api/nothing-here", None, 404, "not found"),
+    ("put", "/api/jobs", {}, 405, "not allowed"),
+])
+def test_errors_are_json_with_the_right_status(client, method, url, body, status, message):
+    kwargs = {"json": body} if body is not None else {}
+    response = getattr(client, method)(url, **kwargs)
+    assert response.status_code == status
+    assert message in response.get_json()["error"].lower() or message in response.get_json()[
+        "error"]
+
+
+def test_state_conflicts_are_409(client, store):
+    job_id = store.create_job(make_definition(TWO_STEPS), {})
+    assert client.delete(f"/api/jobs/{job_id}").status_code == 409
+    assert client.post(f"/api/jobs/{job_id}/rerun", json={}).status_code == 409
+    assert client.post(f"/api/jobs/{job_id}/cancel", json={}).get_json()["status"] == "cancelled"
+    again = client.post(f"/api/jobs/{job_id}/cancel", json={})
+    assert again.status_code == 409 and "already cancelled" in again.get_json()["error"]
+
+
+def test_definitions_api_lists_good_and_reports_bad(client):
+    body = client.get("/api/definitions").get_json()
+    names = {d["name"] for d in body["definitions"]}
+    assert {"two", "codebase_classify", "load_demo"} <= names
+    assert any("broken.toml" in e and "unknown type" in e for e in body["errors"])
+
+
+def test_pages_render_and_escape(client, store):
+    definition = make_definition(TWO_STEPS.replace("[step.bye]", '[step."<b>bye</b>"]'))
+    definition.name = "<script>alert(1)</script>"  # as if stored by an older version
+    job_id = store.create_job(definition, {"p": "<img src=x onerror=alert(1)>"})
+    home = client.get("/").get_data(as_text=True)
+    assert f'id="job-{job_id}"' in home and "<script>alert(1)" not in home
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in home
+    page = client.get(f"/jobs/{job_id}").get_data(as_text=True)
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert page.count('class="step-row') == 2
+    assert "<b>bye</b>" not in page and "&lt;b&gt;bye&lt;/b&gt;" in page
+    assert client.get("/jobs/nope").status_code == 404
+    assert "two" in client.get("/definitions").get_data(as_text=True)
+    assert client.get("/?status=bogus").status_code == 400
+
+
+def test_run_form_needs_csrf_and_reports_bad_params(client):
+    assert client.post("/definitions/load_demo/run", data={"param.tasks": "3"}).status_code == 403
+    client.get("/definitions")
+    with client.session_transaction() as session:
+        token = session["csrf"]
+    bad = client.post("/definitions/load_demo/run", data={"param.tasks": "many",
+                                                          "csrf_token": token})
+    assert bad.status_code == 422 and "must be a int" in bad.get_data(as_text=True)
+    good = client.post("/definitions/load_demo/run", data={"param.tasks": "3"},
+                       headers={"X-CSRF-Token": token, "HX-Request": "true"})
+    assert good.status_code == 204 and good.headers["HX-Redirect"].startswith("/jobs/")
+
+
+def test_healthz_and_metrics(client, store):
+    store.create_job(make_definition(TWO_STEPS), {})
+    assert client.get("/healthz").get_json() == {"ok": True}
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'stepline_jobs{status="pending"} 1' in metrics
+    assert "stepline_running_steps 0" in metrics
+    assert 'stepline_live_connections{transport="ws"} 0' in metrics
