@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1, help="gunicorn web workers")
+    p.add_argument("--demo", action="store_true",
+                   help="queue the demo pipeline and load_demo on start")
     p = command("worker", cmd_worker, "claim and run pending jobs")
     p.add_argument("--concurrency", type=int, default=4, help="jobs run at once")
     p.add_argument("--exit-when-idle", action="store_true", help=argparse.SUPPRESS)
@@ -85,7 +87,11 @@ def cmd_serve(args) -> int:
     env = {**os.environ, "STEPLINE_DB": str(Path(config.db_path(args.db)).resolve())}
     if args.definitions:
         env["STEPLINE_DEFINITIONS"] = args.definitions
-    Store(env["STEPLINE_DB"])  # create the schema once, before two processes race to
+    store = Store(env["STEPLINE_DB"])  # the schema exists before two processes start
+    if args.demo:
+        definitions, _ = config.definitions(args.definitions)
+        for name in ("codebase_classify", "load_demo"):
+            print(f"stepline: queued {name} as job {start_job(store, definitions, name, {})}")
     if args.host not in ("127.0.0.1", "localhost", "::1") and not env.get("STEPLINE_TOKEN"):
         print(f"stepline: WARNING: listening on {args.host} with no STEPLINE_TOKEN:"
               " anyone who can reach this port can run jobs", file=sys.stderr)

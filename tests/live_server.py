@@ -41,9 +41,9 @@ class LiveServer:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
-                if requests.get(self.url + "/healthz", timeout=1).ok:
+                if requests.get(self.url + "/healthz", timeout=5).ok:
                     return self
-            except requests.ConnectionError:
+            except requests.RequestException:
                 time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"gunicorn did not start: {self.proc.stderr.read().decode()[-2000:]}")
