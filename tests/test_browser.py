@@ -217,3 +217,28 @@ def test_falls_back_to_sse_when_the_websocket_cannot_connect(page, server, store
     page.locator(".job-header[data-status=completed]").wait_for(timeout=30_000)
     wait_dom_matches_structure(page, server, job_id)
     check_trace(store, job_id, page.evaluate("window.__trace"))
+
+
+def test_big_log_shows_its_tail_and_loads_earlier_pages(page, server, store, start_worker):
+    from .conftest import make_definition
+
+    job_id = store.create_job(make_definition(
+        '[step.count]\ntype = "shell"\nrun = "seq 1 1200"\n'), {})
+    start_worker()
+    wait_job(store, job_id)
+    step_id = queries.job_steps(store.db, job_id)[0]["id"]
+    page.goto(f"{server.url}/jobs/{job_id}")
+    page.click(f"#step-{step_id} .toggle")
+    rows = page.locator(f"#logs-{step_id} .ll")
+    rows.first.wait_for()
+    assert rows.count() == 500
+    assert rows.first.locator(".msg").inner_text() == "701"
+    for expected_first, expected_count in (("201", 1000), ("1", 1200)):
+        page.click(f"#logs-{step_id}-earlier")
+        wait_for(lambda n=expected_count: rows.count() == n, 10, what="earlier lines")
+        assert rows.first.locator(".msg").inner_text() == expected_first
+    assert page.locator(f"button#logs-{step_id}-earlier").count() == 0
+    numbers = page.locator(f"#logs-{step_id} .ll .ln").all_inner_texts()
+    assert numbers == [str(n) for n in range(1, 1201)]
+    page.click(f"a[href='#log-{step_id}-L42']")
+    assert page.url.endswith(f"#log-{step_id}-L42")
