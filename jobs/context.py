@@ -32,6 +32,9 @@ class StepContext:
         self.step_id = step_id
         self.params = params
         self.retries = retries
+        self.logbook = writer.open_step(job_id, step_id)
+        # ctx.log(message, level="info"): the step log's own append, no wrapper
+        self.log = self.logbook.append
         self.stop_reason: str | None = None  # set by the worker's watchdog
         self._stopped = threading.Event()
         self.processes: list = []  # shell processes to kill on stop
@@ -56,9 +59,6 @@ class StepContext:
         path = Path(self.store.path).resolve().parent / "stepline-work" / self.job_id
         path.mkdir(parents=True, exist_ok=True)
         return path
-
-    def log(self, message: Any, level: str = "info") -> None:
-        self.writer.log(self.job_id, self.step_id, str(message), level)
 
     def progress(self, done: int, total: int) -> None:
         self.writer.progress(self.step_id, int(done), int(total))

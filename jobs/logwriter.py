@@ -10,26 +10,63 @@ browser at most 20 messages/s.
 import sys
 import threading
 import time
-from collections import defaultdict
 
 from .states import InvalidTransition
-from .store import LogLine, Store
+from .store import LogEntry, Store
 
-LEVELS = ("debug", "info", "warn", "error")
+LEVELS = {"debug": "debug", "info": "info", "warn": "warn", "warning": "warn", "error": "error"}
 FLUSH_INTERVAL_S = 0.05
 FLUSH_LINES = 2000
-MAX_BUFFERED_LINES = 100_000  # loggers wait beyond this: memory stays bounded
+MAX_BUFFERED_LINES = 100_000  # a step's loggers wait beyond this: memory stays bounded
+
+
+class StepLog:
+    """One running step's log buffer. Appends are cheap; line numbers are
+    given at insert time from the committed count, inside the flush's
+    transaction, so they are 1..n with no gap whatever thread logged."""
+
+    def __init__(self, writer: "BatchWriter", job_id: str, step_id: str):
+        self.writer = writer
+        self.job_id = job_id
+        self.step_id = step_id
+        self.entries: list[LogEntry] = []
+        self.lock = threading.Lock()
+
+    def append(self, message, level: str = "info") -> None:
+        """The hot path of every step: one dict lookup, one lock, one append."""
+        try:
+            level = LEVELS[level]
+        except KeyError:
+            raise ValueError(f"log level must be debug, info, warn or error, not {level!r}") \
+                from None
+        entry = (time.time(), level, str(message))
+        with self.lock:
+            self.entries.append(entry)
+            waiting = len(self.entries)
+        if waiting % FLUSH_LINES == 0:  # every 2,000 lines: flush now, or wait for room
+            self.writer.wake(self)
+
+    def take(self) -> list[LogEntry]:
+        with self.lock:
+            entries, self.entries = self.entries, []
+        return entries
+
+    def put_back(self, entries: list[LogEntry]) -> None:
+        with self.lock:
+            self.entries[:0] = entries
+
+    def waiting(self) -> int:
+        return len(self.entries)
 
 
 class BatchWriter:
     def __init__(self, store: Store):
         self.store = store
-        self._lock = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())
         self._flush_lock = threading.Lock()
-        self._logs: dict[tuple[str, str], list[LogLine]] = defaultdict(list)
+        self._steps: dict[str, StepLog] = {}
         self._tasks: list[tuple[int, str, str | None]] = []
         self._progress: dict[str, tuple[int, int]] = {}
-        self._buffered = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="batch-writer", daemon=True)
 
@@ -39,31 +76,38 @@ class BatchWriter:
 
     def stop(self) -> None:
         self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
         self._thread.join(timeout=5)
         self.flush()
 
     # -- producers -------------------------------------------------------------
 
-    def log(self, job_id: str, step_id: str, message: str, level: str = "info") -> None:
-        if level == "warning":
-            level = "warn"
-        if level not in LEVELS:
-            raise ValueError(f"log level must be one of {', '.join(LEVELS)}, not {level!r}")
-        with self._lock:
-            while self._buffered >= MAX_BUFFERED_LINES and not self._stop.is_set():
-                self._lock.notify_all()
-                self._lock.wait(0.1)
-            self._logs[(job_id, step_id)].append(LogLine(time.time(), level, message))
-            self._buffered += 1
-            if self._buffered >= FLUSH_LINES:
-                self._lock.notify_all()
+    def open_step(self, job_id: str, step_id: str) -> StepLog:
+        with self._cond:
+            log = self._steps[step_id] = StepLog(self, job_id, step_id)
+        return log
+
+    def close_step(self, log: StepLog) -> None:
+        """Commit what the step logged, then forget its buffer."""
+        self.flush()
+        with self._cond:
+            if self._steps.get(log.step_id) is log:
+                del self._steps[log.step_id]
+
+    def wake(self, log: StepLog) -> None:
+        """A buffer is full enough to flush now; past the bound, wait for it."""
+        with self._cond:
+            self._cond.notify_all()
+            while log.waiting() >= MAX_BUFFERED_LINES and not self._stop.is_set():
+                self._cond.wait(0.1)
 
     def task(self, task_id: int, status: str, error: str | None = None) -> None:
-        with self._lock:
+        with self._cond:
             self._tasks.append((task_id, status, error))
 
     def progress(self, step_id: str, done: int, total: int) -> None:
-        with self._lock:
+        with self._cond:
             self._progress[step_id] = (done, total)
 
     # -- the flush ---------------------------------------------------------------
@@ -71,12 +115,11 @@ class BatchWriter:
     def flush(self) -> None:
         """Commit everything handed over before this call. Safe from any thread."""
         with self._flush_lock:
-            with self._lock:
-                logs, self._logs = self._logs, defaultdict(list)
+            with self._cond:
+                steps = list(self._steps.values())
                 tasks, self._tasks = self._tasks, []
                 progress, self._progress = self._progress, {}
-                self._buffered = 0
-                self._lock.notify_all()
+            logs = [(log, rows) for log in steps if (rows := log.take())]
             if not (logs or tasks or progress):
                 return
             try:
@@ -84,11 +127,14 @@ class BatchWriter:
             except Exception:
                 self._put_back(logs, tasks, progress)
                 raise
+            finally:
+                with self._cond:
+                    self._cond.notify_all()
 
     def _write(self, logs, tasks, progress) -> None:
         with self.store.write() as tx:
-            for (job_id, step_id), lines in logs.items():
-                tx.append_logs(job_id, step_id, lines)
+            for log, entries in logs:
+                tx.append_logs(log.job_id, log.step_id, entries)
             for task_id, status, error in tasks:
                 try:
                     tx.transition("task", task_id, status, error)
@@ -99,10 +145,9 @@ class BatchWriter:
 
     def _put_back(self, logs, tasks, progress) -> None:
         """A failed flush (database locked, disk full) keeps its data in order."""
-        with self._lock:
-            for key, lines in logs.items():
-                self._logs[key][:0] = lines
-                self._buffered += len(lines)
+        for log, entries in logs:
+            log.put_back(entries)
+        with self._cond:
             self._tasks[:0] = tasks
             for step_id, value in progress.items():
                 self._progress.setdefault(step_id, value)
@@ -110,9 +155,9 @@ class BatchWriter:
     def _run(self) -> None:
         backoff = FLUSH_INTERVAL_S
         while not self._stop.is_set():
-            with self._lock:
-                if self._buffered < FLUSH_LINES:
-                    self._lock.wait(backoff)
+            with self._cond:
+                if not any(log.waiting() >= FLUSH_LINES for log in self._steps.values()):
+                    self._cond.wait(backoff)
             try:
                 self.flush()
                 backoff = FLUSH_INTERVAL_S

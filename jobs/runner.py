@@ -17,6 +17,10 @@ from .states import CANCELLED, COMPLETED, FAILED, RUNNING, SKIPPED, TERMINAL
 from .steps import run_step
 from .store import Store
 
+# Step threads that log flat out hold the GIL for a whole switch interval
+# (5 ms by default) whenever the batch writer wants it back; a shorter one
+# keeps flushes flowing (about +25% log throughput, measured in bench/logs.py).
+SWITCH_INTERVAL_S = 0.0005
 HEARTBEAT_S = 1.0
 WATCH_S = 0.2
 STALE_AFTER_S = 15.0
@@ -37,6 +41,7 @@ class Worker:
     # -- lifecycle ---------------------------------------------------------------
 
     def run(self, exit_when_idle: bool = False) -> None:
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         self.worker_id = self.store.register_worker()
         print(f"stepline worker {self.worker_id} started on {self.store.path}", flush=True)
         self.writer.start()
@@ -205,10 +210,9 @@ class JobRun:
         finally:
             self.ctx = None
             self.step_deadline = None
+        self.worker.writer.close_step(ctx.logbook)  # lines and tasks land before the status
         if self.stop_reason == SHUTDOWN:
-            self.worker.writer.flush()
             return RUNNING  # left for recovery, which re-queues the job
-        self.worker.writer.flush()  # lines and task changes land before the status
         self._transition("step", step["id"], status, error)
         return status
 

@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from . import db as dbmod
 from .states import PENDING, RUNNING, TERMINAL, check_transition
@@ -35,10 +34,8 @@ def new_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-class LogLine(NamedTuple):
-    ts: float
-    level: str
-    message: str
+# A log line before it is numbered and stored: (ts, level, message).
+LogEntry = tuple[float, str, str]
 
 
 @dataclass
@@ -136,28 +133,31 @@ class Tx:
 
     # -- other writes that are not status changes -----------------------------
 
-    def append_logs(self, job_id: str, step_id: str, lines: Sequence[LogLine]) -> int:
+    def append_logs(self, job_id: str, step_id: str, entries: list[LogEntry]) -> int:
         """Number lines after the step's committed count, inside this
-        transaction, so lines stay 1..n with no gap even across processes."""
-        if not lines:
+        transaction, so they stay 1..n with no gap even across processes.
+        The batch travels as one JSON parameter: SQLite unpacks it in C with
+        the GIL released, where executemany would bind row by row and hand
+        the GIL back and forth with the step that is logging."""
+        if not entries:
             return 0
         start = self.conn.execute(
             "SELECT log_count FROM steps WHERE id = ?", (step_id,)
         ).fetchone()[0]
-        self.conn.executemany(
-            "INSERT INTO logs (step_id, line, job_id, ts, level, message)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            [
-                (step_id, start + i, job_id, ln.ts, ln.level, ln.message)
-                for i, ln in enumerate(lines, 1)
-            ],
-        )
+        try:
+            batch = json.dumps(entries, ensure_ascii=False)
+            self.conn.execute(INSERT_LOGS, (step_id, start + 1, job_id, batch))
+        except UnicodeEncodeError:  # lone surrogates: keep the line, replace the bytes
+            entries = [(ts, lv, msg.encode("utf-8", "replace").decode("utf-8"))
+                       for ts, lv, msg in entries]
+            self.conn.execute(INSERT_LOGS, (step_id, start + 1, job_id,
+                                            json.dumps(entries, ensure_ascii=False)))
         self.conn.execute(
             "UPDATE steps SET log_count = ?, version = version + 1 WHERE id = ?",
-            (start + len(lines), step_id),
+            (start + len(entries), step_id),
         )
         self._touch(step_id, log_refresh=True)
-        return start + len(lines)
+        return start + len(entries)
 
     def set_progress(self, step_id: str, done: int, total: int) -> None:
         self.conn.execute(
@@ -362,11 +362,16 @@ class Store:
                         "UPDATE steps SET attempts = attempts + 1 WHERE id = ?", (step_id,)
                     )
                     tx.transition("step", step_id, PENDING if retry else "failed", error)
-                    tx.append_logs(job_id, step_id, [LogLine(dbmod.now(), "error", error)])
+                    tx.append_logs(job_id, step_id, [(dbmod.now(), "error", error)])
                 tx.conn.execute("UPDATE jobs SET worker_id = NULL WHERE id = ?", (job_id,))
                 tx.transition("job", job_id, PENDING)
             tx.conn.execute("DELETE FROM workers WHERE id = ?", (dead_worker_id,))
         return job_ids
+
+
+INSERT_LOGS = ("INSERT INTO logs (step_id, line, job_id, ts, level, message)"
+               " SELECT ?, ? + key, ?, value ->> 0, value ->> 1, value ->> 2"
+               " FROM json_each(?)")
 
 
 def _delete_jobs(tx: Tx, job_ids: Iterable[str]) -> None:

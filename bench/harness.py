@@ -1,0 +1,116 @@
+"""Shared plumbing for the benchmarks: real processes on a temp SQLite file."""
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from jobs.definitions import build_definition  # noqa: E402
+from jobs.store import Store  # noqa: E402
+from tests.live_server import LiveServer  # noqa: E402
+
+
+def definition(toml_text: str, name: str = "bench"):
+    import tomllib
+
+    return build_definition(tomllib.loads(toml_text), f"{name}.toml", default_name=name)
+
+
+@contextmanager
+def temp_db():
+    with tempfile.TemporaryDirectory(prefix="stepline-bench-") as tmp:
+        yield str(Path(tmp) / "bench.db")
+
+
+class Worker:
+    def __init__(self, db_path: str, *args: str):
+        env = {**os.environ, "STEPLINE_DB": db_path, "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "worker", *args],
+                                     env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@contextmanager
+def web(db_path: str, workers: int = 1):
+    server = LiveServer(db_path, workers=workers).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def worker(db_path: str, *args: str):
+    w = Worker(db_path, *args)
+    try:
+        yield w
+    finally:
+        w.stop()
+
+
+def wait_until(predicate, timeout: float = 120, interval: float = 0.01):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError("benchmark condition not reached")
+
+
+def pct(values, p: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def median(values) -> float:
+    return statistics.median(values)
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def machine() -> str:
+    mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    return f"{os.cpu_count()} cores, {mem_kb / 1024 / 1024:.0f} GiB RAM, Python {sys.version.split()[0]}"
+
+
+def print_table(title: str, rows: list[tuple]) -> None:
+    """rows: (what, measured, target, verdict)"""
+    print(f"\n## {title}  ({machine()})\n")
+    print("| what | measured | target | ok |")
+    print("|---|---|---|---|")
+    for what, measured, target, ok in rows:
+        print(f"| {what} | {measured} | {target} | {'yes' if ok else 'NO'} |")
+    sys.stdout.flush()
+
+
+__all__ = ["Store", "definition", "temp_db", "web", "worker", "wait_until", "pct", "median",
+           "rss_kb", "fd_count", "machine", "print_table"]
