@@ -99,7 +99,8 @@ def fd_count(pid: int) -> int:
 
 def machine() -> str:
     mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
-    return f"{os.cpu_count()} cores, {mem_kb / 1024 / 1024:.0f} GiB RAM, Python {sys.version.split()[0]}"
+    python = sys.version.split()[0]
+    return f"{os.cpu_count()} cores, {mem_kb / 1024 / 1024:.0f} GiB RAM, Python {python}"
 
 
 def print_table(title: str, rows: list[tuple]) -> None:

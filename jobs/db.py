@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import sqlite_utils
 
 BUSY_TIMEOUT_S = 30.0
+MMAP_BYTES = 256 * 1024 * 1024
 
 # table -> (columns, primary key, defaults)
 SCHEMA: dict[str, tuple[dict[str, type], str | tuple[str, ...], dict[str, object]]] = {
@@ -96,6 +97,9 @@ def connect(path: str) -> sqlite_utils.Database:
     conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
     # WAL survives kill -9 of any process; NORMAL sync is enough for that.
     conn.execute("PRAGMA synchronous = NORMAL")
+    # Reads map the file instead of copying pages: each web request has its
+    # own connection, and a long log scan then runs from the OS page cache.
+    conn.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
     return sqlite_utils.Database(conn)
 
 

@@ -44,7 +44,9 @@ def render_log_trigger(step: dict) -> str:
     return render_template("log_trigger.html", step=step)
 
 
-def render_log_panel(step: dict, lines: list[dict], filters: dict, matches: int) -> str:
+def render_log_panel(step: dict, lines: list[dict], filters: dict,
+                     matches: int | None) -> str:
+    """`matches` is None when there are more than one page of matching lines."""
     return render_template("log_panel.html", step=step, lines=lines, filters=filters,
                            matches=matches)
 

@@ -65,8 +65,8 @@ def log_panel(job_id: str, step_id: str):
     filters = {"level": level_arg(request.args), "q": request.args.get("q") or None}
     db = _app().store.db
     lines = queries.log_lines(db, step_id, limit=render.TAIL_LINES, tail=True, **filters)
-    matches = (queries.count_log_lines(db, step_id, **filters)
-               if filters["level"] or filters["q"] else step["log_count"])
+    # Fewer than a full page means the scan saw every match: no second scan to count.
+    matches = len(lines) if len(lines) < render.TAIL_LINES else None
     return render.render_log_panel(step, lines, filters, matches)
 
 
