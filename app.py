@@ -24,6 +24,7 @@ class Stepline:
 def create_app(db_path: str | None = None, definitions_dir: str | None = None,
                token: str | None = None) -> Flask:
     app = Flask(__name__)
+    app.jinja_environment = render.RowEnvironment
     app.config.update(
         STEPLINE_DB=config.db_path(db_path),
         STEPLINE_DEFINITIONS=definitions_dir or os.environ.get("STEPLINE_DEFINITIONS"),
@@ -32,6 +33,7 @@ def create_app(db_path: str | None = None, definitions_dir: str | None = None,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
     )
+    app.json.sort_keys = False  # key order as written; sorting 1,000 steps costs
     store = Store(app.config["STEPLINE_DB"])
     # One secret for every gunicorn worker: kept in the database.
     app.secret_key = os.environ.get("STEPLINE_SECRET") or store.secret("session",

@@ -77,16 +77,10 @@ def get_job(job_id: str):
 
 @bp.get("/api/jobs/<job_id>/structure")
 def structure(job_id: str):
-    job = _job(job_id)
-    steps = queries.job_steps(_db(), job_id)
-    updated = max([job["created"], job["started"] or 0, job["finished"] or 0]
-                  + [max(s["started"] or 0, s["finished"] or 0) for s in steps])
-    return jsonify(
-        job_id=job["id"], status=job["status"], version=job["version"], updated_at=updated,
-        steps=[{k: step_json(s)[k] for k in ("step_id", "name", "status", "log_count",
-                                             "depends", "tasks", "started_at", "finished_at",
-                                             "error", "version")} for s in steps],
-    )
+    body = queries.structure_json(_db(), job_id)
+    if body is None:
+        raise ApiError(404, f"job {job_id} not found")
+    return Response(body, mimetype="application/json")
 
 
 @bp.get("/api/jobs/<job_id>/steps/<step_id>/logs")

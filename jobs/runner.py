@@ -164,7 +164,7 @@ class JobRun:
     def _run_steps(self) -> None:
         job = queries.get_job(self.store.db, self.job_id)
         params = job["params"]
-        steps = queries.job_steps(self.store.db, self.job_id)
+        steps = queries.job_steps(self.store.db, self.job_id, with_spec=True)
         by_name = {s["name"]: s for s in steps}
         for step in steps:
             if step["status"] in TERMINAL:

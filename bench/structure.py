@@ -1,0 +1,77 @@
+"""/structure and the job page for a job of 1,000 steps (#8), plus what each
+layer costs (raw SQLite vs store API, fragment render, JSON encode)."""
+
+import json
+import sqlite3
+import time
+
+import requests
+
+from bench.harness import Store, definition, median, print_table, temp_db, web
+from jobs import queries
+from jobs.events import Message
+
+STEPS = 1000
+
+
+def thousand_steps() -> str:
+    parts = []
+    for i in range(STEPS):
+        dep = f'\ndepends = ["s{i - 1}"]' if i else ""
+        parts.append(f'[step.s{i}]\ntype = "shell"\nrun = "echo {i}"{dep}\n')
+    return "\n".join(parts)
+
+
+def timed(fn, repeat: int = 30) -> float:
+    fn()
+    samples = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t) * 1000)
+    return median(samples)
+
+
+def main():
+    with temp_db() as path:
+        store = Store(path)
+        job_id = store.create_job(definition(thousand_steps()), {})
+        with web(path) as server:
+            session = requests.Session()
+            structure_ms = timed(lambda: session.get(
+                f"{server.url}/api/jobs/{job_id}/structure").raise_for_status())
+            page_ms = timed(lambda: session.get(f"{server.url}/jobs/{job_id}").raise_for_status())
+            size = len(session.get(f"{server.url}/jobs/{job_id}").content)
+        # layer costs, in this process
+        raw = sqlite3.connect(path)
+        raw_ms = timed(lambda: raw.execute(
+            "SELECT * FROM steps WHERE job_id = ? ORDER BY idx", [job_id]).fetchall())
+        store_ms = timed(lambda: queries.job_steps(store.db, job_id))
+        step = queries.job_steps(store.db, job_id)[0]
+        from app import create_app
+        from jobs import render
+
+        app = create_app(path, token="")
+        with app.app_context():
+            render_ms = timed(lambda: render.render_step_row(step, oob=True), 300)
+            html = render.render_step_row(step, oob=True)
+        event = {"seq": 1, "context": "job_step", "job_id": job_id, "step_id": step["id"],
+                 "status": "running", "log_refresh": 0, "log_count": 0, "version": 2}
+        json_ms = timed(lambda: Message(1, event, html), 300)
+        encoded = len(json.dumps({**event, "content": html}))
+    print_table("Structure and page of a 1,000-step job", [
+        ("GET /api/jobs/<id>/structure, p50", f"{structure_ms:.1f} ms", "<= 20 ms",
+         structure_ms <= 20),
+        ("GET /jobs/<id> (full page), p50", f"{page_ms:.1f} ms ({size / 1024:.0f} KB)",
+         "<= 100 ms", page_ms <= 100),
+        ("layer: raw sqlite3 SELECT of 1,000 steps", f"{raw_ms:.2f} ms", "-", True),
+        ("layer: store API (queries.job_steps)", f"{store_ms:.2f} ms "
+         f"({store_ms / raw_ms:.1f}x raw)", "-", True),
+        ("layer: render one step_row fragment", f"{render_ms * 1000:.0f} us", "-", True),
+        ("layer: JSON-encode one live message (both forms)",
+         f"{json_ms * 1000:.0f} us ({encoded} bytes)", "-", True),
+    ])
+
+
+if __name__ == "__main__":
+    main()
