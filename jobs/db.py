@@ -138,17 +138,31 @@ def transaction(db: sqlite_utils.Database) -> Iterator[sqlite3.Connection]:
 
 class ConnectionPerThread:
     """sqlite3 connections must not be shared across threads while in use;
-    this hands each thread (or gevent greenlet) its own."""
+    this hands each OS thread its own. Under gevent that means one connection
+    for all of a web worker's greenlets, not one per request: greenlets only
+    switch at I/O, and a SQLite call never yields, so no two of them can be
+    inside the connection at once; while a connection per greenlet would cost
+    three file descriptors and a page cache for every open WebSocket."""
 
     def __init__(self, path: str):
         self.path = path
-        self._local = threading.local()
+        self._local = os_thread_local()
 
     def get(self) -> sqlite_utils.Database:
         db = getattr(self._local, "db", None)
         if db is None:
             db = self._local.db = connect(self.path)
         return db
+
+
+def os_thread_local():
+    try:
+        from gevent import monkey
+    except ImportError:  # gevent is a dependency, but the engine does not need it
+        return threading.local()
+    if monkey.is_module_patched("threading"):
+        return monkey.get_original("threading", "local")()
+    return threading.local()
 
 
 def now() -> float:
