@@ -8,8 +8,17 @@ import threading
 import time
 from urllib.parse import urlsplit
 
-from bench.harness import (Store, definition, fd_count, median, pct, print_table, rss_kb,
-                           temp_db, web)
+from bench.harness import (
+    Store,
+    definition,
+    fd_count,
+    median,
+    pct,
+    print_table,
+    rss_kb,
+    temp_db,
+    web,
+)
 from bench.latency import drive, steps_toml
 from bench.wsclient import Connection
 
