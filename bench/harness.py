@@ -6,7 +6,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,6 +14,7 @@ sys.path.insert(0, str(ROOT))
 
 from jobs.definitions import build_definition  # noqa: E402
 from jobs.store import Store  # noqa: E402
+from tests.conftest import wait_for  # noqa: E402
 from tests.live_server import LiveServer  # noqa: E402
 
 
@@ -63,16 +63,6 @@ def worker(db_path: str, *args: str):
         w.stop()
 
 
-def wait_until(predicate, timeout: float = 120, interval: float = 0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError("benchmark condition not reached")
-
-
 def pct(values, p: float) -> float:
     ordered = sorted(values)
     if not ordered:
@@ -113,5 +103,5 @@ def print_table(title: str, rows: list[tuple]) -> None:
     sys.stdout.flush()
 
 
-__all__ = ["Store", "definition", "temp_db", "web", "worker", "wait_until", "pct", "median",
+__all__ = ["Store", "definition", "temp_db", "web", "worker", "wait_for", "pct", "median",
            "rss_kb", "fd_count", "machine", "print_table"]

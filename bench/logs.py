@@ -13,7 +13,7 @@ from bench.harness import (
     median,
     print_table,
     temp_db,
-    wait_until,
+    wait_for,
     web,
     worker,
 )
@@ -36,7 +36,7 @@ def ingest(lines: int) -> tuple[float, float, str]:
         step_id = queries.job_steps(store.db, job_id)[0]["id"]
         with web(path) as server, worker(path):
             url = f"{server.url}/api/jobs/{job_id}/steps/{step_id}/logs?after={lines - 1}"
-            wait_until(lambda: requests.get(url, timeout=10).json()["lines"], timeout=600,
+            wait_for(lambda: requests.get(url, timeout=10).json()["lines"], timeout=600,
                        interval=0.02)
             visible = time.time()
         step = queries.get_step(store.db, step_id)
@@ -73,7 +73,7 @@ def big_log() -> list[tuple]:
         job_id = store.create_job(definition(BIG), {})
         step_id = queries.job_steps(store.db, job_id)[0]["id"]
         with worker(path):
-            wait_until(lambda: queries.get_job(store.db, job_id)["status"] == "completed",
+            wait_for(lambda: queries.get_job(store.db, job_id)["status"] == "completed",
                        timeout=600, interval=0.2)
         with web(path) as server:
             base = f"{server.url}/jobs/{job_id}/steps/{step_id}"

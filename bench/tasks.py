@@ -3,7 +3,7 @@ tracked pending -> running -> completed in SQLite."""
 
 import argparse
 
-from bench.harness import Store, definition, print_table, temp_db, wait_until, worker
+from bench.harness import Store, definition, print_table, temp_db, wait_for, worker
 from jobs import queries
 from jobs.check import violations
 
@@ -24,7 +24,7 @@ def main():
         store = Store(path)
         job_id = store.create_job(definition(FAN.format(**vars(args))), {})
         with worker(path):
-            wait_until(lambda: queries.get_job(store.db, job_id)["status"] == "completed",
+            wait_for(lambda: queries.get_job(store.db, job_id)["status"] == "completed",
                        timeout=600, interval=0.1)
         step = queries.job_steps(store.db, job_id)[0]
         seconds = step["finished"] - step["started"]

@@ -125,22 +125,29 @@ def running_steps_count(db: Database) -> int:
     return next(db.query("SELECT count(*) AS n FROM steps WHERE status = 'running'"))["n"]
 
 
-def log_lines(db: Database, step_id: str, after: int = 0, before: int | None = None,
-              limit: int = 500, level: str | None = None, q: str | None = None,
-              tail: bool = False) -> list[dict]:
-    """Lines of one step in line order. `tail` takes the last `limit` lines
-    (walking the (step_id, line) primary key backwards: as fast at line
-    1,000,000 as at line 10)."""
-    where, args = ["step_id = ?", "line > ?"], [step_id, after]
-    if before is not None:
-        where.append("line < ?")
-        args.append(before)
+def _log_filter(step_id: str, level: str | None, q: str | None) -> tuple[list, list]:
+    where, args = ["step_id = ?"], [step_id]
     if level:
         where.append("level = ?")
         args.append(level)
     if q:
         where.append(SEARCH)
         args.append(like_pattern(q))
+    return where, args
+
+
+def log_lines(db: Database, step_id: str, after: int = 0, before: int | None = None,
+              limit: int = 500, level: str | None = None, q: str | None = None,
+              tail: bool = False) -> list[dict]:
+    """Lines of one step in line order. `tail` takes the last `limit` lines
+    (walking the (step_id, line) primary key backwards: as fast at line
+    1,000,000 as at line 10)."""
+    where, args = _log_filter(step_id, level, q)
+    where.append("line > ?")
+    args.append(after)
+    if before is not None:
+        where.append("line < ?")
+        args.append(before)
     order = "DESC" if tail or before is not None else "ASC"
     rows = list(db.query(
         f"SELECT line, ts, level, message FROM logs WHERE {' AND '.join(where)}"
@@ -152,13 +159,7 @@ def log_lines(db: Database, step_id: str, after: int = 0, before: int | None = N
 
 def count_log_lines(db: Database, step_id: str, level: str | None = None,
                     q: str | None = None) -> int:
-    where, args = ["step_id = ?"], [step_id]
-    if level:
-        where.append("level = ?")
-        args.append(level)
-    if q:
-        where.append(SEARCH)
-        args.append(like_pattern(q))
+    where, args = _log_filter(step_id, level, q)
     return next(db.query(
         f"SELECT count(*) AS n FROM logs WHERE {' AND '.join(where)}", args))["n"]
 
