@@ -6,6 +6,8 @@ in `jobs.events` calls that once per event and shares the result.
 """
 
 import json
+import socket
+import threading
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -18,6 +20,7 @@ from .http import ApiError, page_arg, status_arg
 
 bp = Blueprint("live", __name__)
 REPLAY_LIMIT = 2000
+SEND_BUFFER_BYTES = 64 * 1024
 KEEPALIVE_S = 15.0
 
 
@@ -131,6 +134,26 @@ def _stepline():
     return current_app.extensions["stepline"]
 
 
+class WholeFrames:
+    """simple-websocket 1.1.0 writes each frame with one sock.send() and
+    ignores a partial write (its issue #45), which cuts the frame and breaks
+    the stream whenever the send buffer is fuller than the frame is long (a
+    big snapshot, a slow network). This socket sends every frame whole, one
+    frame at a time: its reader greenlet's pongs and pings go through it too."""
+
+    def __init__(self, sock):
+        self._sock = sock
+        self._lock = threading.Lock()
+
+    def send(self, data: bytes) -> int:
+        with self._lock:
+            self._sock.sendall(data)
+        return len(data)
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
 def snapshot_message(view) -> Message:
     fields, content = view.snapshot(_stepline().store.db)
     return Message(fields["seq"], fields, content)
@@ -146,6 +169,11 @@ def websocket(ws) -> None:
         ws.close(reason=1008, message=exc.message)
         return
     with_content = request.args.get("format") != "json"
+    # A small kernel send buffer: a client that stops reading blocks our
+    # sends soon, its bounded queue overflows, and it resyncs from a snapshot
+    # instead of the kernel holding megabytes of stale frames for it.
+    ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+    ws.sock = WholeFrames(ws.sock)
     hub = _stepline().hub
     sub = hub.subscribe(view, "ws")
     try:

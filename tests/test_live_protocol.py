@@ -204,3 +204,22 @@ def test_two_gunicorn_workers_both_stream_a_job_run_by_the_worker(store, live_se
         assert [m["seq"] for m in messages] == [s for s in expected if s > snapshot["seq"]]
         assert messages[-1]["status"] == final["status"]
         ws.close()
+
+
+def test_a_snapshot_bigger_than_the_send_buffer_arrives_whole(store, live_server):
+    """simple-websocket writes a frame with one send(); a 400-step snapshot
+    (~250 KB) does not fit the 64 KB send buffer, so only sending frames
+    whole keeps the stream intact (tested before and after live messages)."""
+    server = live_server()
+    steps = "\n".join(f'[step.s{i}]\ntype = "shell"\nrun = "true"\n' for i in range(400))
+    job_id = store.create_job(make_definition(steps), {})
+    ws = Client.connect(server.url.replace("http", "ws") + f"/ws?job={job_id}")
+    snapshot = json.loads(ws.receive(timeout=10))
+    assert len(snapshot["content"]) > 200_000
+    assert snapshot["content"].count('class="step-row') == 400
+    first = queries.job_steps(store.db, job_id)[0]["id"]
+    with store.write() as tx:
+        tx.transition("step", first, "running")
+    message = json.loads(ws.receive(timeout=10))
+    assert (message["step_id"], message["status"]) == (first, "running")
+    ws.close()
