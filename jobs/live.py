@@ -15,7 +15,7 @@ from flask import Blueprint, Response, current_app, request, stream_with_context
 from simple_websocket import ConnectionClosed
 
 from . import queries, render
-from .events import Message, event_fields
+from .events import Message
 from .http import ApiError, page_arg, status_arg
 
 bp = Blueprint("live", __name__)
@@ -241,5 +241,3 @@ def sse_message(seq: int, html: str) -> str:
     data = "\n".join(f"data: {line}" for line in (html or "").splitlines() or [""])
     return f"id: {seq}\n{data}\n\n"
 
-
-__all__ = ["bp", "websocket", "render_for_hub", "event_fields", "view_from_args"]
