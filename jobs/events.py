@@ -37,9 +37,31 @@ class Message:
     def __post_init__(self):
         self.json_html = json.dumps({**self.fields, "content": self.content})
         self.json_bare = json.dumps(self.fields)
+        self._frames: dict[bool, bytes] = {}
 
     def encoded(self, with_content: bool) -> str:
         return self.json_html if with_content else self.json_bare
+
+    def frame(self, with_content: bool) -> bytes:
+        """The whole WebSocket frame, built once for every subscriber: server
+        frames are unmasked, and sent uncompressed (RSV1 clear, which
+        permessage-deflate allows), so the bytes are the same for everyone."""
+        if with_content not in self._frames:
+            self._frames[with_content] = text_frame(self.encoded(with_content))
+        return self._frames[with_content]
+
+
+def text_frame(text: str) -> bytes:
+    """RFC 6455 section 5.2: FIN + text opcode, then the payload length."""
+    data = text.encode()
+    n = len(data)
+    if n < 126:
+        header = bytes([0x81, n])
+    elif n < 1 << 16:
+        header = bytes([0x81, 126]) + n.to_bytes(2, "big")
+    else:
+        header = bytes([0x81, 127]) + n.to_bytes(8, "big")
+    return header + data
 
 
 def event_fields(event: dict) -> dict[str, Any]:

@@ -177,7 +177,7 @@ def websocket(ws) -> None:
     hub = _stepline().hub
     sub = hub.subscribe(view, "ws")
     try:
-        ws.send(first.encoded(with_content))
+        ws.sock.send(first.frame(with_content))
         sent = first.seq
         while ws.connected:
             message = sub.get(timeout=1.0)
@@ -186,9 +186,9 @@ def websocket(ws) -> None:
                 message = snapshot_message(view)
             elif message is None or message.seq <= sent:
                 continue
-            ws.send(message.encoded(with_content))
+            ws.sock.send(message.frame(with_content))  # framed once for all
             sent = message.seq
-    except ConnectionClosed:
+    except (ConnectionClosed, OSError):
         pass
     finally:
         hub.unsubscribe(sub)
