@@ -37,7 +37,6 @@ class StepContext:
         self.log = self.logbook.append
         self.stop_reason: str | None = None  # set by the worker's watchdog
         self._stopped = threading.Event()
-        self.processes: list = []  # shell processes to kill on stop
 
     @property
     def cancelled(self) -> bool:

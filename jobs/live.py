@@ -8,6 +8,7 @@ in `jobs.events` calls that once per event and shares the result.
 import json
 import socket
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -46,23 +47,25 @@ class JobsView:
     def wants(self, event: dict) -> bool:
         return True
 
-    def list_html(self, db) -> tuple[str, list[dict]]:
+    def page_of_jobs(self, db) -> tuple[list[dict], int]:
         f = self.filters
-        jobs, total = queries.list_jobs(db, status=f.status, q=f.q, limit=render.PAGE_SIZE,
-                                        offset=(f.page - 1) * render.PAGE_SIZE)
-        return render.render_job_list(jobs, total, f, oob=True), jobs
+        return queries.list_jobs(db, status=f.status, q=f.q, limit=render.PAGE_SIZE,
+                                 offset=(f.page - 1) * render.PAGE_SIZE)
+
+    def metrics_and_list(self, db) -> tuple[str, list[dict]]:
+        jobs, total = self.page_of_jobs(db)
+        html = render.render_metrics(queries.status_counts(db), oob=True)
+        return html + render.render_job_list(jobs, total, self.filters, oob=True), jobs
 
     def render_event(self, db, event: dict) -> str:
         if event["context"] == "job":  # membership or order may change: the whole page
-            html, _ = self.list_html(db)
-            return render.render_metrics(queries.status_counts(db), oob=True) + html
+            return self.metrics_and_list(db)[0]
         job = queries.get_job(db, event["job_id"])
         return render.render_job_row(job, oob=True) if job else ""
 
     def snapshot(self, db) -> tuple[dict, str]:
         seq = queries.last_seq(db)
-        html, jobs = self.list_html(db)
-        content = render.render_metrics(queries.status_counts(db), oob=True) + html
+        content, jobs = self.metrics_and_list(db)
         fields = {"seq": seq, "context": "job", "job_id": None, "step_id": None,
                   "snapshot": True,
                   "jobs": [{"job_id": j["id"], "status": j["status"], "version": j["version"]}
@@ -159,6 +162,24 @@ def snapshot_message(view) -> Message:
     return Message(fields["seq"], fields, content)
 
 
+def follow(view, sub, sent: int, timeout: float) -> Iterator[Message | None]:
+    """The messages a connection sends after seq `sent`, for WS and SSE alike:
+    each newer one once, in seq order; a fresh snapshot when the subscriber
+    fell behind and lost its backlog; None after `timeout` of silence."""
+    while True:
+        message = sub.get(timeout=timeout)
+        if sub.lagging:
+            sub.lagging = False
+            message = snapshot_message(view)
+        elif message is None:
+            yield None
+            continue
+        elif message.seq <= sent:
+            continue
+        sent = message.seq
+        yield message
+
+
 def websocket(ws) -> None:
     """`WS /ws?job=<id>` or `?view=jobs`: a snapshot, then one message per event."""
     try:
@@ -178,16 +199,11 @@ def websocket(ws) -> None:
     sub = hub.subscribe(view, "ws")
     try:
         ws.sock.send(first.frame(with_content))
-        sent = first.seq
-        while ws.connected:
-            message = sub.get(timeout=1.0)
-            if sub.lagging:  # fell behind: a fresh snapshot replaces the backlog
-                sub.lagging = False
-                message = snapshot_message(view)
-            elif message is None or message.seq <= sent:
-                continue
-            ws.sock.send(message.frame(with_content))  # framed once for all
-            sent = message.seq
+        for message in follow(view, sub, first.seq, timeout=1.0):
+            if not ws.connected:
+                break
+            if message is not None:
+                ws.sock.send(message.frame(with_content))  # framed once for all
     except (ConnectionClosed, OSError):
         pass
     finally:
@@ -218,18 +234,11 @@ def server_sent_events():
                 first = snapshot_message(view)
                 yield sse_message(first.seq, first.content)
                 sent = first.seq
-            while True:
-                message = sub.get(timeout=KEEPALIVE_S)
-                if sub.lagging:
-                    sub.lagging = False
-                    message = snapshot_message(view)
-                elif message is None:
+            for message in follow(view, sub, sent, timeout=KEEPALIVE_S):
+                if message is None:
                     yield ": keepalive\n\n"
-                    continue
-                elif message.seq <= sent:
-                    continue
-                yield sse_message(message.seq, message.content)
-                sent = message.seq
+                else:
+                    yield sse_message(message.seq, message.content)
         finally:
             hub.unsubscribe(sub)
 

@@ -25,10 +25,13 @@ def render_job_row(job: dict, oob: bool = False) -> str:
     return str(_macro("job_row.html")(job, oob))
 
 
-def render_job_list(jobs: list[dict], total: int, filters: dict, oob: bool = False) -> str:
-    pages = max(1, -(-total // PAGE_SIZE))
+def page_count(total: int) -> int:
+    return max(1, -(-total // PAGE_SIZE))
+
+
+def render_job_list(jobs: list[dict], total: int, filters, oob: bool = False) -> str:
     return render_template("job_list.html", jobs=jobs, total=total, filters=filters,
-                           pages=pages, oob=oob)
+                           pages=page_count(total), oob=oob)
 
 
 def render_metrics(counts: dict[str, int], oob: bool = False) -> str:

@@ -41,11 +41,9 @@ def jobs_page():
     view = view_from_args(request.args)
     filters: JobsFilters = view.filters
     db = _app().store.db
-    jobs, total = queries.list_jobs(db, status=filters.status, q=filters.q,
-                                    limit=render.PAGE_SIZE,
-                                    offset=(filters.page - 1) * render.PAGE_SIZE)
-    pages = max(1, -(-total // render.PAGE_SIZE))
-    return render_template("jobs.html", jobs=jobs, total=total, pages=pages, filters=filters,
+    jobs, total = view.page_of_jobs(db)
+    return render_template("jobs.html", jobs=jobs, total=total,
+                           pages=render.page_count(total), filters=filters,
                            counts=queries.status_counts(db), statuses=STATUSES, oob=False,
                            **_live("&".join(filter(None, ["view=jobs", filters.query()]))))
 
