@@ -2,6 +2,7 @@
 
 import os
 import secrets
+import sqlite3
 from dataclasses import dataclass
 
 from flask import Flask
@@ -62,6 +63,14 @@ def create_app(db_path: str | None = None, definitions_dir: str | None = None,
     @app.errorhandler(ParamError)
     def bad_param(exc):
         return error_response(400, str(exc))
+
+    @app.errorhandler(sqlite3.OperationalError)
+    def database_unavailable(exc):
+        """Locked by a long write elsewhere, disk full, read-only: nothing was
+        written (the transaction rolled back), so the client may simply retry."""
+        body, status = error_response(503, f"database unavailable ({exc}): nothing was"
+                                           " changed; try again")
+        return body, status, {"Retry-After": "1"}
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

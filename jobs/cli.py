@@ -4,6 +4,7 @@ import argparse
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -29,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args) or 0
     except (UsageError, ParamError, NotFound, Conflict) as exc:
         print(f"stepline: {exc}", file=sys.stderr)
+        return 2
+    except sqlite3.OperationalError as exc:  # unwritable path, locked, disk full
+        print(f"stepline: database {config.db_path(args.db)}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -10,7 +10,7 @@ from typing import Any
 
 from .logwriter import BatchWriter
 from .states import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING
-from .store import Store
+from .store import Store, retry_while_unavailable
 
 
 class StepFailed(Exception):
@@ -67,8 +67,12 @@ class StepContext:
         """Run fn(item) as one tracked task per item, `concurrency` at a time,
         retrying each up to the step's `retries`. Task progress feeds the step's."""
         items = list(items)
-        with self.store.write() as tx:
-            task_ids = tx.add_tasks(self.step_id, len(items))
+        def add_tasks():
+            with self.store.write() as tx:
+                return tx.add_tasks(self.step_id, len(items))
+
+        task_ids = retry_while_unavailable(add_tasks, lambda: self.cancelled,
+                                           f"step {self.step_id}")
         results: list[Any] = [None] * len(items)
         failed: list[tuple[int, str]] = []
         done = 0

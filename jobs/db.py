@@ -4,6 +4,7 @@ All SQL lives in `jobs.db`, `jobs.store` and `jobs.queries`; nothing else in
 Stepline knows the database is SQLite.
 """
 
+import os
 import sqlite3
 import threading
 import time
@@ -12,7 +13,9 @@ from contextlib import contextmanager
 
 import sqlite_utils
 
-BUSY_TIMEOUT_S = 30.0
+# How long a write waits for another process's write lock before it fails
+# with "database is locked" (which workers retry and the web answers 503).
+BUSY_TIMEOUT_S = float(os.environ.get("STEPLINE_BUSY_TIMEOUT", "30"))
 MMAP_BYTES = 256 * 1024 * 1024
 
 # table -> (columns, primary key, defaults)

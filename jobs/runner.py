@@ -5,6 +5,7 @@ use CPU. A watchdog thread heartbeats, notices cancel requests and timeouts,
 and recovers jobs left running by dead workers.
 """
 
+import sqlite3
 import sys
 import threading
 import time
@@ -15,7 +16,7 @@ from .context import StepContext
 from .logwriter import BatchWriter
 from .states import CANCELLED, COMPLETED, FAILED, RUNNING, SKIPPED, TERMINAL
 from .steps import run_step
-from .store import Store
+from .store import RETRY_MAX_S, Store, retry_while_unavailable
 
 # Step threads that log flat out hold the GIL for a whole switch interval
 # (5 ms by default) whenever the batch writer wants it back; a shorter one
@@ -50,7 +51,13 @@ class Worker:
         watchdog.start()
         try:
             while not self._stop.is_set():
-                if self._free_slot() and (job_id := self.store.claim_next_job(self.worker_id)):
+                try:
+                    job_id = self._free_slot() and self.store.claim_next_job(self.worker_id)
+                except sqlite3.OperationalError as exc:  # locked, full, read-only: wait it out
+                    print(f"stepline: cannot claim jobs: {exc}", file=sys.stderr, flush=True)
+                    self._stop.wait(RETRY_MAX_S)
+                    continue
+                if job_id:
                     self._start(job_id)
                     continue
                 if exit_when_idle and not self._running:
@@ -92,13 +99,23 @@ class Worker:
 
     def _watch(self) -> None:
         last_beat = last_recovery = 0.0
+        # Only a worker that has been able to write for a while may call another
+        # one dead: after the database was locked or full, every heartbeat is
+        # stale, and the others are blocked, not dead.
+        writable_since = time.monotonic()
         while not self._stop.is_set():
             now = time.monotonic()
             try:
                 if now - last_beat >= HEARTBEAT_S:
-                    self.store.heartbeat(self.worker_id)
+                    try:
+                        self.store.heartbeat(self.worker_id)
+                    except sqlite3.OperationalError:
+                        writable_since = None
+                        raise
                     last_beat = now
-                if now - last_recovery >= STALE_AFTER_S / 3:
+                    writable_since = writable_since or now
+                if (now - last_recovery >= STALE_AFTER_S / 3
+                        and now - writable_since >= STALE_AFTER_S):
                     self.recover_dead_workers()
                     last_recovery = now
                 for job_id in queries.cancel_requested(self.store.db, self.worker_id):
@@ -155,9 +172,13 @@ class JobRun:
     def run(self) -> None:
         try:
             self._run_steps()
-        except Exception:
+        except Exception as exc:
             print(f"stepline: job {self.job_id} crashed:\n{traceback.format_exc()}",
                   file=sys.stderr)
+            # Never leave it running behind a live heartbeat: fail what was open.
+            error = f"internal error: {type(exc).__name__}: {exc}"
+            self._retry(lambda: self.store.recover_worker(
+                self.worker.worker_id, only_job=self.job_id, error=error))
         finally:
             self.worker._finished(self.job_id)
 
@@ -210,7 +231,8 @@ class JobRun:
         finally:
             self.ctx = None
             self.step_deadline = None
-        self.worker.writer.close_step(ctx.logbook)  # lines and tasks land before the status
+        # lines and tasks land before the status
+        self._retry(lambda: self.worker.writer.close_step(ctx.logbook))
         if self.stop_reason == SHUTDOWN:
             return RUNNING  # left for recovery, which re-queues the job
         self._transition("step", step["id"], status, error)
@@ -229,8 +251,14 @@ class JobRun:
         self._transition("job", self.job_id, status, error)
 
     def _transition(self, kind: str, entity_id: str, to: str, error: str | None = None):
-        with self.store.write() as tx:
-            tx.transition(kind, entity_id, to, error)
+        def write():
+            with self.store.write() as tx:
+                tx.transition(kind, entity_id, to, error)
+
+        self._retry(write)
+
+    def _retry(self, write) -> None:
+        retry_while_unavailable(write, self.worker._stop.is_set, f"job {self.job_id}")
 
 
 def _blocks(dep: dict) -> bool:

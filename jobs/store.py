@@ -10,10 +10,13 @@ import json
 import os
 import socket
 import sqlite3
+import sys
+import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from . import db as dbmod
 from .states import PENDING, RUNNING, TERMINAL, check_transition
@@ -32,6 +35,29 @@ class Conflict(RuntimeError):
 
 def new_id() -> str:
     return uuid.uuid4().hex[:12]
+
+
+RETRY_MAX_S = 2.0
+T = TypeVar("T")
+
+
+def retry_while_unavailable(write: Callable[[], T], give_up: Callable[[], bool],
+                            what: str) -> T:
+    """Run a write until it lands. A worker's status changes must not be lost
+    to a database that is locked, full or read-only for a while: losing one
+    would leave a job `running` behind a live heartbeat. `give_up()` says when
+    to stop trying (the worker is shutting down: recovery takes over)."""
+    delay = 0.05
+    while True:
+        try:
+            return write()
+        except sqlite3.OperationalError as exc:
+            if give_up():
+                raise
+            print(f"stepline: {what}: database write failed, will retry: {exc}",
+                  file=sys.stderr, flush=True)
+            time.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
 
 
 # A log line before it is numbered and stored: (ts, level, message).
@@ -337,15 +363,17 @@ class Store:
             dead.append(row["worker_id"])
         return dead
 
-    def recover_worker(self, dead_worker_id: str) -> list[str]:
+    def recover_worker(self, dead_worker_id: str, only_job: str | None = None,
+                       error: str | None = None) -> list[str]:
         """Fail (or re-queue, where the step allows retries) what a dead worker
-        left running. The job goes back to pending so a live worker finishes
-        it with the normal rules: dependents skipped, always_run steps run."""
-        error = f"interrupted: worker {dead_worker_id} stopped"
+        left running -- or one job of a live worker whose run crashed. The job
+        goes back to pending so a live worker finishes it with the normal
+        rules: dependents skipped, always_run steps run."""
+        error = error or f"interrupted: worker {dead_worker_id} stopped"
         with self.write() as tx:
             job_ids = [r[0] for r in tx.conn.execute(
-                "SELECT id FROM jobs WHERE worker_id = ? AND status = ?",
-                (dead_worker_id, RUNNING),
+                "SELECT id FROM jobs WHERE worker_id = ? AND status = ? AND ? IN (id, '')",
+                (dead_worker_id, RUNNING, only_job or ""),
             ).fetchall()]
             for job_id in job_ids:
                 for step_id, retries, attempts in tx.conn.execute(
@@ -365,7 +393,8 @@ class Store:
                     tx.append_logs(job_id, step_id, [(dbmod.now(), "error", error)])
                 tx.conn.execute("UPDATE jobs SET worker_id = NULL WHERE id = ?", (job_id,))
                 tx.transition("job", job_id, PENDING)
-            tx.conn.execute("DELETE FROM workers WHERE id = ?", (dead_worker_id,))
+            if not only_job:
+                tx.conn.execute("DELETE FROM workers WHERE id = ?", (dead_worker_id,))
         return job_ids
 
 

@@ -34,9 +34,8 @@ def make_definition(toml_text: str, name: str = "t"):
 class WorkerProcess:
     """A real `stepline worker` subprocess on the test's database."""
 
-    def __init__(self, db_path: str, *extra: str):
-        env = {**os.environ, "STEPLINE_DB": db_path,
-               "PYTHONPATH": str(ROOT)}
+    def __init__(self, db_path: str, *extra: str, env: dict | None = None):
+        env = {**os.environ, "STEPLINE_DB": db_path, "PYTHONPATH": str(ROOT), **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jobs.cli", "worker", *extra], env=env, cwd=ROOT,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -53,8 +52,8 @@ class WorkerProcess:
 def start_worker(db_path):
     workers: list[WorkerProcess] = []
 
-    def start(*extra: str, path: str | None = None) -> WorkerProcess:
-        worker = WorkerProcess(path or db_path, *extra)
+    def start(*extra: str, path: str | None = None, env: dict | None = None) -> WorkerProcess:
+        worker = WorkerProcess(path or db_path, *extra, env=env)
         workers.append(worker)
         return worker
 
