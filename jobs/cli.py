@@ -20,6 +20,9 @@ from .store import Conflict, NotFound, Store
 ROOT = Path(__file__).resolve().parent.parent
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 class UsageError(Exception):
     pass
 
@@ -96,9 +99,12 @@ def cmd_serve(args) -> int:
         definitions, _ = config.definitions(args.definitions)
         for name in ("codebase_classify", "load_demo"):
             print(f"stepline: queued {name} as job {start_job(store, definitions, name, {})}")
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not env.get("STEPLINE_TOKEN"):
+    if args.host in LOOPBACK:
+        print(f"stepline: listening on {args.host} only: this machine alone can connect"
+              " (to share it, set STEPLINE_TOKEN and pass --host)", flush=True)
+    elif not env.get("STEPLINE_TOKEN"):
         print(f"stepline: WARNING: listening on {args.host} with no STEPLINE_TOKEN:"
-              " anyone who can reach this port can run jobs", file=sys.stderr)
+              " anyone who can reach this port can run jobs", file=sys.stderr, flush=True)
     print(f"stepline: serving http://{args.host}:{args.port}/ (database {env['STEPLINE_DB']})",
           flush=True)
     procs = [

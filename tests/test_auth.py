@@ -1,7 +1,12 @@
 """STEPLINE_TOKEN: every route refuses without it; CSRF on form posts;
 the WebSocket checks Origin."""
 
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import requests
@@ -9,8 +14,10 @@ from simple_websocket import Client
 from simple_websocket import ConnectionError as WsConnectionError
 
 from app import create_app
+from jobs import queries
 
-from .conftest import make_definition
+from .conftest import ROOT, make_definition, wait_for
+from .live_server import free_port
 
 TOKEN = "s3cret-token"
 ONE_STEP = '[step.a]\ntype = "shell"\nrun = "echo a"\n'
@@ -107,3 +114,123 @@ def test_ws_refuses_missing_token_and_foreign_origin(live_server, store):
     assert '"snapshot": true' in ws.receive(timeout=5)
     ws.close()
     assert requests.get(server.url + f"/events?job={job_id}", timeout=5).status_code == 401
+
+
+def unsafe_urls(app, job_id: str, step_id: str):
+    return [(m, u) for m, u in concrete_urls(app, job_id, step_id)
+            if m not in ("GET", "HEAD") and u not in ("/login",)]
+
+
+@pytest.mark.parametrize("token", [TOKEN, None], ids=["with-token", "no-token"])
+def test_no_state_change_can_be_forged_cross_site(db_path, store, token):
+    """What a foreign page can send without a CORS preflight -- a POST with a
+    form or text body, cookies attached -- is refused on every unsafe route
+    unless it carries the CSRF token. JSON bodies and DELETE need a
+    preflight, which is never granted."""
+    app = create_app(db_path, token=token)
+    job_id = store.create_job(make_definition(ONE_STEP), {})
+    step_id = store.db.execute("SELECT id FROM steps").fetchone()[0]
+    client = app.test_client()
+    csrf = re.search(r'value="([^"]+)"', client.get("/login").get_data(as_text=True)).group(1)
+    if token:
+        client.post("/login", data={"token": TOKEN, "csrf_token": csrf})
+    routes = unsafe_urls(app, job_id, step_id)
+    assert len(routes) >= 8
+    for method, url in routes:
+        if method != "POST":
+            continue
+        for body in ({"data": {"x": "1"}}, {"data": "x", "content_type": "text/plain"}):
+            response = client.open(url, method=method, **body)
+            assert response.status_code == 403, (method, url, body)
+            assert "CSRF" in response.get_data(as_text=True)
+    assert queries.get_job(store.db, job_id)["status"] == "pending"  # nothing changed
+    assert store.db.execute("SELECT count(*) FROM jobs").fetchone()[0] == 1
+    # the page's own requests carry the header and go through
+    assert client.post(f"/jobs/{job_id}/cancel", headers={"X-CSRF-Token": csrf}).status_code == 204
+
+
+def run_serve(*args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "jobs.cli", "serve", *args],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "GUNICORN_CMD_ARGS": "--access-logfile -",
+             **(env or {})},
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def stop_serve(proc: subprocess.Popen) -> str:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    return out
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses with a socket in LISTEN state on this port (/proc/net/tcp)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in open(table).read().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.rpartition(":")
+            if state == "0A" and int(hex_port, 16) == port:
+                found.add(address)
+    return found
+
+
+def test_the_token_is_never_logged_or_echoed(tmp_path):
+    """Sign in, use the API and the WebSocket with the token, and mistype it:
+    neither the server's output (access log on) nor any page shows it."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = run_serve("--port", str(port), "--db", str(tmp_path / "s.db"),
+                     env={"STEPLINE_TOKEN": TOKEN})
+    try:
+        wait_for(lambda: _up(url), timeout=30, what="stepline serve")
+        session = requests.Session()
+        login = session.get(url + "/login").text
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', login).group(1)
+        pages = [session.post(url + "/login", data={"token": TOKEN, "csrf_token": csrf}).text,
+                 session.get(url + "/").text, session.get(url + "/definitions").text]
+        pages.append(session.post(url + "/login", data={"token": TOKEN + "x",
+                                                        "csrf_token": csrf}).text)
+        api = requests.get(url + "/api/jobs", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert api.ok
+        pages.append(api.text)
+        ws = Client.connect(url.replace("http", "ws") + "/ws?view=jobs",
+                            headers={"Authorization": f"Bearer {TOKEN}"})
+        pages.append(ws.receive(timeout=5))
+        ws.close()
+        assert all(TOKEN not in page for page in pages)
+        time.sleep(0.5)
+    finally:
+        output = stop_serve(proc)
+    assert "GET /api/jobs" in output  # the access log was on
+    assert TOKEN not in output
+
+
+def _up(url: str) -> bool:
+    try:
+        return requests.get(url + "/healthz", timeout=2).ok
+    except requests.RequestException:
+        return False
+
+
+def test_serve_binds_loopback_and_warns_on_an_open_address(tmp_path):
+    port = free_port()
+    proc = run_serve("--port", str(port), "--db", str(tmp_path / "s.db"),
+                     env={"STEPLINE_TOKEN": ""})
+    try:
+        wait_for(lambda: _up(f"http://127.0.0.1:{port}"), timeout=30, what="stepline serve")
+        assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1, nothing else
+    finally:
+        output = stop_serve(proc)
+    assert "listening on 127.0.0.1 only" in output
+    assert "WARNING" not in output
+
+    port = free_port()
+    proc = run_serve("--host", "0.0.0.0", "--port", str(port), "--db", str(tmp_path / "s.db"),
+                     env={"STEPLINE_TOKEN": ""})
+    try:
+        wait_for(lambda: _up(f"http://127.0.0.1:{port}"), timeout=30, what="stepline serve")
+        assert listening_addresses(port) == {"00000000"}
+    finally:
+        output = stop_serve(proc)
+    assert "WARNING: listening on 0.0.0.0 with no STEPLINE_TOKEN" in output
