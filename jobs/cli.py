@@ -144,14 +144,20 @@ def cmd_worker(args) -> int:
     return 0
 
 
+def parse_param_pairs(pairs: list[str]) -> dict[str, str]:
+    """`-p KEY=VALUE` options; the definition coerces each value to its type."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"-p takes KEY=VALUE, got {pair!r}")
+        overrides[key.strip()] = value
+    return overrides
+
+
 def cmd_run(args) -> int:
     definitions, _errors = config.definitions(args.definitions)
-    overrides = {}
-    for pair in args.param:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"-p takes KEY=VALUE, got {pair!r}")
-        overrides[key] = value
+    overrides = parse_param_pairs(args.param)
     store = open_store(args)
     job_id = start_job(store, definitions, args.name, overrides)
     print(job_id, flush=True)

@@ -4,6 +4,7 @@ A bad file is refused with one message naming the file, the step and the
 problem; the other definitions still load.
 """
 
+import math
 import re
 import shlex
 import tomllib
@@ -97,6 +98,8 @@ def build_definition(data: dict, where: str, default_name: str) -> Definition:
     for key, value in params.items():
         if not isinstance(value, str | int | float | bool):
             raise fail(f"param '{key}' must be a string, number or boolean")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise fail(f"param '{key}' must be a finite number")
     timeout_s = None
     if "timeout" in data:
         try:
@@ -267,9 +270,12 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         raise ParamError(f"param '{key}' must be true or false, got {value!r}")
     if kind in (int, float):
         try:
-            return kind(text)
+            number = kind(text)
         except ValueError:
             raise ParamError(f"param '{key}' must be a {kind.__name__}, got {value!r}") from None
+        if not math.isfinite(number):  # JSON has no NaN or Infinity
+            raise ParamError(f"param '{key}' must be a finite number, got {value!r}")
+        return number
     return value
 
 
