@@ -74,7 +74,9 @@ def create_app(db_path: str | None = None, definitions_dir: str | None = None,
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
-        return error_response(exc.code or 500, exc.description or exc.name)
+        body, status = error_response(exc.code or 500, exc.description or exc.name)
+        # keep what the exception says beyond its body, e.g. a 405's Allow
+        return body, status, [(k, v) for k, v in exc.get_headers() if k != "Content-Type"]
 
     return app
 

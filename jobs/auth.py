@@ -53,6 +53,9 @@ def check_request():
     if request.method not in SAFE_METHODS and not _csrf_exempt():
         sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token", "")
         if not sent or not hmac.compare_digest(sent.encode(), csrf_token().encode()):
+            if request.path.startswith("/api/"):
+                raise ApiError(403, "missing CSRF token: send a JSON body"
+                                    " (Content-Type: application/json) or a bearer token")
             raise ApiError(403, "missing or wrong CSRF token: reload the page and try again")
     return None
 

@@ -31,7 +31,10 @@ def status_arg(args) -> str | None:
     return status
 
 
-def int_arg(args, name: str, default: int, low: int = 0, high: int = 10**9) -> int:
+MAX_INT_ARG = 10**9  # offsets and line numbers; the OpenAPI spec says the same
+
+
+def int_arg(args, name: str, default: int, low: int = 0, high: int = MAX_INT_ARG) -> int:
     raw = args.get(name)
     if raw in (None, ""):
         return default

@@ -1,5 +1,8 @@
 """The OpenAPI 3.1 description of the JSON API, served at /api/openapi.json."""
 
+from .http import MAX_INT_ARG
+
+
 def _ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -8,8 +11,8 @@ def _json(schema: dict, description: str = "OK") -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _path_param(name: str) -> dict:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+def _path_param(name: str, **extra) -> dict:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}, **extra}
 
 
 def _query(name: str, schema: dict) -> dict:
@@ -18,7 +21,11 @@ def _query(name: str, schema: dict) -> dict:
 
 ERRORS = {str(code): _json(_ref("Error"), text) for code, text in
           ((400, "Bad request"), (401, "Authentication required"), (404, "Not found"),
-           (409, "Conflict with the job's state"))}
+           (409, "Conflict with the job's state"),
+           (503, "Database unavailable (locked, full): nothing changed; retry"))}
+# A POST that is neither JSON nor bearer-authenticated could come from a foreign page.
+POST_ERRORS = {**ERRORS, "403": _json(_ref("Error"), "Missing CSRF token: send JSON or a"
+                                                     " bearer token")}
 STATUS = {"type": "string",
           "enum": ["pending", "running", "completed", "failed", "cancelled", "skipped"]}
 NULLABLE_NUMBER = {"type": ["number", "null"]}
@@ -63,7 +70,8 @@ SPEC = {
             "summary": "List jobs, newest first",
             "parameters": [_query("status", STATUS), _query("q", {"type": "string"}),
                            _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}),
-                           _query("offset", {"type": "integer", "minimum": 0})],
+                           _query("offset", {"type": "integer", "minimum": 0,
+                                              "maximum": MAX_INT_ARG})],
             "responses": {"200": _json({"type": "object", "required": ["jobs", "total"],
                                         "properties": {"jobs": {"type": "array",
                                                                 "items": _ref("Job")},
@@ -97,7 +105,8 @@ SPEC = {
         "/api/jobs/{job_id}/steps/{step_id}/logs": {"get": {
             "summary": "Log lines after a line number",
             "parameters": [_path_param("job_id"), _path_param("step_id"),
-                           _query("after", {"type": "integer", "minimum": 0}),
+                           _query("after", {"type": "integer", "minimum": 0,
+                                            "maximum": MAX_INT_ARG}),
                            _query("limit", {"type": "integer", "minimum": 1,
                                             "maximum": 10000}),
                            _query("level", {"type": "string",
@@ -131,24 +140,24 @@ SPEC = {
                                                        "errors": {"type": "array"}}})}}},
         "/api/definitions/{name}/run": {"post": {
             "summary": "Queue a job",
-            "parameters": [_path_param("name")],
+            "parameters": [_path_param("name", example="load_demo")],
             "requestBody": {"required": False, "content": {"application/json": {"schema": {
                 "type": "object", "properties": {"params": {"type": "object"}}}}}},
             "responses": {"201": _json({"type": "object", "required": ["job_id"],
                                         "properties": {"job_id": {"type": "string"}}},
-                                       "Queued"), **ERRORS}}},
+                                       "Queued"), **POST_ERRORS}}},
         "/api/jobs/{job_id}/cancel": {"post": {
             "summary": "Cancel a pending job now, or ask a running one to stop",
             "parameters": [_path_param("job_id")],
             "responses": {"200": _json({"type": "object", "properties": {
                 "job_id": {"type": "string"},
                 "status": {"type": "string", "enum": ["cancelled", "cancelling"]}}}),
-                **ERRORS}}},
+                **POST_ERRORS}}},
         "/api/jobs/{job_id}/rerun": {"post": {
             "summary": "Queue a new job with the same definition and params",
             "parameters": [_path_param("job_id")],
             "responses": {"201": _json({"type": "object", "required": ["job_id"],
                                         "properties": {"job_id": {"type": "string"}}},
-                                       "Queued"), **ERRORS}}},
+                                       "Queued"), **POST_ERRORS}}},
     },
 }
