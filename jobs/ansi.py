@@ -7,6 +7,9 @@ from markupsafe import Markup, escape
 SGR = re.compile(r"\x1b\[([0-9;]*)m")
 OTHER_ESCAPES = re.compile(r"\x1b(?:\[[0-9;?]*[A-Za-z]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
 COLOURS = ("black", "red", "green", "yellow", "blue", "magenta", "cyan", "white")
+# Invisible characters that reorder the text around them (the "Trojan
+# Source" trick): a log line shows them as a visible marker instead.
+BIDI_CONTROLS = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def _classes(codes: list[int], current: set[str]) -> set[str]:
@@ -53,4 +56,11 @@ def ansi_to_html(text: str) -> Markup:
 
 
 def _plain(text: str) -> str:
-    return str(escape(OTHER_ESCAPES.sub("", text).replace("\x1b", "")))
+    escaped = str(escape(OTHER_ESCAPES.sub("", text).replace("\x1b", "")))
+    return BIDI_CONTROLS.sub(_bidi_marker, escaped)
+
+
+def _bidi_marker(match: re.Match) -> str:
+    code = f"U+{ord(match.group()):04X}"
+    return f'<span class="ctl" title="invisible text-direction control {code}">[{code}]</span>'
+

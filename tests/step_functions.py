@@ -45,3 +45,29 @@ def wait_until_cancelled(ctx) -> None:
     ctx.log("waiting")
     while not ctx.wait(0.05):
         pass
+
+
+# Hostile text for the XSS test: each payload would set window.__pwned (or
+# fetch a URL with "pwned" in it) if the page ever treated it as markup.
+XSS_PAYLOADS = [
+    "<script>window.__pwned='script'</script>",
+    "\"><img src=x onerror=\"window.__pwned='img'\">",
+    "'><svg onload=window.__pwned='svg'>",
+    "<a href=\"javascript:window.__pwned='link'\">click</a>",
+    "javascript:window.__pwned='bare'",
+    "<div hx-get=\"/api/jobs?pwned=htmx\" hx-trigger=\"load\">htmx</div>",
+    "<iframe srcdoc=\"<script>parent.__pwned='iframe'</script>\"></iframe>",
+    "{{7*7}} ${7*7} {% raw %} <!--",
+]
+ANSI_PAYLOADS = [
+    "\x1b]8;;javascript:window.__pwned='osc8'\x1b\\osc link\x1b]8;;\x1b\\",
+    "\x1b[31m<b>red</b>\x1b[0m\x1b[2J\x1b[H after clear",
+    "invoice\u202egnp.exe",
+]
+
+
+def hostile(ctx) -> None:
+    for payload in XSS_PAYLOADS + ANSI_PAYLOADS:
+        ctx.log(payload)
+    ctx.log(XSS_PAYLOADS[0], "error")
+    raise StepFailed(XSS_PAYLOADS[1])

@@ -1,6 +1,7 @@
 """Real Chromium (Debian's /usr/bin/chromium) driven by Playwright against a
 real gunicorn gevent server and a real worker."""
 
+import json
 import time
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import requests
 from jobs import queries
 from jobs.states import TERMINAL
 
-from .conftest import wait_for, wait_job
+from .conftest import log_messages, wait_for, wait_job
 
 pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"
@@ -242,3 +243,75 @@ def test_big_log_shows_its_tail_and_loads_earlier_pages(page, server, store, sta
     assert numbers == [str(n) for n in range(1, 1201)]
     page.click(f"a[href='#log-{step_id}-L42']")
     assert page.url.endswith(f"#log-{step_id}-L42")
+
+
+def hostile_definition(directory: Path) -> None:
+    """Payloads in the description, a param default, a step name and a shell
+    command's output; the python step logs every payload and fails with one."""
+    from .step_functions import XSS_PAYLOADS
+
+    q = json.dumps  # a JSON string is a valid TOML basic string
+    (directory / "hostile.toml").write_text(
+        f"description = {q(XSS_PAYLOADS[0])}\n"
+        f"[params]\nnote = {q(XSS_PAYLOADS[2])}\n"
+        f"[step.{q(XSS_PAYLOADS[1])}]\ntype = \"python\"\n"
+        "call = \"tests.step_functions:hostile\"\n"
+        "[step.echo]\ntype = \"shell\"\nrun = \"echo {params.note}\"\n", encoding="utf-8")
+
+
+def assert_nothing_ran(page, dialogs: list, requests_seen: list) -> None:
+    assert page.evaluate("window.__pwned") is None
+    assert dialogs == [] and not [u for u in requests_seen if "pwned" in u]
+    assert page.evaluate("""() => document.querySelectorAll(
+        'img, svg, iframe, object, embed, a[href^="javascript:" i], [onerror], [onload]'
+    ).length""") == 0
+
+
+def test_hostile_text_is_shown_literally_and_never_runs(page, live_server, store,
+                                                        start_worker, tmp_path):
+    from .step_functions import XSS_PAYLOADS
+
+    hostile_definition(tmp_path)
+    server = live_server(env={"STEPLINE_DEFINITIONS": str(tmp_path)})
+    dialogs, requests_seen = [], []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.on("request", lambda r: requests_seen.append(r.url))
+
+    page.goto(f"{server.url}/definitions")
+    assert XSS_PAYLOADS[0] in page.inner_text("main")
+    assert_nothing_ran(page, dialogs, requests_seen)
+
+    # a run param from the API, then the page watches the run live
+    started = requests.post(f"{server.url}/api/definitions/hostile/run", timeout=5,
+                            json={"params": {"note": XSS_PAYLOADS[3]}})
+    job_id = started.json()["job_id"]
+    page.goto(f"{server.url}/jobs/{job_id}")
+    start_worker()
+    page.locator(".job-header[data-status=failed]").wait_for(timeout=30_000)
+    steps = {s["name"]: s["id"] for s in queries.job_steps(store.db, job_id)}
+    hostile, echo = steps[XSS_PAYLOADS[1]], steps["echo"]
+    header = page.inner_text(".job-header")
+    assert f"note={XSS_PAYLOADS[3]}" in header
+    assert f"step {XSS_PAYLOADS[1]!r} failed" in header
+    row = page.inner_text(f"#step-{hostile}")
+    assert XSS_PAYLOADS[1] in row  # the step's name and its error
+
+    for step_id in (hostile, echo):
+        page.click(f"#step-{step_id} .toggle")
+        page.locator(f"#logs-{step_id} .ll").first.wait_for()
+    shown = page.locator(f"#logs-{hostile} .ll .msg").all_inner_texts()
+    assert shown[:len(XSS_PAYLOADS)] == XSS_PAYLOADS
+    assert shown[len(XSS_PAYLOADS):len(XSS_PAYLOADS) + 3] == [
+        "osc link", "<b>red</b> after clear", "invoice[U+202E]gnp.exe"]
+    assert page.locator(f"#logs-{echo} .ll .msg").first.inner_text() == XSS_PAYLOADS[3]
+    page.fill(f"#logpanel-{hostile} input[type=search]", "<script>")
+    matching = [m for m in log_messages(store, hostile) if "<script>" in m]
+    assert len(matching) == 3
+    wait_for(lambda: page.locator(f"#logs-{hostile} .ll .msg").all_inner_texts() == matching,
+             10, what="search for <script>")
+    assert_nothing_ran(page, dialogs, requests_seen)
+
+    page.goto(f"{server.url}/")
+    page.locator(f"#job-{job_id}").wait_for()
+    assert f"step {XSS_PAYLOADS[1]!r} failed" in page.inner_text(f"#job-{job_id}")
+    assert_nothing_ran(page, dialogs, requests_seen)
