@@ -7,10 +7,12 @@ from .states import TERMINAL
 TERMINAL_SQL = "(" + ", ".join(f"'{s}'" for s in sorted(TERMINAL)) + ")"
 
 
-def violations(db: Database, allow_running: bool = False) -> list[str]:
+def violations(db: Database, allow_running: bool = False,
+               require_owner: bool = False) -> list[str]:
     """Every broken invariant, one message each; empty means healthy.
     `allow_running=False` also reports work left running (after a crash and
-    restart nothing may stay running)."""
+    restart nothing may stay running); `require_owner` reports running jobs
+    whose worker is not registered (a dead worker's work not yet recovered)."""
     found: list[str] = []
     q = db.query
     for row in q(f"SELECT j.id, j.status, count(*) AS n FROM jobs j JOIN steps s"
@@ -39,4 +41,9 @@ def violations(db: Database, allow_running: bool = False) -> list[str]:
         for table in ("jobs", "steps", "tasks"):
             for row in q(f"SELECT id FROM {table} WHERE status = 'running'"):
                 found.append(f"{table[:-1]} {row['id']} left running")
+    if require_owner:
+        for row in q("SELECT id, worker_id FROM jobs WHERE status = 'running' AND"
+                     " coalesce(worker_id, '') NOT IN (SELECT id FROM workers)"):
+            found.append(f"job {row['id']} is running under worker {row['worker_id']},"
+                         " which is not registered")
     return found

@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("prune", cmd_prune, "delete finished jobs older than a duration")
     p.add_argument("--older-than", required=True, metavar="DURATION", help="e.g. 30d")
     p = command("check", cmd_check, "validate the database's invariants")
-    p.add_argument("--live", action="store_true", help="a worker is running: allow running")
+    p.add_argument("--live", action="store_true",
+                   help="workers are running: allow running work a registered worker owns")
     return parser
 
 
@@ -254,7 +255,7 @@ def cmd_prune(args) -> int:
 
 
 def cmd_check(args) -> int:
-    found = violations(open_store(args).db, allow_running=args.live)
+    found = violations(open_store(args).db, allow_running=args.live, require_owner=args.live)
     for line in found:
         print(line)
     print("ok" if not found else f"{len(found)} violations", file=sys.stderr)

@@ -17,7 +17,16 @@ from .store import LogEntry, Store
 LEVELS = {"debug": "debug", "info": "info", "warn": "warn", "warning": "warn", "error": "error"}
 FLUSH_INTERVAL_S = 0.05
 FLUSH_LINES = 2000
-MAX_BUFFERED_LINES = 100_000  # a step's loggers wait beyond this: memory stays bounded
+FLUSH_CHARS = 4 * 1024 * 1024  # ... or once this much text waits (a few huge lines)
+# A step's loggers wait beyond either bound, so memory stays bounded.
+MAX_BUFFERED_LINES = 100_000
+MAX_BUFFERED_CHARS = 32 * 1024 * 1024
+# A longer line is cut, and a warning line says how much was not kept.
+MAX_LINE_CHARS = 64 * 1024
+
+
+def truncation_marker(dropped: int, unit: str = "characters") -> str:
+    return f"[line truncated: {dropped} more {unit} not shown]"
 
 
 class StepLog:
@@ -30,6 +39,7 @@ class StepLog:
         self.job_id = job_id
         self.step_id = step_id
         self.entries: list[LogEntry] = []
+        self.chars = 0  # text waiting in entries
         self.lock = threading.Lock()
 
     def append(self, message, level: str = "info") -> None:
@@ -39,24 +49,35 @@ class StepLog:
         except KeyError:
             raise ValueError(f"log level must be debug, info, warn or error, not {level!r}") \
                 from None
-        entry = (time.time(), level, str(message))
+        message = str(message)
+        dropped = len(message) - MAX_LINE_CHARS
+        if dropped > 0:
+            message = message[:MAX_LINE_CHARS]
+        entry = (time.time(), level, message)
         with self.lock:
             self.entries.append(entry)
-            waiting = len(self.entries)
-        if waiting % FLUSH_LINES == 0:  # every 2,000 lines: flush now, or wait for room
+            self.chars += len(message)
+            waiting, chars = len(self.entries), self.chars
+        if waiting % FLUSH_LINES == 0 or chars >= FLUSH_CHARS:  # flush now, or wait for room
             self.writer.wake(self)
+        if dropped > 0:
+            self.append(truncation_marker(dropped), "warn")
 
     def take(self) -> list[LogEntry]:
         with self.lock:
-            entries, self.entries = self.entries, []
+            entries, self.entries, self.chars = self.entries, [], 0
         return entries
 
     def put_back(self, entries: list[LogEntry]) -> None:
         with self.lock:
             self.entries[:0] = entries
+            self.chars += sum(len(entry[2]) for entry in entries)
 
     def waiting(self) -> int:
         return len(self.entries)
+
+    def full(self) -> bool:
+        return len(self.entries) >= MAX_BUFFERED_LINES or self.chars >= MAX_BUFFERED_CHARS
 
 
 class BatchWriter:
@@ -99,7 +120,7 @@ class BatchWriter:
         """A buffer is full enough to flush now; past the bound, wait for it."""
         with self._cond:
             self._cond.notify_all()
-            while log.waiting() >= MAX_BUFFERED_LINES and not self._stop.is_set():
+            while log.full() and not self._stop.is_set():
                 self._cond.wait(0.1)
 
     def task(self, task_id: int, status: str, error: str | None = None) -> None:
@@ -156,7 +177,8 @@ class BatchWriter:
         backoff = FLUSH_INTERVAL_S
         while not self._stop.is_set():
             with self._cond:
-                if not any(log.waiting() >= FLUSH_LINES for log in self._steps.values()):
+                if not any(log.waiting() >= FLUSH_LINES or log.chars >= FLUSH_CHARS
+                           for log in self._steps.values()):
                     self._cond.wait(backoff)
             try:
                 self.flush()

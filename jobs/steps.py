@@ -10,8 +10,8 @@ from typing import Any
 
 from .context import StepContext, StepFailed
 from .definitions import param_env, substitute
+from .logwriter import MAX_LINE_CHARS, truncation_marker
 
-MAX_LINE_BYTES = 64 * 1024  # longer lines are cut, with a marker saying so
 KILL_GRACE_S = 1.0
 GENERATED_LEVELS = ("info",) * 8 + ("debug", "warn")
 
@@ -54,21 +54,22 @@ def run_shell(ctx: StepContext, spec: dict[str, Any]) -> None:
 
 def _pump(stream, ctx: StepContext, level: str) -> None:
     """Forward a pipe line by line; bad bytes become U+FFFD, never lost.
-    A line over MAX_LINE_BYTES is cut there, with a marker saying how much."""
+    A line over MAX_LINE_CHARS bytes is cut there (never read whole into
+    memory), with a marker saying how much."""
     dropped: int | None = None  # bytes of the current over-long line not shown
-    for chunk in iter(lambda: stream.readline(MAX_LINE_BYTES), b""):
+    for chunk in iter(lambda: stream.readline(MAX_LINE_CHARS), b""):
         complete = chunk.endswith(b"\n")
         if dropped is not None:
             dropped += len(chunk) - complete
             if complete:
-                ctx.log(f"[line truncated: {dropped} more bytes not shown]", "warn")
+                ctx.log(truncation_marker(dropped, "bytes"), "warn")
                 dropped = None
             continue
         ctx.log(chunk.rstrip(b"\n").rstrip(b"\r").decode("utf-8", errors="replace"), level)
-        if not complete and len(chunk) >= MAX_LINE_BYTES:
+        if not complete and len(chunk) >= MAX_LINE_CHARS:
             dropped = 0
     if dropped:
-        ctx.log(f"[line truncated: {dropped} more bytes not shown]", "warn")
+        ctx.log(truncation_marker(dropped, "bytes"), "warn")
     stream.close()
 
 

@@ -170,14 +170,11 @@ class Tx:
         start = self.conn.execute(
             "SELECT log_count FROM steps WHERE id = ?", (step_id,)
         ).fetchone()[0]
-        try:
-            batch = json.dumps(entries, ensure_ascii=False)
-            self.conn.execute(INSERT_LOGS, (step_id, start + 1, job_id, batch))
-        except UnicodeEncodeError:  # lone surrogates: keep the line, replace the bytes
-            entries = [(ts, lv, msg.encode("utf-8", "replace").decode("utf-8"))
-                       for ts, lv, msg in entries]
-            self.conn.execute(INSERT_LOGS, (step_id, start + 1, job_id,
-                                            json.dumps(entries, ensure_ascii=False)))
+        batch = json.dumps(entries, ensure_ascii=False)
+        if "\\u0000" in batch or not _encodable(batch):
+            batch = json.dumps([(ts, level, storable_text(message))
+                                for ts, level, message in entries], ensure_ascii=False)
+        self.conn.execute(INSERT_LOGS, (step_id, start + 1, job_id, batch))
         self.conn.execute(
             "UPDATE steps SET log_count = ?, version = version + 1 WHERE id = ?",
             (start + len(entries), step_id),
@@ -396,6 +393,21 @@ class Store:
             if not only_job:
                 tx.conn.execute("DELETE FROM workers WHERE id = ?", (dead_worker_id,))
         return job_ids
+
+
+def storable_text(text: str) -> str:
+    """SQLite text would end at a NUL, and UTF-8 has no lone surrogates: both
+    become U+FFFD, and the rest of the line is kept."""
+    text = text.replace("\x00", "\ufffd")
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 INSERT_LOGS = ("INSERT INTO logs (step_id, line, job_id, ts, level, message)"

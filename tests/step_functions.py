@@ -71,3 +71,9 @@ def hostile(ctx) -> None:
         ctx.log(payload)
     ctx.log(XSS_PAYLOADS[0], "error")
     raise StepFailed(XSS_PAYLOADS[1])
+
+
+def huge_lines(ctx) -> None:
+    ctx.log("x" * (1024 * 1024))
+    ctx.log("nul \x00 inside, lone surrogate \udcff, emoji \U0001f600")
+    ctx.log("after")

@@ -6,6 +6,7 @@ import time
 
 from jobs import queries
 from jobs.check import violations
+from jobs.store import storable_text
 
 from .conftest import log_messages, make_definition, steps_by_name, wait_for, wait_job
 
@@ -318,3 +319,36 @@ def _alive(pid: int) -> bool:
     # a zombie is dead for our purposes
     with open(f"/proc/{pid}/stat") as f:
         return f.read().split()[2] != "Z"
+
+
+def test_huge_lines_binary_and_invalid_utf8_lose_nothing_but_what_is_marked(
+        store, start_worker, tmp_path):
+    binary = tmp_path / "random.bin"
+    binary.write_bytes(os.urandom(300_000) + b"\n")
+    definition = make_definition(r"""
+[params]
+binary = "BINARY"
+[step.shell]
+type = "shell"
+run = '''head -c 1048576 /dev/zero | tr '\0' a; echo; echo ok
+cat "$STEPLINE_PARAM_BINARY"; printf 'bad \377\376 end\n'; echo last'''
+[step.python]
+type = "python"
+call = "tests.step_functions:huge_lines"
+""".replace("BINARY", str(binary)))
+    job_id = store.create_job(definition, {})
+    start_worker()
+    assert wait_job(store, job_id)["status"] == "completed"
+    steps = steps_by_name(store, job_id)
+    shell = log_messages(store, steps["shell"]["id"])
+    assert shell[0] == "a" * 65536
+    assert shell[1] == "[line truncated: 983040 more bytes not shown]"
+    assert shell[2] == "ok"
+    assert shell[-2:] == ["bad \ufffd\ufffd end", "last"]
+    expected = [storable_text(line.rstrip(b"\r").decode("utf-8", "replace"))
+                for line in binary.read_bytes().split(b"\n")[:-1]]
+    assert all(len(line) <= 65536 for line in expected)
+    assert shell[3:-2] == expected  # every random line; NULs and bad bytes as U+FFFD
+    python = log_messages(store, steps["python"]["id"])
+    assert python == ["x" * 65536, "[line truncated: 983040 more characters not shown]",
+                      "nul \ufffd inside, lone surrogate \ufffd, emoji \U0001f600", "after"]
