@@ -15,6 +15,17 @@ from jobs.store import Store
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_addoption(parser):
+    parser.addoption("--soak", action="store_true",
+                     help="run the fault tests at full size (20 kill rounds, 500 jobs,"
+                          " 1,000 WebSocket cycles); results go in bench/RESULTS.md")
+
+
+@pytest.fixture
+def soak(request) -> bool:
+    return request.config.getoption("--soak")
+
+
 @pytest.fixture
 def db_path(tmp_path) -> str:
     return str(tmp_path / "stepline.db")

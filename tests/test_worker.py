@@ -223,31 +223,6 @@ run = "echo next"
     assert steps["next"]["status"] == "cancelled"
 
 
-def test_two_workers_never_run_the_same_job(store, start_worker, tmp_path):
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    definition = make_definition(f"""
-[step.mark]
-type = "shell"
-run = "touch {marks}/$STEPLINE_PARAM_N-$$"
-[params]
-n = 0
-""")
-    job_ids = [store.create_job(definition, {"n": n}) for n in range(40)]
-    start_worker()
-    start_worker()
-    for job_id in job_ids:
-        assert wait_job(store, job_id, timeout=60)["status"] == "completed"
-    runs = sorted(p.name.split("-")[0] for p in marks.iterdir())
-    assert runs == sorted(str(n) for n in range(40))  # each exactly once
-    for job_id in job_ids:
-        running = store.db.execute(
-            "SELECT count(*) FROM events WHERE job_id = ? AND context = 'job'"
-            " AND status = 'running'", [job_id]).fetchone()[0]
-        assert running == 1
-    assert violations(store.db) == []
-
-
 def test_kill_9_leaves_nothing_running(store, start_worker):
     definition = make_definition("""
 [step.first]

@@ -1,0 +1,120 @@
+"""Workers die (`kill -9` at random moments) and race (several on one
+database): nothing is left running, nothing committed is lost, every job runs
+exactly once. `pytest --soak` runs them at full size."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from jobs import config, queries
+from jobs.actions import start_job
+from jobs.check import violations
+from jobs.states import TERMINAL
+
+from .conftest import ROOT, make_definition, wait_for, wait_job
+
+
+def committed_logs(store) -> dict[tuple[str, int], str]:
+    return {(step_id, line): message for step_id, line, message in
+            store.db.execute("SELECT step_id, line, message FROM logs").fetchall()}
+
+
+def worker_id_of(store, pid: int) -> str:
+    return wait_for(lambda: store.db.execute("SELECT id FROM workers WHERE pid = ?",
+                                             [pid]).fetchone(), what="worker registered")[0]
+
+
+def unfinished(store) -> list[str]:
+    return [job["id"] for job in queries.list_jobs(store.db, limit=10**6)[0]
+            if job["status"] not in TERMINAL]
+
+
+def stepline_check(db_path: str, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jobs.cli", "check", "--db", db_path, *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_kill_9_at_random_moments_loses_nothing(store, db_path, start_worker, soak):
+    rounds = 20 if soak else 4
+    seed = int(os.environ.get("STEPLINE_KILL_SEED", time.time()))
+    rng = random.Random(seed)
+    definitions, _ = config.definitions(None)
+    demo_params = {} if soak else {"tasks": 8}  # the full load_demo takes a minute
+
+    def queue_demo_jobs() -> None:
+        start_job(store, definitions, "load_demo", demo_params)
+        start_job(store, definitions, "codebase_classify", {})
+
+    queue_demo_jobs()
+    worker = start_worker()
+    interrupted = 0
+    for round_ in range(rounds):
+        dead_id = worker_id_of(store, worker.proc.pid)
+        time.sleep(rng.uniform(0.2, 4.0))
+        before = committed_logs(store)
+        running_before = store.db.execute(
+            "SELECT count(*) FROM steps WHERE status = 'running'").fetchone()[0]
+        os.kill(worker.proc.pid, signal.SIGKILL)
+        worker.proc.wait()
+        worker = start_worker()  # recovers the dead one's work as it starts
+
+        def recovered(dead=dead_id) -> bool:
+            return not store.db.execute(
+                "SELECT 1 FROM workers WHERE id = ? UNION ALL"
+                " SELECT 1 FROM jobs WHERE worker_id = ? AND status = 'running'",
+                [dead, dead]).fetchone()
+
+        wait_for(recovered, 30, what=f"round {round_}: recovery of {dead_id}")
+        found = violations(store.db, allow_running=True, require_owner=True)
+        assert found == [], (f"seed {seed} round {round_}", found)
+        after = committed_logs(store)
+        lost = [key for key, message in before.items() if after.get(key) != message]
+        assert lost == [], f"seed {seed} round {round_}: committed lines changed or lost"
+        interrupted += running_before
+        if not unfinished(store):
+            queue_demo_jobs()
+
+    for job_id in unfinished(store):
+        wait_job(store, job_id, timeout=300)
+    check = stepline_check(db_path)
+    assert check.returncode == 0 and check.stderr.strip() == "ok", check.stdout
+    jobs = queries.list_jobs(store.db, limit=10**6)[0]
+    print(f"\nkill -9: {rounds} rounds (seed {seed}), {len(jobs)} jobs, {interrupted} running"
+          f" steps interrupted, {len(committed_logs(store))} log lines kept; check: ok")
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_racing_workers_run_each_job_exactly_once(store, db_path, start_worker, tmp_path,
+                                                   workers, soak):
+    count = 500 if soak else 120
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    definition = make_definition(f"""
+[step.mark]
+type = "shell"
+run = "touch {marks}/$STEPLINE_PARAM_N-$$"
+[params]
+n = 0
+""")
+    job_ids = [store.create_job(definition, {"n": n}) for n in range(count)]
+    started = time.monotonic()
+    for _ in range(workers):
+        start_worker()
+    for job_id in job_ids:
+        assert wait_job(store, job_id, timeout=300)["status"] == "completed"
+    elapsed = time.monotonic() - started
+    runs = sorted(int(p.name.split("-")[0]) for p in marks.iterdir())
+    assert runs == list(range(count))  # each exactly once
+    claims = store.db.execute(
+        "SELECT job_id, count(*) FROM events WHERE context = 'job' AND status = 'running'"
+        " GROUP BY job_id HAVING count(*) != 1").fetchall()
+    assert claims == []
+    by_worker = store.db.execute("SELECT count(DISTINCT worker_id) FROM jobs").fetchone()[0]
+    assert violations(store.db) == []
+    print(f"\n{workers} workers: {count} jobs, each once, in {elapsed:.1f}s"
+          f" ({by_worker} distinct claimants)")
