@@ -2,6 +2,8 @@
 real gunicorn gevent server and a real worker."""
 
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import pytest
 import requests
 
 from jobs import queries
+from jobs.definitions import load_file
 from jobs.states import TERMINAL
 
 from .conftest import log_messages, wait_for, wait_job
@@ -315,3 +318,37 @@ def test_hostile_text_is_shown_literally_and_never_runs(page, live_server, store
     page.locator(f"#job-{job_id}").wait_for()
     assert f"step {XSS_PAYLOADS[1]!r} failed" in page.inner_text(f"#job-{job_id}")
     assert_nothing_ran(page, dialogs, requests_seen)
+
+
+def test_pages_resync_within_5s_after_their_web_worker_is_killed(browser, server, store,
+                                                                  start_worker):
+    """kill -9 of the gunicorn worker that holds the live connections: the
+    master starts another, every page reconnects and matches /structure."""
+    job_id = store.create_job(load_file(DEFS / "slow_pipeline.toml"), {"pause": 1.0})
+    contexts = [browser.new_context() for _ in range(2)]
+    pages = [context.new_page() for context in contexts]
+    for page in pages:
+        page.add_init_script(TRACE_SCRIPT)
+        page.goto(f"{server.url}/jobs/{job_id}")
+        wait_for(lambda p=page: p.evaluate("document.getElementById('live').dataset.opened"),
+                 what="live connection")
+    start_worker()
+    pages[0].locator(".step-row[data-status=running]").first.wait_for(timeout=20_000)
+    [victim] = server.worker_pids()
+    seen = [page.evaluate("window.__trace.length") for page in pages]
+    os.kill(victim, signal.SIGKILL)
+    killed_at = time.monotonic()
+    store.request_cancel(job_id)  # the job changes while nobody serves the pages
+    wait_job(store, job_id)
+    for page, before in zip(pages, seen, strict=True):
+        left = 5 - (time.monotonic() - killed_at)
+        wait_for(lambda p=page, n=before: p.evaluate("window.__trace.length") > n, left,
+                 what="a message from the new web worker")
+        final = wait_dom_matches_structure(page, server, job_id,
+                                           timeout=5 - (time.monotonic() - killed_at))
+        assert final["job"] == "cancelled"
+    resynced_s = time.monotonic() - killed_at
+    assert victim not in server.worker_pids()
+    for context in contexts:
+        context.close()
+    print(f"\nweb worker killed: both pages matched /structure after {resynced_s:.2f}s")
