@@ -77,3 +77,10 @@ def huge_lines(ctx) -> None:
     ctx.log("x" * (1024 * 1024))
     ctx.log("nul \x00 inside, lone surrogate \udcff, emoji \U0001f600")
     ctx.log("after")
+
+
+def flood(ctx, lines: int) -> None:
+    """Log as fast as one thread can: the buffer bound must hold it back."""
+    log = ctx.log
+    for n in range(1, lines + 1):
+        log(f"flood {n}")

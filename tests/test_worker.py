@@ -327,3 +327,28 @@ call = "tests.step_functions:huge_lines"
     python = log_messages(store, steps["python"]["id"])
     assert python == ["x" * 65536, "[line truncated: 983040 more characters not shown]",
                       "nul \ufffd inside, lone surrogate \ufffd, emoji \U0001f600", "after"]
+
+
+def test_a_flood_of_lines_keeps_worker_memory_bounded(store, start_worker, soak):
+    lines = 10_000_000 if soak else 1_000_000
+    job_id = store.create_job(make_definition(f"""
+[step.flood]
+type = "python"
+call = "tests.step_functions:flood"
+config = {{ lines = {lines} }}
+"""), {})
+    started = time.monotonic()
+    worker = start_worker()
+    assert wait_job(store, job_id, timeout=900)["status"] == "completed"
+    elapsed = time.monotonic() - started
+    status = open(f"/proc/{worker.proc.pid}/status").read()
+    peak_mb = int(status.split("VmHWM:")[1].split()[0]) / 1024
+    step_id = steps_by_name(store, job_id)["flood"]["id"]
+    count, top = store.db.execute("SELECT count(*), max(line) FROM logs WHERE step_id = ?",
+                                  [step_id]).fetchone()
+    assert count == top == lines
+    last = store.db.execute("SELECT message FROM logs WHERE step_id = ? AND line = ?",
+                            [step_id, lines]).fetchone()[0]
+    assert last == f"flood {lines}"
+    print(f"\n{lines:,} lines in {elapsed:.1f}s, worker peak RSS {peak_mb:.0f} MB")
+    assert peak_mb < 250  # the buffer holds at most 100,000 lines / 32 MB of text
