@@ -234,3 +234,26 @@ def test_serve_binds_loopback_and_warns_on_an_open_address(tmp_path):
     finally:
         output = stop_serve(proc)
     assert "WARNING: listening on 0.0.0.0 with no STEPLINE_TOKEN" in output
+
+
+def test_secrets_are_only_compared_in_constant_time():
+    """No `==`/`!=` on the access token or the CSRF token anywhere: only
+    hmac.compare_digest, whose time does not depend on where they differ."""
+    import ast
+    import inspect
+
+    from jobs import auth
+
+    tree = ast.parse(inspect.getsource(auth))
+    secret_names = {"token", "csrf_token", "sent", "given", "value"}
+    compared = 0
+    for node in ast.walk(tree):
+        names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} | {
+            n.func.id for n in ast.walk(node)
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+        if isinstance(node, ast.Compare) and any(
+                isinstance(op, ast.Eq | ast.NotEq) for op in node.ops):
+            assert not names & secret_names, ast.unparse(node)
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == "hmac.compare_digest":
+            compared += 1
+    assert compared == 3  # bearer header, login form, CSRF token
