@@ -3,7 +3,7 @@
 import os
 import secrets
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flask import Flask
 from flask_sock import Sock
@@ -20,6 +20,7 @@ from jobs.store import Conflict, NotFound, Store
 class Stepline:
     store: Store
     hub: Hub
+    snapshots: dict = field(default_factory=dict)  # view key -> latest snapshot Message
 
 
 def create_app(db_path: str | None = None, definitions_dir: str | None = None,

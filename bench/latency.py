@@ -20,13 +20,15 @@ def drive(store: Store, job_id: str, pause_s: float) -> dict[int, float]:
     """Walk every step pending -> running -> completed, as a worker would;
     returns commit time by event seq."""
     committed = {}
+    due = time.monotonic()
     for step in queries.job_steps(store.db, job_id):
         for status in ("running", "completed"):
             with store.write() as tx:
                 tx.transition("step", step["id"], status)
                 seq = tx.conn.execute("SELECT max(seq) FROM events").fetchone()[0]
             committed[seq] = time.time()
-            time.sleep(pause_s)
+            due += pause_s  # a fixed schedule: a slow commit does not lower the rate
+            time.sleep(max(0.0, due - time.monotonic()))
     return committed
 
 

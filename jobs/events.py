@@ -3,11 +3,16 @@ the `events` table (checking the cheap `PRAGMA data_version` first) and fans
 each event out to the connections watching an affected view.
 
 A fragment is rendered once per event and view, encoded once, and the same
-bytes go to every subscriber. Each connection has a bounded queue; one that
-falls behind is marked `lagging` and gets a fresh snapshot instead of an
-unbounded backlog. Under gunicorn's gevent worker `threading`, `queue` and
-`time` are monkey-patched, so the tailer is a greenlet and the queues are
-gevent-friendly; under a plain server they are real threads.
+bytes go to every subscriber. A connection that falls behind gets a fresh
+snapshot instead of an unbounded backlog. Under gunicorn's gevent worker
+`threading`, `queue` and `time` are monkey-patched, so the tailer is a
+greenlet and the queues are gevent-friendly; under a plain server they are
+real threads.
+
+SSE connections take messages from a bounded queue; WebSocket connections
+are written to by the tailer itself without blocking (see
+`jobs.live.SocketSubscription`), so one event for 1,000 watchers costs 1,000
+non-blocking sends and no greenlet switch.
 """
 
 import json
@@ -74,7 +79,10 @@ def event_fields(event: dict) -> dict[str, Any]:
 
 
 @dataclass(eq=False)
-class Subscription:
+class QueueSubscription:
+    """A connection whose own greenlet takes messages from a bounded queue
+    (SSE). One that falls behind is marked `lagging` and resyncs."""
+
     view: Any
     transport: str
     inbox: queue.Queue = field(default_factory=lambda: queue.Queue(QUEUE_SIZE))
@@ -97,12 +105,14 @@ class Subscription:
 
 class Hub:
     """Views are hashable objects with `.key`, `.wants(event)`; `render(view,
-    event)` returns the HTML fragment for that view."""
+    event)` returns the HTML fragment for that view. A subscription is any
+    object with `.view`, `.transport` and `.put(message)`; `put` runs in the
+    tailer and must never block."""
 
     def __init__(self, db_path: str, render: Callable[[Any, dict], str]):
         self.db_path = db_path
         self.render = render
-        self._views: dict[Hashable, set[Subscription]] = {}
+        self._views: dict[Hashable, set] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.last_seq = 0
@@ -110,14 +120,13 @@ class Hub:
 
     # -- subscriptions -----------------------------------------------------------
 
-    def subscribe(self, view, transport: str) -> Subscription:
+    def subscribe(self, sub):
         self._ensure_running()
-        sub = Subscription(view, transport)
         with self._lock:
-            self._views.setdefault(view.key, set()).add(sub)
+            self._views.setdefault(sub.view.key, set()).add(sub)
         return sub
 
-    def unsubscribe(self, sub: Subscription) -> None:
+    def unsubscribe(self, sub) -> None:
         with self._lock:
             subs = self._views.get(sub.view.key)
             if subs is not None:

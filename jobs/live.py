@@ -16,13 +16,14 @@ from flask import Blueprint, Response, current_app, request, stream_with_context
 from simple_websocket import ConnectionClosed
 
 from . import queries, render
-from .events import Message
+from .events import Message, QueueSubscription
 from .http import ApiError, page_arg, status_arg
 
 bp = Blueprint("live", __name__)
 REPLAY_LIMIT = 2000
 SEND_BUFFER_BYTES = 64 * 1024
 KEEPALIVE_S = 15.0
+SNAPSHOT_CACHE_SIZE = 64
 
 
 @dataclass(frozen=True)
@@ -138,34 +139,165 @@ def _stepline():
 
 
 class WholeFrames:
-    """simple-websocket 1.1.0 writes each frame with one sock.send() and
-    ignores a partial write (its issue #45), which cuts the frame and breaks
-    the stream whenever the send buffer is fuller than the frame is long (a
-    big snapshot, a slow network). This socket sends every frame whole, one
-    frame at a time: its reader greenlet's pongs and pings go through it too."""
+    """The WebSocket's socket, written one whole frame at a time.
+
+    simple-websocket 1.1.0 writes each frame with one sock.send() and ignores
+    a partial write (its issue #45), which cuts the frame whenever the send
+    buffer is fuller than the frame is long. Every write here goes through
+    one lock and finishes what an earlier write began, so frames from the
+    tailer, the connection's greenlet and simple-websocket's reader (pongs,
+    pings, the close frame) never interleave."""
 
     def __init__(self, sock):
         self._sock = sock
         self._lock = threading.Lock()
+        self._rest = b""  # the unsent tail of a frame already begun
+        if type(sock).__module__.startswith("gevent"):
+            self._send_now = lambda data: sock.send(data, 0, timeout=0.0)
+        else:
+            self._send_now = lambda data: sock.send(data, socket.MSG_DONTWAIT)
 
     def send(self, data: bytes) -> int:
+        """Blocking (cooperatively, under gevent): the rest of any frame begun,
+        then `data`."""
         with self._lock:
+            if self._rest:
+                self._sock.sendall(self._rest)
+                self._rest = b""
             self._sock.sendall(data)
         return len(data)
+
+    def try_send(self, frame: bytes) -> bool:
+        """Without waiting: True when the frame is taken -- written whole, or
+        begun with its tail kept for `send` to finish first. False when
+        nothing was written (socket full, or another write in progress)."""
+        if self._rest or not self._lock.acquire(blocking=False):
+            return False
+        try:
+            self._rest = frame[self._send_now(frame):]
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            self._lock.release()
+
+    @property
+    def unfinished(self) -> bool:
+        return bool(self._rest)
 
     def __getattr__(self, name):
         return getattr(self._sock, name)
 
 
+class SocketSubscription:
+    """A WebSocket watcher. The tailer writes each frame straight into the
+    socket without blocking; only when the socket is full do frames wait in
+    a short list for this connection's own greenlet to write, and past
+    MAX_WAITING frames they are dropped for one fresh snapshot. A healthy
+    connection therefore costs no greenlet switch and no queue per event."""
+
+    MAX_WAITING = 200
+
+    def __init__(self, view, sock: WholeFrames, with_content: bool, first: Message):
+        self.view = view
+        self.transport = "ws"
+        self.sock = sock
+        self.with_content = with_content
+        self.sent = first.seq  # highest seq handed to the socket
+        self.waiting: list[bytes] = [first.frame(with_content)]
+        self.behind = False  # frames were dropped: a snapshot is due
+        self.closed = False
+        self.wake = threading.Event()
+        self.wake.set()
+
+    def put(self, message: Message) -> None:
+        """Called by the tailer: must never block."""
+        if message.seq <= self.sent or self.closed:
+            return
+        self.sent = message.seq
+        if self.behind:
+            return  # the coming snapshot includes it
+        frame = message.frame(self.with_content)
+        try:
+            if not self.waiting and self.sock.try_send(frame):
+                if self.sock.unfinished:
+                    self.wake.set()
+                return
+        except OSError:  # reset by the peer: the connection's greenlet cleans up
+            self.closed = True
+        if len(self.waiting) >= self.MAX_WAITING:
+            self.waiting.clear()
+            self.behind = True
+        else:
+            self.waiting.append(frame)
+        self.wake.set()
+
+    def write_waiting(self) -> None:
+        """Run by the connection's greenlet: finish a begun frame, write what
+        waits, and resync with a snapshot where frames were dropped."""
+        self.sock.send(b"")
+        while self.waiting or self.behind:
+            if self.waiting:
+                self.sock.send(self.waiting.pop(0))
+                continue
+            snapshot = snapshot_message(self.view)
+            # Nothing yields between the read and here: no event slips through.
+            self.sent = max(self.sent, snapshot.seq)
+            self.behind = False
+            self.sock.send(snapshot.frame(self.with_content))
+
+
 def snapshot_message(view) -> Message:
-    fields, content = view.snapshot(_stepline().store.db)
-    return Message(fields["seq"], fields, content)
+    """Built once per view and seq: a thousand pages opening one job at the
+    same moment share one snapshot (and its encoded frame) instead of a
+    thousand copies of a 500 KB string."""
+    db, cache = _stepline().store.db, _stepline().snapshots
+    cached = cache.get(view.key)
+    if cached is not None and cached.seq == queries.last_seq(db):
+        return cached
+    fields, content = view.snapshot(db)
+    if len(cache) >= SNAPSHOT_CACHE_SIZE:
+        cache.clear()
+    message = cache[view.key] = Message(fields["seq"], fields, content)
+    return message
 
 
-def follow(view, sub, sent: int, timeout: float) -> Iterator[Message | None]:
-    """The messages a connection sends after seq `sent`, for WS and SSE alike:
-    each newer one once, in seq order; a fresh snapshot when the subscriber
-    fell behind and lost its backlog; None after `timeout` of silence."""
+def websocket(ws) -> None:
+    """`WS /ws?job=<id>` or `?view=jobs`: a snapshot, then one message per event."""
+    try:
+        view = view_from_args(request.args)
+        first = snapshot_message(view)
+    except ApiError as exc:
+        ws.send(json.dumps({"error": exc.message}))
+        ws.close(reason=1008, message=exc.message)
+        return
+    # A small kernel send buffer: a client that stops reading fills it soon,
+    # and resyncs from a snapshot instead of the kernel holding megabytes of
+    # stale frames for it.
+    ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+    ws.sock = WholeFrames(ws.sock)
+    hub = _stepline().hub
+    sub = hub.subscribe(SocketSubscription(view, ws.sock, request.args.get("format") != "json",
+                                           first))
+    try:
+        while ws.connected and not sub.closed:
+            if sub.wake.wait(timeout=1.0):
+                sub.wake.clear()
+                sub.write_waiting()
+    except (ConnectionClosed, OSError):
+        pass
+    except ApiError as exc:  # the job was deleted while this client was behind
+        ws.close(reason=1008, message=exc.message)
+    finally:
+        sub.closed = True
+        hub.unsubscribe(sub)
+
+
+def follow(view, sub: QueueSubscription, sent: int, timeout: float
+           ) -> Iterator[Message | None]:
+    """The messages an SSE stream sends after seq `sent`: each newer one once,
+    in seq order; a fresh snapshot when it fell behind and lost its backlog;
+    None after `timeout` of silence (time for a keepalive)."""
     while True:
         message = sub.get(timeout=timeout)
         if sub.lagging:
@@ -180,36 +312,6 @@ def follow(view, sub, sent: int, timeout: float) -> Iterator[Message | None]:
         yield message
 
 
-def websocket(ws) -> None:
-    """`WS /ws?job=<id>` or `?view=jobs`: a snapshot, then one message per event."""
-    try:
-        view = view_from_args(request.args)
-        first = snapshot_message(view)
-    except ApiError as exc:
-        ws.send(json.dumps({"error": exc.message}))
-        ws.close(reason=1008, message=exc.message)
-        return
-    with_content = request.args.get("format") != "json"
-    # A small kernel send buffer: a client that stops reading blocks our
-    # sends soon, its bounded queue overflows, and it resyncs from a snapshot
-    # instead of the kernel holding megabytes of stale frames for it.
-    ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
-    ws.sock = WholeFrames(ws.sock)
-    hub = _stepline().hub
-    sub = hub.subscribe(view, "ws")
-    try:
-        ws.sock.send(first.frame(with_content))
-        for message in follow(view, sub, first.seq, timeout=1.0):
-            if not ws.connected:
-                break
-            if message is not None:
-                ws.sock.send(message.frame(with_content))  # framed once for all
-    except (ConnectionClosed, OSError):
-        pass
-    finally:
-        hub.unsubscribe(sub)
-
-
 @bp.get("/events")
 def server_sent_events():
     """SSE fallback: the same fragments as unnamed messages, `id:` = seq.
@@ -217,7 +319,7 @@ def server_sent_events():
     view = view_from_args(request.args)
     store, hub = _stepline().store, _stepline().hub
     last_id = request.headers.get("Last-Event-ID", "")
-    sub = hub.subscribe(view, "sse")  # before reading: nothing falls between
+    sub = hub.subscribe(QueueSubscription(view, "sse"))  # before reading: nothing falls between
 
     def stream():
         try:

@@ -1,6 +1,7 @@
 """A real gunicorn (gevent worker) on a loopback port, for protocol and
 browser tests."""
 
+import base64
 import os
 import signal
 import socket
@@ -85,3 +86,41 @@ def socket_count(pid: int) -> int:
         except OSError:
             continue
     return count
+
+
+def ws_connect(port: int, path: str, rcvbuf: int | None = None) -> socket.socket:
+    sock = socket.socket()
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    # Peek, then take exactly the response head: frames the server sends
+    # right after it stay in the socket for the caller.
+    while b"\r\n\r\n" not in (peeked := sock.recv(65536, socket.MSG_PEEK)):
+        assert peeked, "server closed during the handshake"
+        time.sleep(0.01)
+    head = sock.recv(peeked.index(b"\r\n\r\n") + 4)
+    assert b" 101 " in head.split(b"\r\n", 1)[0], head[:200]
+    return sock
+
+
+def read_frames(sock: socket.socket) -> list[tuple[int, bytes]]:
+    """Every server frame until the connection ends: (opcode, payload)."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    frames, pos = [], 0
+    while pos < len(data):
+        opcode, length = data[pos] & 0x0F, data[pos + 1] & 0x7F
+        pos += 2
+        if length in (126, 127):
+            size = 2 if length == 126 else 8
+            length = int.from_bytes(data[pos:pos + size], "big")
+            pos += size
+        frames.append((opcode, data[pos:pos + length]))
+        pos += length
+    return frames

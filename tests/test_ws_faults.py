@@ -2,7 +2,6 @@
 the connection, churn through connect/disconnect -- while events flow: the
 web worker's open files and memory come back to where they were."""
 
-import base64
 import os
 import re
 import socket
@@ -14,31 +13,13 @@ import requests
 from jobs import queries
 
 from .conftest import make_definition, steps_by_name, wait_for
+from .live_server import ws_connect
 
 STEADY = """
 [step.steady]
 type = "shell"
 run = "for i in $(seq 1 100000); do echo line $i; sleep 0.01; done"
 """
-
-
-def ws_connect(port: int, path: str, rcvbuf: int | None = None) -> socket.socket:
-    sock = socket.socket()
-    if rcvbuf:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.settimeout(10)
-    sock.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(4096)
-        assert chunk, "server closed during the handshake"
-        head += chunk
-    assert b" 101 " in head.split(b"\r\n", 1)[0], head[:200]
-    return sock
 
 
 def masked_frame(opcode: int, payload: bytes, claimed: int | None = None) -> bytes:
