@@ -41,12 +41,13 @@ def ws_latency(transitions: int, pause_s: float) -> list[float]:
             loop = asyncio.new_event_loop()
             conn = loop.run_until_complete(Connection.open(url.hostname, url.port,
                                                            f"/ws?job={job_id}"))
-            reader = threading.Thread(target=loop.run_until_complete, args=(conn.run(),))
+            reader = threading.Thread(target=loop.run_until_complete, args=(conn.run(),),
+                                      daemon=True)
             reader.start()
             time.sleep(0.5)
             committed = drive(store, job_id, pause_s)
             time.sleep(1)
-            conn.writer.transport.abort()
+            loop.call_soon_threadsafe(conn.writer.transport.abort)  # the loop's own thread
             reader.join(5)
         arrived = dict(conn.received)
     return [(arrived[seq] - t) * 1000 for seq, t in committed.items() if seq in arrived], \

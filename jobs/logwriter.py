@@ -17,10 +17,12 @@ from .store import LogEntry, Store
 LEVELS = {"debug": "debug", "info": "info", "warn": "warn", "warning": "warn", "error": "error"}
 FLUSH_INTERVAL_S = 0.05
 FLUSH_LINES = 2000
-FLUSH_CHARS = 4 * 1024 * 1024  # ... or once this much text waits (a few huge lines)
-# A step's loggers wait beyond either bound, so memory stays bounded.
+FLUSH_CHARS = 4 * 1024 * 1024  # ... or once this much text in long lines waits
+# A step's loggers wait beyond either bound, so memory stays bounded: at most
+# 100,000 lines, and 32 MB of text in lines longer than LONG_LINE_CHARS.
 MAX_BUFFERED_LINES = 100_000
 MAX_BUFFERED_CHARS = 32 * 1024 * 1024
+LONG_LINE_CHARS = 1024
 # A longer line is cut, and a warning line says how much was not kept.
 MAX_LINE_CHARS = 64 * 1024
 
@@ -39,7 +41,7 @@ class StepLog:
         self.job_id = job_id
         self.step_id = step_id
         self.entries: list[LogEntry] = []
-        self.chars = 0  # text waiting in entries
+        self.chars = 0  # text waiting in long entries
         self.lock = threading.Lock()
 
     def append(self, message, level: str = "info") -> None:
@@ -50,15 +52,26 @@ class StepLog:
             raise ValueError(f"log level must be debug, info, warn or error, not {level!r}") \
                 from None
         message = str(message)
-        dropped = len(message) - MAX_LINE_CHARS
-        if dropped > 0:
-            message = message[:MAX_LINE_CHARS]
+        if len(message) > LONG_LINE_CHARS:
+            return self._append_long(message, level)
         entry = (time.time(), level, message)
         with self.lock:
             self.entries.append(entry)
+            waiting = len(self.entries)
+        if waiting % FLUSH_LINES == 0:  # every 2,000 lines: flush now, or wait for room
+            self.writer.wake(self)
+
+    def _append_long(self, message: str, level: str) -> None:
+        """Long lines are counted by size too (short ones are bounded by the
+        line count alone, which keeps the hot path short), and cut past
+        MAX_LINE_CHARS with a warning line saying how much was dropped."""
+        dropped = len(message) - MAX_LINE_CHARS
+        message = message[:MAX_LINE_CHARS]
+        with self.lock:
+            self.entries.append((time.time(), level, message))
             self.chars += len(message)
             waiting, chars = len(self.entries), self.chars
-        if waiting % FLUSH_LINES == 0 or chars >= FLUSH_CHARS:  # flush now, or wait for room
+        if waiting % FLUSH_LINES == 0 or chars >= FLUSH_CHARS:
             self.writer.wake(self)
         if dropped > 0:
             self.append(truncation_marker(dropped), "warn")
@@ -71,7 +84,7 @@ class StepLog:
     def put_back(self, entries: list[LogEntry]) -> None:
         with self.lock:
             self.entries[:0] = entries
-            self.chars += sum(len(entry[2]) for entry in entries)
+            self.chars += sum(len(e[2]) for e in entries if len(e[2]) > LONG_LINE_CHARS)
 
     def waiting(self) -> int:
         return len(self.entries)

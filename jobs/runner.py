@@ -114,7 +114,7 @@ class Worker:
                         raise
                     last_beat = now
                     writable_since = writable_since or now
-                if (now - last_recovery >= STALE_AFTER_S / 3
+                if (now - last_recovery >= STALE_AFTER_S / 3 and writable_since is not None
                         and now - writable_since >= STALE_AFTER_S):
                     self.recover_dead_workers()
                     last_recovery = now
