@@ -88,7 +88,7 @@ def fan_out(clients: int, seconds: float, rate: float) -> list[tuple]:
         rss = rss_kb(pid)
         time.sleep(3)
         for c in conns:  # the loop runs in another thread: ask it to close
-            loop.call_soon_threadsafe(c.writer.transport.abort)
+            loop.call_soon_threadsafe(c.abort)
         runner.join(10)
     expected = list(committed)
     complete = in_order = 0

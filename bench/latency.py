@@ -47,7 +47,7 @@ def ws_latency(transitions: int, pause_s: float) -> list[float]:
             time.sleep(0.5)
             committed = drive(store, job_id, pause_s)
             time.sleep(1)
-            loop.call_soon_threadsafe(conn.writer.transport.abort)  # the loop's own thread
+            loop.call_soon_threadsafe(conn.abort)  # the loop's own thread
             reader.join(5)
         arrived = dict(conn.received)
     return [(arrived[seq] - t) * 1000 for seq, t in committed.items() if seq in arrived], \

@@ -102,12 +102,15 @@ class QueueSubscription:
         except queue.Empty:
             return None
 
+    def flush(self) -> None:
+        """Nothing to do: the stream's own greenlet takes from the queue."""
+
 
 class Hub:
     """Views are hashable objects with `.key`, `.wants(event)`; `render(view,
     event)` returns the HTML fragment for that view. A subscription is any
-    object with `.view`, `.transport` and `.put(message)`; `put` runs in the
-    tailer and must never block."""
+    object with `.view`, `.transport`, `.put(message)` and `.flush()` (after
+    each poll's messages); both run in the tailer and must never block."""
 
     def __init__(self, db_path: str, render: Callable[[Any, dict], str]):
         self.db_path = db_path
@@ -170,16 +173,25 @@ class Hub:
             time.sleep(POLL_S)
 
     def poll_once(self, db) -> int:
+        """Dispatch the events committed since the last poll, then let every
+        subscriber that got some write them out: a tailer that fell behind
+        picks up several events at once, and a socket then takes them in one
+        send instead of one each, so the busier it gets the less it costs."""
         events = queries.events_after(db, self.last_seq, limit=500)
+        touched: set = set()
         for event in events:
             self.last_seq = event["seq"]
             self.events_seen += 1
-            self.dispatch(event)
+            touched.update(self.dispatch(event))
+        for sub in touched:
+            sub.flush()
         return len(events)
 
-    def dispatch(self, event: dict) -> None:
+    def dispatch(self, event: dict) -> list:
+        """Hand one event to every subscriber whose view wants it; returns them."""
         with self._lock:
             targets = [(subs, next(iter(subs)).view) for subs in self._views.values() if subs]
+        reached = []
         for subs, view in targets:
             if not view.wants(event):
                 continue
@@ -192,3 +204,5 @@ class Hub:
             message = Message(event["seq"], event_fields(event), content)
             for sub in list(subs):
                 sub.put(message)
+                reached.append(sub)
+        return reached

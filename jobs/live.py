@@ -190,13 +190,13 @@ class WholeFrames:
 
 
 class SocketSubscription:
-    """A WebSocket watcher. The tailer writes each frame straight into the
-    socket without blocking; only when the socket is full do frames wait in
-    a short list for this connection's own greenlet to write, and past
-    MAX_WAITING frames they are dropped for one fresh snapshot. A healthy
-    connection therefore costs no greenlet switch and no queue per event."""
+    """A WebSocket watcher. After each poll the tailer writes the frames it
+    collected for this socket in one non-blocking send; only when the socket
+    is full do they wait in a short list for this connection's own greenlet
+    to write, and past MAX_WAITING writes they are dropped for one fresh
+    snapshot. A healthy connection costs no greenlet switch and no queue."""
 
-    MAX_WAITING = 200
+    MAX_WAITING = 200  # parked writes (each one poll's frames)
 
     def __init__(self, view, sock: WholeFrames, with_content: bool, first: Message):
         self.view = view
@@ -204,6 +204,7 @@ class SocketSubscription:
         self.sock = sock
         self.with_content = with_content
         self.sent = first.seq  # highest seq handed to the socket
+        self.batch: list[bytes] = []  # this poll's frames, not yet written
         self.waiting: list[bytes] = [first.frame(with_content)]
         self.behind = False  # frames were dropped: a snapshot is due
         self.closed = False
@@ -211,15 +212,22 @@ class SocketSubscription:
         self.wake.set()
 
     def put(self, message: Message) -> None:
-        """Called by the tailer: must never block."""
+        """Called by the tailer for each event: collect its frame."""
         if message.seq <= self.sent or self.closed:
             return
         self.sent = message.seq
-        if self.behind:
-            return  # the coming snapshot includes it
-        frame = message.frame(self.with_content)
+        if not self.behind:  # when behind, the coming snapshot includes it
+            self.batch.append(message.frame(self.with_content))
+
+    def flush(self) -> None:
+        """Called by the tailer after each poll: write the frames collected,
+        in one send, without blocking; park them if the socket is full."""
+        if not self.batch:
+            return
+        data = self.batch[0] if len(self.batch) == 1 else b"".join(self.batch)
+        self.batch = []
         try:
-            if not self.waiting and self.sock.try_send(frame):
+            if not self.waiting and self.sock.try_send(data):
                 if self.sock.unfinished:
                     self.wake.set()
                 return
@@ -229,7 +237,7 @@ class SocketSubscription:
             self.waiting.clear()
             self.behind = True
         else:
-            self.waiting.append(frame)
+            self.waiting.append(data)
         self.wake.set()
 
     def write_waiting(self) -> None:
