@@ -9,10 +9,10 @@ browser at most 20 messages/s.
 
 import sys
 import threading
-import time
+from time import time_ns
 
 from .states import InvalidTransition
-from .store import LogEntry, Store
+from .store import LogEntry, Store, now_us
 
 LEVELS = {"debug": "debug", "info": "info", "warn": "warn", "warning": "warn", "error": "error"}
 FLUSH_INTERVAL_S = 0.05
@@ -54,7 +54,7 @@ class StepLog:
         message = str(message)
         if len(message) > LONG_LINE_CHARS:
             return self._append_long(message, level)
-        entry = (time.time(), level, message)
+        entry = (time_ns() // 1000, level, message)  # LogEntry: microseconds
         with self.lock:
             self.entries.append(entry)
             waiting = len(self.entries)
@@ -68,7 +68,7 @@ class StepLog:
         dropped = len(message) - MAX_LINE_CHARS
         message = message[:MAX_LINE_CHARS]
         with self.lock:
-            self.entries.append((time.time(), level, message))
+            self.entries.append((now_us(), level, message))
             self.chars += len(message)
             waiting, chars = len(self.entries), self.chars
         if waiting % FLUSH_LINES == 0 or chars >= FLUSH_CHARS:
