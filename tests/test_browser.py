@@ -307,6 +307,8 @@ def test_hostile_text_is_shown_literally_and_never_runs(page, live_server, store
     assert shown[len(XSS_PAYLOADS):len(XSS_PAYLOADS) + 3] == [
         "osc link", "<b>red</b> after clear", "invoice[U+202E]gnp.exe"]
     assert page.locator(f"#logs-{echo} .ll .msg").first.inner_text() == XSS_PAYLOADS[3]
+    OUTPUT.mkdir(exist_ok=True)
+    page.screenshot(path=str(OUTPUT / "hostile-job-page.png"), full_page=True)
     page.fill(f"#logpanel-{hostile} input[type=search]", "<script>")
     matching = [m for m in log_messages(store, hostile) if "<script>" in m]
     assert len(matching) == 3

@@ -69,6 +69,11 @@ def test_step_row(app, snapshot, status):
     assert render.render_step_row(step(status), oob=True) == snapshot
 
 
+def test_step_row_counts_lines_in_words(app):
+    assert ">1 line</td>" in render.render_step_row(step("running", log_count=1))
+    assert ">0 lines</td>" in render.render_step_row(step("running", log_count=0))
+
+
 def test_step_row_with_tasks(app, snapshot):
     tasks = {"pending": 3, "running": 1, "completed": 40, "failed": 2}
     fragment = render.render_step_row(step("running", tasks=tasks, progress_done=42,
