@@ -73,6 +73,13 @@ def start_worker(db_path):
         worker.stop(signal.SIGKILL)
 
 
+def stepline(db_path: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """The `stepline` command as a user runs it, on the test's database."""
+    env = {**os.environ, "STEPLINE_DB": db_path, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def wait_for(predicate, timeout: float = 30, interval: float = 0.05, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -21,6 +21,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def serving(url: str) -> bool:
+    """Whether a Stepline web server answers /healthz at url."""
+    try:
+        return requests.get(url + "/healthz", timeout=5).ok
+    except requests.RequestException:
+        return False
+
+
 class LiveServer:
     def __init__(self, db_path: str, workers: int = 1, env: dict | None = None,
                  port: int | None = None):
@@ -41,11 +49,9 @@ class LiveServer:
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            try:
-                if requests.get(self.url + "/healthz", timeout=5).ok:
-                    return self
-            except requests.RequestException:
-                time.sleep(0.1)
+            if serving(self.url):
+                return self
+            time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"gunicorn did not start: {self.proc.stderr.read().decode()[-2000:]}")
 

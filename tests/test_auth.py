@@ -17,7 +17,7 @@ from app import create_app
 from jobs import queries
 
 from .conftest import ROOT, make_definition, wait_for
-from .live_server import free_port
+from .live_server import free_port, serving
 
 TOKEN = "s3cret-token"
 ONE_STEP = '[step.a]\ntype = "shell"\nrun = "echo a"\n'
@@ -183,7 +183,7 @@ def test_the_token_is_never_logged_or_echoed(tmp_path):
     proc = run_serve("--port", str(port), "--db", str(tmp_path / "s.db"),
                      env={"STEPLINE_TOKEN": TOKEN})
     try:
-        wait_for(lambda: _up(url), timeout=30, what="stepline serve")
+        wait_for(lambda: serving(url), timeout=30, what="stepline serve")
         session = requests.Session()
         login = session.get(url + "/login").text
         csrf = re.search(r'name="csrf_token" value="([^"]+)"', login).group(1)
@@ -206,19 +206,12 @@ def test_the_token_is_never_logged_or_echoed(tmp_path):
     assert TOKEN not in output
 
 
-def _up(url: str) -> bool:
-    try:
-        return requests.get(url + "/healthz", timeout=2).ok
-    except requests.RequestException:
-        return False
-
-
 def test_serve_binds_loopback_and_warns_on_an_open_address(tmp_path):
     port = free_port()
     proc = run_serve("--port", str(port), "--db", str(tmp_path / "s.db"),
                      env={"STEPLINE_TOKEN": ""})
     try:
-        wait_for(lambda: _up(f"http://127.0.0.1:{port}"), timeout=30, what="stepline serve")
+        wait_for(lambda: serving(f"http://127.0.0.1:{port}"), timeout=30, what="stepline serve")
         assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1, nothing else
     finally:
         output = stop_serve(proc)
@@ -229,7 +222,7 @@ def test_serve_binds_loopback_and_warns_on_an_open_address(tmp_path):
     proc = run_serve("--host", "0.0.0.0", "--port", str(port), "--db", str(tmp_path / "s.db"),
                      env={"STEPLINE_TOKEN": ""})
     try:
-        wait_for(lambda: _up(f"http://127.0.0.1:{port}"), timeout=30, what="stepline serve")
+        wait_for(lambda: serving(f"http://127.0.0.1:{port}"), timeout=30, what="stepline serve")
         assert listening_addresses(port) == {"00000000"}
     finally:
         output = stop_serve(proc)

@@ -1,21 +1,12 @@
 """The CLI as a user runs it, and the demo pipeline end to end."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from jobs import queries
 from jobs.check import violations
 
-from .conftest import ROOT, log_messages, steps_by_name, wait_job
-
-
-def stepline(db_path: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "STEPLINE_DB": db_path, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+from .conftest import log_messages, stepline, steps_by_name, wait_job
 
 
 def test_demo_pipeline_end_to_end(store, db_path, start_worker, tmp_path):

@@ -5,8 +5,6 @@ exactly once. `pytest --soak` runs them at full size."""
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -16,7 +14,7 @@ from jobs.actions import start_job
 from jobs.check import violations
 from jobs.states import TERMINAL
 
-from .conftest import ROOT, make_definition, wait_for, wait_job
+from .conftest import make_definition, stepline, wait_for, wait_job
 
 
 def committed_logs(store) -> dict[tuple[str, int], str]:
@@ -32,11 +30,6 @@ def worker_id_of(store, pid: int) -> str:
 def unfinished(store) -> list[str]:
     return [job["id"] for job in queries.list_jobs(store.db, limit=10**6)[0]
             if job["status"] not in TERMINAL]
-
-
-def stepline_check(db_path: str, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "jobs.cli", "check", "--db", db_path, *extra],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
 def test_kill_9_at_random_moments_loses_nothing(store, db_path, start_worker, soak):
@@ -81,7 +74,7 @@ def test_kill_9_at_random_moments_loses_nothing(store, db_path, start_worker, so
 
     for job_id in unfinished(store):
         wait_job(store, job_id, timeout=300)
-    check = stepline_check(db_path)
+    check = stepline(db_path, "check")
     assert check.returncode == 0 and check.stderr.strip() == "ok", check.stdout
     jobs = queries.list_jobs(store.db, limit=10**6)[0]
     print(f"\nkill -9: {rounds} rounds (seed {seed}), {len(jobs)} jobs, {interrupted} running"

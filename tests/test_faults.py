@@ -14,7 +14,14 @@ import requests
 from jobs import queries
 from jobs.check import violations
 
-from .conftest import ROOT, log_messages, make_definition, steps_by_name, wait_for, wait_job
+from .conftest import (
+    log_messages,
+    make_definition,
+    stepline,
+    steps_by_name,
+    wait_for,
+    wait_job,
+)
 
 COUNTING = """
 [step.count]
@@ -54,8 +61,7 @@ def test_unwritable_database_path_is_a_clear_error(tmp_path):
     not_a_dir.write_text("")
     bad = str(not_a_dir / "stepline.db")
     for command in (["worker"], ["jobs"], ["serve", "--port", "1"]):
-        result = subprocess.run([sys.executable, "-m", "jobs.cli", *command, "--db", bad],
-                                cwd=ROOT, capture_output=True, text=True, timeout=30)
+        result = stepline(bad, *command, "--db", bad, timeout=30)
         assert result.returncode == 2, (command, result.stderr)
         assert result.stderr.strip() == f"stepline: database {bad}: unable to open database file"
 
