@@ -12,8 +12,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from jobs.definitions import build_definition  # noqa: E402
-from jobs.store import Store  # noqa: E402
+from stepline.engine.definitions import build_definition  # noqa: E402
+from stepline.store.writes import Store  # noqa: E402
 from tests.conftest import wait_for  # noqa: E402
 from tests.live_server import LiveServer  # noqa: E402
 
@@ -33,7 +33,7 @@ def temp_db():
 class Worker:
     def __init__(self, db_path: str, *args: str):
         env = {**os.environ, "STEPLINE_DB": db_path, "PYTHONPATH": str(ROOT)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "worker", *args],
+        self.proc = subprocess.Popen([sys.executable, "-m", "stepline.cli", "worker", *args],
                                      env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
 
     def stop(self):

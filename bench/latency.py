@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from bench.harness import Store, definition, median, pct, print_table, temp_db, web
 from bench.wsclient import Connection
-from jobs import queries
+from stepline.store import reads
 
 
 def steps_toml(n: int) -> str:
@@ -21,7 +21,7 @@ def drive(store: Store, job_id: str, pause_s: float) -> dict[int, float]:
     returns commit time by event seq."""
     committed = {}
     due = time.monotonic()
-    for step in queries.job_steps(store.db, job_id):
+    for step in reads.job_steps(store.db, job_id):
         for status in ("running", "completed"):
             with store.write() as tx:
                 tx.transition("step", step["id"], status)

@@ -17,7 +17,7 @@ from bench.harness import (
     web,
     worker,
 )
-from jobs import queries
+from stepline.store import reads
 
 FLOOD = """
 [step.flood]
@@ -33,13 +33,13 @@ def ingest(lines: int) -> tuple[float, float, str]:
     with temp_db() as path:
         store = Store(path)
         job_id = store.create_job(definition(FLOOD.format(lines=lines)), {})
-        step_id = queries.job_steps(store.db, job_id)[0]["id"]
+        step_id = reads.job_steps(store.db, job_id)[0]["id"]
         with web(path) as server, worker(path):
             url = f"{server.url}/api/jobs/{job_id}/steps/{step_id}/logs?after={lines - 1}"
             wait_for(lambda: requests.get(url, timeout=10).json()["lines"], timeout=600,
                        interval=0.02)
             visible = time.time()
-        step = queries.get_step(store.db, step_id)
+        step = reads.get_step(store.db, step_id)
         first_ts = next(store.db.query("SELECT ts FROM logs WHERE step_id = ? AND line = 1",
                                        [step_id]))["ts"]
         stepline_rate = lines / (visible - first_ts)
@@ -71,9 +71,9 @@ def big_log() -> list[tuple]:
     with temp_db() as path:
         store = Store(path)
         job_id = store.create_job(definition(BIG), {})
-        step_id = queries.job_steps(store.db, job_id)[0]["id"]
+        step_id = reads.job_steps(store.db, job_id)[0]["id"]
         with worker(path):
-            wait_for(lambda: queries.get_job(store.db, job_id)["status"] == "completed",
+            wait_for(lambda: reads.get_job(store.db, job_id)["status"] == "completed",
                        timeout=600, interval=0.2)
         with web(path) as server:
             base = f"{server.url}/jobs/{job_id}/steps/{step_id}"
@@ -123,7 +123,7 @@ def coalescing(seconds: float) -> list[tuple]:
     with temp_db() as path:
         store = Store(path)
         job_id = store.create_job(definition(PACED.format(seconds=seconds)), {})
-        step_id = queries.job_steps(store.db, job_id)[0]["id"]
+        step_id = reads.job_steps(store.db, job_id)[0]["id"]
         with web(path) as server:
             ws = Client.connect(server.url.replace("http", "ws") + f"/ws?job={job_id}")
             ws.receive(timeout=5)
@@ -139,7 +139,7 @@ def coalescing(seconds: float) -> list[tuple]:
                     if m["context"] == "job" and m["status"] in ("completed", "failed"):
                         break
             ws.close()
-        step = queries.get_step(store.db, step_id)
+        step = reads.get_step(store.db, step_id)
         lines = step["log_count"]
         rows = store.db.execute("SELECT count(*), max(line) FROM logs WHERE step_id = ?",
                                 [step_id]).fetchone()

@@ -8,8 +8,8 @@ import time
 import requests
 
 from bench.harness import Store, definition, median, print_table, temp_db, web
-from jobs import queries
-from jobs.events import Message
+from stepline.store import reads
+from stepline.web.hub import Message
 
 STEPS = 1000
 
@@ -46,10 +46,10 @@ def main():
         raw = sqlite3.connect(path)
         raw_ms = timed(lambda: raw.execute(
             "SELECT * FROM steps WHERE job_id = ? ORDER BY idx", [job_id]).fetchall())
-        store_ms = timed(lambda: queries.job_steps(store.db, job_id))
-        step = queries.job_steps(store.db, job_id)[0]
+        store_ms = timed(lambda: reads.job_steps(store.db, job_id))
+        step = reads.job_steps(store.db, job_id)[0]
         from app import create_app
-        from jobs import render
+        from stepline.web import render
 
         app = create_app(path, token="")
         with app.app_context():
@@ -65,7 +65,7 @@ def main():
         ("GET /jobs/<id> (full page), p50", f"{page_ms:.1f} ms ({size / 1024:.0f} KB)",
          "<= 100 ms", page_ms <= 100),
         ("layer: raw sqlite3 SELECT of 1,000 steps", f"{raw_ms:.2f} ms", "-", True),
-        ("layer: store API (queries.job_steps)", f"{store_ms:.2f} ms "
+        ("layer: store API (reads.job_steps)", f"{store_ms:.2f} ms "
          f"({store_ms / raw_ms:.1f}x raw)", "-", True),
         ("layer: render one step_row fragment", f"{render_ms * 1000:.0f} us", "-", True),
         ("layer: JSON-encode one live message (both forms)",

@@ -4,8 +4,8 @@ tracked pending -> running -> completed in SQLite."""
 import argparse
 
 from bench.harness import Store, definition, print_table, temp_db, wait_for, worker
-from jobs import queries
-from jobs.check import violations
+from stepline.store import reads
+from stepline.store.check import violations
 
 FAN = """
 [step.fan]
@@ -24,9 +24,9 @@ def main():
         store = Store(path)
         job_id = store.create_job(definition(FAN.format(**vars(args))), {})
         with worker(path):
-            wait_for(lambda: queries.get_job(store.db, job_id)["status"] == "completed",
+            wait_for(lambda: reads.get_job(store.db, job_id)["status"] == "completed",
                        timeout=600, interval=0.1)
-        step = queries.job_steps(store.db, job_id)[0]
+        step = reads.job_steps(store.db, job_id)[0]
         seconds = step["finished"] - step["started"]
         rate = args.tasks / seconds
         done = step["tasks"]["completed"]

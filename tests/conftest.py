@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from jobs import queries
-from jobs.definitions import build_definition
-from jobs.states import TERMINAL
-from jobs.store import Store
+from stepline.engine.definitions import build_definition
+from stepline.engine.states import TERMINAL
+from stepline.store import reads
+from stepline.store.writes import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,7 +48,7 @@ class WorkerProcess:
     def __init__(self, db_path: str, *extra: str, env: dict | None = None):
         env = {**os.environ, "STEPLINE_DB": db_path, "PYTHONPATH": str(ROOT), **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jobs.cli", "worker", *extra], env=env, cwd=ROOT,
+            [sys.executable, "-m", "stepline.cli", "worker", *extra], env=env, cwd=ROOT,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
 
@@ -76,7 +76,7 @@ def start_worker(db_path):
 def stepline(db_path: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """The `stepline` command as a user runs it, on the test's database."""
     env = {**os.environ, "STEPLINE_DB": db_path, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], env=env, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "stepline.cli", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -92,18 +92,18 @@ def wait_for(predicate, timeout: float = 30, interval: float = 0.05, what: str =
 
 def wait_job(store: Store, job_id: str, timeout: float = 30) -> dict:
     def done():
-        job = queries.get_job(store.db, job_id)
+        job = reads.get_job(store.db, job_id)
         return job if job["status"] in TERMINAL else None
 
     return wait_for(done, timeout, what=f"job {job_id} to finish")
 
 
 def steps_by_name(store: Store, job_id: str) -> dict[str, dict]:
-    return {s["name"]: s for s in queries.job_steps(store.db, job_id)}
+    return {s["name"]: s for s in reads.job_steps(store.db, job_id)}
 
 
 def log_messages(store: Store, step_id: str) -> list[str]:
-    return [r["message"] for r in queries.log_lines(store.db, step_id, limit=10**9)]
+    return [r["message"] for r in reads.log_lines(store.db, step_id, limit=10**9)]
 
 
 @pytest.fixture

@@ -42,7 +42,7 @@ class LiveServer:
 
     def start(self) -> "LiveServer":
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
+            [sys.executable, "-m", "gunicorn", "-c", "python:stepline.web.gunicorn_conf",
              "-b", f"127.0.0.1:{self.port}", "-w", str(self.workers), "--graceful-timeout",
              "1", "app:app"],
             env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

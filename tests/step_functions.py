@@ -2,7 +2,7 @@
 
 import threading
 
-from jobs.context import StepFailed
+from stepline.engine.context import StepFailed
 
 
 def log_many(ctx, threads: int = 100, lines: int = 50) -> None:

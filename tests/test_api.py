@@ -4,7 +4,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from app import create_app
-from jobs import queries
+from stepline.store import reads
 
 from .conftest import make_definition, wait_job
 
@@ -77,7 +77,7 @@ def test_run_structure_logs_and_download(client, store, start_worker):
 
     rerun = client.post(f"/api/jobs/{job_id}/rerun", json={})
     assert rerun.status_code == 201
-    assert queries.get_job(store.db, rerun.get_json()["job_id"])["rerun_of"] == job_id
+    assert reads.get_job(store.db, rerun.get_json()["job_id"])["rerun_of"] == job_id
     assert client.delete(f"/api/jobs/{job_id}").status_code == 204
     assert client.get(f"/api/jobs/{job_id}").status_code == 404
 

@@ -14,7 +14,7 @@ from simple_websocket import Client
 from simple_websocket import ConnectionError as WsConnectionError
 
 from app import create_app
-from jobs import queries
+from stepline.store import reads
 
 from .conftest import ROOT, make_definition, wait_for
 from .live_server import free_port, serving
@@ -143,7 +143,7 @@ def test_no_state_change_can_be_forged_cross_site(db_path, store, token):
             response = client.open(url, method=method, **body)
             assert response.status_code == 403, (method, url, body)
             assert "CSRF" in response.get_data(as_text=True)
-    assert queries.get_job(store.db, job_id)["status"] == "pending"  # nothing changed
+    assert reads.get_job(store.db, job_id)["status"] == "pending"  # nothing changed
     assert store.db.execute("SELECT count(*) FROM jobs").fetchone()[0] == 1
     # the page's own requests carry the header and go through
     assert client.post(f"/jobs/{job_id}/cancel", headers={"X-CSRF-Token": csrf}).status_code == 204
@@ -151,7 +151,7 @@ def test_no_state_change_can_be_forged_cross_site(db_path, store, token):
 
 def run_serve(*args: str, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", "serve", *args],
+        [sys.executable, "-m", "stepline.cli", "serve", *args],
         env={**os.environ, "PYTHONPATH": str(ROOT), "GUNICORN_CMD_ARGS": "--access-logfile -",
              **(env or {})},
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -235,7 +235,7 @@ def test_secrets_are_only_compared_in_constant_time():
     import ast
     import inspect
 
-    from jobs import auth
+    from stepline.web import auth
 
     tree = ast.parse(inspect.getsource(auth))
     secret_names = {"token", "csrf_token", "sent", "given", "value"}

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from jobs import queries
-from jobs.definitions import load_file
-from jobs.states import TERMINAL
+from stepline.engine.definitions import load_file
+from stepline.engine.states import TERMINAL
+from stepline.store import reads
 
 from .conftest import log_messages, wait_for, wait_job
 
@@ -105,7 +105,7 @@ def check_trace(store, job_id: str, trace: list[dict]) -> None:
     """After every message: the job is terminal only when all steps are; no
     status ever goes backwards; and the DOM is never behind the event stream
     (each shown status is one the entity had at or after that message's seq)."""
-    events = queries.events_after(store.db, 0, 10**6, job_id=job_id)
+    events = reads.events_after(store.db, 0, 10**6, job_id=job_id)
     assert trace, "no live message was applied"
     history: dict[str, list[tuple[int, str]]] = {}
     for e in events:
@@ -149,7 +149,7 @@ def test_watch_every_step_and_lazy_logs(page, server, store, start_worker, trans
         page.goto(f"{server.url}/jobs/{job_id}?transport=sse")
         wait_for(lambda: page.evaluate("window.__trace.length") > 0, what="SSE snapshot")
         assert page.evaluate("document.getElementById('live').hasAttribute('hx-sse:connect')")
-    steps = {s["name"]: s["id"] for s in queries.job_steps(store.db, job_id)}
+    steps = {s["name"]: s["id"] for s in reads.job_steps(store.db, job_id)}
     start_worker()
 
     def seen_running(name: str) -> None:
@@ -182,11 +182,11 @@ def test_watch_every_step_and_lazy_logs(page, server, store, start_worker, trans
 def test_expanded_step_follows_new_lines_and_search_covers_all(page, server, store,
                                                                start_worker):
     job_id = run_from_ui(page, server, "slow_pipeline")
-    fan = next(s["id"] for s in queries.job_steps(store.db, job_id) if s["name"] == "fan")
+    fan = next(s["id"] for s in reads.job_steps(store.db, job_id) if s["name"] == "fan")
     page.click(f"#step-{fan} .toggle")
     start_worker()
     page.locator(f"#step-{fan}[data-status=completed]").wait_for(timeout=30_000)
-    total = queries.get_step(store.db, fan)["log_count"]
+    total = reads.get_step(store.db, fan)["log_count"]
     wait_for(lambda: page.locator(f"#logs-{fan} .ll").count() == total, 10,
              what="all fan lines")
     numbers = page.locator(f"#logs-{fan} .ll .ln").all_inner_texts()
@@ -230,7 +230,7 @@ def test_big_log_shows_its_tail_and_loads_earlier_pages(page, server, store, sta
         '[step.count]\ntype = "shell"\nrun = "seq 1 1200"\n'), {})
     start_worker()
     wait_job(store, job_id)
-    step_id = queries.job_steps(store.db, job_id)[0]["id"]
+    step_id = reads.job_steps(store.db, job_id)[0]["id"]
     page.goto(f"{server.url}/jobs/{job_id}")
     page.click(f"#step-{step_id} .toggle")
     rows = page.locator(f"#logs-{step_id} .ll")
@@ -291,7 +291,7 @@ def test_hostile_text_is_shown_literally_and_never_runs(page, live_server, store
     page.goto(f"{server.url}/jobs/{job_id}")
     start_worker()
     page.locator(".job-header[data-status=failed]").wait_for(timeout=30_000)
-    steps = {s["name"]: s["id"] for s in queries.job_steps(store.db, job_id)}
+    steps = {s["name"]: s["id"] for s in reads.job_steps(store.db, job_id)}
     hostile, echo = steps[XSS_PAYLOADS[1]], steps["echo"]
     header = page.inner_text(".job-header")
     assert f"note={XSS_PAYLOADS[3]}" in header

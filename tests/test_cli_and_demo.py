@@ -3,8 +3,8 @@
 import json
 from pathlib import Path
 
-from jobs import queries
-from jobs.check import violations
+from stepline.store import reads
+from stepline.store.check import violations
 
 from .conftest import log_messages, stepline, steps_by_name, wait_job
 
@@ -93,6 +93,6 @@ def test_jobs_logs_cancel_prune(store, db_path, start_worker):
     assert followed.returncode == 0 and "code_map |" in followed.stdout
     assert stepline(db_path, "prune", "--older-than", "1d").stdout.strip() == "deleted 0 jobs"
     assert stepline(db_path, "prune", "--older-than", "0s").stdout.strip() == "deleted 2 jobs"
-    assert queries.list_jobs(store.db)[1] == 0
+    assert reads.list_jobs(store.db)[1] == 0
     assert stepline(db_path, "check").returncode == 0
     assert not Path(db_path + "-missing").exists()

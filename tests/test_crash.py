@@ -9,10 +9,11 @@ import time
 
 import pytest
 
-from jobs import config, queries
-from jobs.actions import start_job
-from jobs.check import violations
-from jobs.states import TERMINAL
+from stepline import config
+from stepline.engine.actions import start_job
+from stepline.engine.states import TERMINAL
+from stepline.store import reads
+from stepline.store.check import violations
 
 from .conftest import make_definition, stepline, wait_for, wait_job
 
@@ -28,7 +29,7 @@ def worker_id_of(store, pid: int) -> str:
 
 
 def unfinished(store) -> list[str]:
-    return [job["id"] for job in queries.list_jobs(store.db, limit=10**6)[0]
+    return [job["id"] for job in reads.list_jobs(store.db, limit=10**6)[0]
             if job["status"] not in TERMINAL]
 
 
@@ -76,7 +77,7 @@ def test_kill_9_at_random_moments_loses_nothing(store, db_path, start_worker, so
         wait_job(store, job_id, timeout=300)
     check = stepline(db_path, "check")
     assert check.returncode == 0 and check.stderr.strip() == "ok", check.stdout
-    jobs = queries.list_jobs(store.db, limit=10**6)[0]
+    jobs = reads.list_jobs(store.db, limit=10**6)[0]
     print(f"\nkill -9: {rounds} rounds (seed {seed}), {len(jobs)} jobs, {interrupted} running"
           f" steps interrupted, {len(committed_logs(store))} log lines kept; check: ok")
 

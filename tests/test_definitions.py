@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.definitions import (
+from stepline.engine.definitions import (
     BUILTIN_DIR,
     DefinitionError,
     ParamError,

@@ -11,8 +11,8 @@ import time
 
 import requests
 
-from jobs import queries
-from jobs.check import violations
+from stepline.store import reads
+from stepline.store.check import violations
 
 from .conftest import (
     log_messages,
@@ -73,7 +73,7 @@ def test_locked_database_delays_work_and_refuses_api_writes_cleanly(
     worker = start_worker(env=quick)
     job_id = store.create_job(make_definition(COUNTING.format(n=150, pad="", pause=0.01)), {})
     step_id = steps_by_name(store, job_id)["count"]["id"]
-    wait_for(lambda: queries.get_step(store.db, step_id)["log_count"] >= 20, what="lines")
+    wait_for(lambda: reads.get_step(store.db, step_id)["log_count"] >= 20, what="lines")
 
     holder = hold_write_lock(db_path, seconds=4)
     refused = requests.post(server.url + f"/api/jobs/{job_id}/cancel", json={}, timeout=10)
@@ -104,10 +104,10 @@ def test_disk_full_keeps_every_line_and_recovers(store, db_path, start_worker):
     limit = used + 64 * 1024
     resource.prlimit(worker.proc.pid, resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
     step_id = steps_by_name(store, job_id)["count"]["id"]
-    wait_for(lambda: queries.get_step(store.db, step_id)["status"] == "running", what="start")
+    wait_for(lambda: reads.get_step(store.db, step_id)["status"] == "running", what="start")
     time.sleep(3)  # the step has printed everything by now; most of it cannot be stored
-    assert queries.get_step(store.db, step_id)["log_count"] < 3000
-    assert queries.get_job(store.db, job_id)["status"] == "running"
+    assert reads.get_step(store.db, step_id)["log_count"] < 3000
+    assert reads.get_job(store.db, job_id)["status"] == "running"
 
     resource.prlimit(worker.proc.pid, resource.RLIMIT_FSIZE,
                      (resource.RLIM_INFINITY, resource.RLIM_INFINITY))

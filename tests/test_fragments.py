@@ -4,9 +4,9 @@ fixed, so any change to the markup shows up as a reviewed snapshot diff."""
 import pytest
 
 from app import create_app
-from jobs import render
-from jobs.live import JobsFilters
-from jobs.states import STATUSES
+from stepline.engine.states import STATUSES
+from stepline.web import render
+from stepline.web.views import JobsFilters
 
 T0 = 1_700_000_000.0  # fixed clock for every timestamp and "now"
 

@@ -5,7 +5,7 @@ import pytest
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request, TextMessage
 
-from jobs.events import text_frame
+from stepline.web.frames import text_frame
 
 
 def client_receiving() -> WSConnection:

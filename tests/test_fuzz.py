@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jobs.cli import UsageError, parse_param_pairs
-from jobs.definitions import (
+from stepline.cli import UsageError, parse_param_pairs
+from stepline.engine.definitions import (
     Definition,
     DefinitionError,
     ParamError,
@@ -31,7 +31,7 @@ TYPES = ["shell", "python", "generate", "sleep", "docker", ""]
 toml_scalars = st.one_of(
     st.text(max_size=20), st.integers(), st.floats(allow_nan=True), st.booleans(),
     st.sampled_from(["1s", "500ms", "1h30m", "-1s", "{params.n}", "echo {params.s}", "x:y",
-                     "jobs.demo:no_such", "fail", "continue"]),
+                     "stepline.engine.demo:no_such", "fail", "continue"]),
 )
 toml_values = st.recursive(
     toml_scalars,

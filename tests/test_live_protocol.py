@@ -8,7 +8,7 @@ import time
 import requests
 from simple_websocket import Client
 
-from jobs import queries
+from stepline.store import reads
 
 from .conftest import make_definition, wait_job
 from .live_server import read_frames, socket_count, ws_connect
@@ -69,14 +69,14 @@ def test_ws_snapshot_then_one_message_per_event_in_order(store, live_server, sta
 
     seqs = [m["seq"] for m in messages]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
-    expected = [e["seq"] for e in queries.events_after(store.db, snapshot["seq"], 10**6,
+    expected = [e["seq"] for e in reads.events_after(store.db, snapshot["seq"], 10**6,
                                                        job_id=job_id)]
     assert seqs == expected  # every event of this job, none missing, none repeated
     for m in messages:
         assert set(m) == {"seq", "context", "job_id", "step_id", "status", "log_refresh",
                           "log_count", "version"}
 
-    names = {s["id"]: s["name"] for s in queries.job_steps(store.db, job_id)}
+    names = {s["id"]: s["name"] for s in reads.job_steps(store.db, job_id)}
     history: dict[str, list[str]] = {}
     for m in messages:
         key = names.get(m["step_id"], "job")
@@ -171,11 +171,11 @@ def test_sse_resumes_from_last_event_id_without_gap_or_repeat(store, live_server
     last_id = part1[-1][0]
     wait_job(store, job_id)
     second = requests.get(url, stream=True, timeout=30, headers={"Last-Event-ID": str(last_id)})
-    final_seq = queries.events_after(store.db, 0, 10**6, job_id=job_id)[-1]["seq"]
+    final_seq = reads.events_after(store.db, 0, 10**6, job_id=job_id)[-1]["seq"]
     part2 = read_sse(second, lambda p: p[-1][0] >= final_seq)
     second.close()
     got = [seq for seq, _ in part1[1:] + part2]
-    expected = [e["seq"] for e in queries.events_after(store.db, snapshot_seq, 10**6,
+    expected = [e["seq"] for e in reads.events_after(store.db, snapshot_seq, 10**6,
                                                        job_id=job_id)]
     assert got == expected
 
@@ -203,7 +203,7 @@ def test_two_gunicorn_workers_both_stream_a_job_run_by_the_worker(store, live_se
         assert socket_count(serving) >= before + 4
     start_worker()
     final = wait_job(store, job_id)
-    expected = [e["seq"] for e in queries.events_after(store.db, 0, 10**6, job_id=job_id)]
+    expected = [e["seq"] for e in reads.events_after(store.db, 0, 10**6, job_id=job_id)]
     for ws, snapshot in clients:
         messages = collect(ws, job_done(job_id))
         assert [m["seq"] for m in messages] == [s for s in expected if s > snapshot["seq"]]
@@ -222,7 +222,7 @@ def test_a_snapshot_bigger_than_the_send_buffer_arrives_whole(store, live_server
     snapshot = json.loads(ws.receive(timeout=10))
     assert len(snapshot["content"]) > 200_000
     assert snapshot["content"].count('class="step-row') == 400
-    first = queries.job_steps(store.db, job_id)[0]["id"]
+    first = reads.job_steps(store.db, job_id)[0]["id"]
     with store.write() as tx:
         tx.transition("step", first, "running")
     message = json.loads(ws.receive(timeout=10))

@@ -8,10 +8,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jobs import queries
-from jobs.check import violations
-from jobs.states import STATUSES, TERMINAL, TRANSITIONS, InvalidTransition, check_transition
-from jobs.store import Conflict, Store
+from stepline.engine.states import (
+    STATUSES,
+    TERMINAL,
+    TRANSITIONS,
+    InvalidTransition,
+    check_transition,
+)
+from stepline.store import reads
+from stepline.store.check import violations
+from stepline.store.writes import Conflict, Store
 
 from .conftest import make_definition
 
@@ -26,17 +32,17 @@ run = "true"
 type = "shell"
 run = "true"
 """
-JOBS_DIR = Path(__file__).resolve().parent.parent / "jobs"
+CODE_DIR = Path(__file__).resolve().parent.parent / "stepline"
 
 
 def test_only_the_transition_function_writes_a_status():
     """Fails if any code path other than Tx.transition updates a status column."""
     writers = []
-    for path in JOBS_DIR.rglob("*.py"):
+    for path in CODE_DIR.rglob("*.py"):
         hits = re.findall(r"SET[^\"']*\bstatus\s*=", path.read_text(), re.I)
         writers += [path.name] * len(hits)
-    assert writers == ["store.py"]
-    source = (JOBS_DIR / "store.py").read_text()
+    assert writers == ["writes.py"]
+    source = (CODE_DIR / "store" / "writes.py").read_text()
     assert len(re.findall(r"SET[^\"']*\bstatus\s*=", source, re.I)) == 1
     transition_body = source.split("def transition(")[1].split("\n    def ")[0]
     assert re.search(r"SET status = \?", transition_body)
@@ -58,9 +64,9 @@ def test_table_rejects_everything_it_does_not_list():
 
 
 def snapshot(store: Store, job_id: str):
-    job = queries.get_job(store.db, job_id)
-    steps = [(s["status"], s["version"]) for s in queries.job_steps(store.db, job_id)]
-    return job["status"], job["version"], steps, queries.last_seq(store.db)
+    job = reads.get_job(store.db, job_id)
+    steps = [(s["status"], s["version"]) for s in reads.job_steps(store.db, job_id)]
+    return job["status"], job["version"], steps, reads.last_seq(store.db)
 
 
 @settings(max_examples=60, deadline=None,
@@ -70,7 +76,7 @@ def snapshot(store: Store, job_id: str):
 def test_random_transitions_keep_every_invariant(tmp_path_factory, moves):
     store = Store(str(tmp_path_factory.mktemp("sm") / "s.db"))
     job_id = store.create_job(make_definition(THREE_STEPS), {})
-    step_ids = [s["id"] for s in queries.job_steps(store.db, job_id)]
+    step_ids = [s["id"] for s in reads.job_steps(store.db, job_id)]
     for target, to in moves:
         kind, entity = ("job", job_id) if target == "job" else ("step", step_ids[target])
         before = snapshot(store, job_id)
@@ -81,26 +87,26 @@ def test_random_transitions_keep_every_invariant(tmp_path_factory, moves):
             assert snapshot(store, job_id) == before  # refused: nothing written
             continue
         after = snapshot(store, job_id)
-        events = queries.events_after(store.db, before[3])
+        events = reads.events_after(store.db, before[3])
         assert len(events) == 1  # exactly one event per transition, same transaction
         event = events[0]
         assert event["status"] == to and event["seq"] == after[3]
         assert event["context"] == ("job" if kind == "job" else "job_step")
-        job = queries.get_job(store.db, job_id)
+        job = reads.get_job(store.db, job_id)
         if job["status"] in TERMINAL:
-            assert all(s["status"] in TERMINAL for s in queries.job_steps(store.db, job_id))
+            assert all(s["status"] in TERMINAL for s in reads.job_steps(store.db, job_id))
         assert violations(store.db, allow_running=True) == []
 
 
 def test_failed_transaction_writes_neither_state_nor_event(store):
     job_id = store.create_job(make_definition(THREE_STEPS), {})
-    seq = queries.last_seq(store.db)
+    seq = reads.last_seq(store.db)
     with pytest.raises(RuntimeError):
         with store.write() as tx:
             tx.transition("job", job_id, "running")
             raise RuntimeError("crash between state and commit")
-    assert queries.get_job(store.db, job_id)["status"] == "pending"
-    assert queries.last_seq(store.db) == seq
+    assert reads.get_job(store.db, job_id)["status"] == "pending"
+    assert reads.last_seq(store.db) == seq
 
 
 def test_job_cannot_finish_before_its_steps(store):
@@ -110,7 +116,7 @@ def test_job_cannot_finish_before_its_steps(store):
     with pytest.raises(Conflict, match="3 steps not yet terminal"):
         with store.write() as tx:
             tx.transition("job", job_id, "completed")
-    assert queries.get_job(store.db, job_id)["status"] == "running"
+    assert reads.get_job(store.db, job_id)["status"] == "running"
 
 
 def test_claim_is_atomic_and_oldest_first(store):

@@ -4,9 +4,9 @@ import os
 import signal
 import time
 
-from jobs import queries
-from jobs.check import violations
-from jobs.store import storable_text
+from stepline.store import reads
+from stepline.store.check import violations
+from stepline.store.writes import storable_text
 
 from .conftest import log_messages, make_definition, steps_by_name, wait_for, wait_job
 
@@ -27,7 +27,7 @@ run = 'echo hello; echo oops >&2; printf "bad \377 byte\n"; printf "no newline"'
 """)
     assert job["status"] == "completed"
     step = steps_by_name(store, job_id)["out"]
-    rows = queries.log_lines(store.db, step["id"])
+    rows = reads.log_lines(store.db, step["id"])
     by_message = {r["message"]: r["level"] for r in rows}
     assert by_message["hello"] == "info"
     assert by_message["oops"] == "warn"
@@ -144,7 +144,7 @@ config = { threads = 100, lines = 200 }
 """)
     assert job["status"] == "completed"
     step = steps_by_name(store, job_id)["noisy"]
-    rows = queries.log_lines(store.db, step["id"], limit=10**6)
+    rows = reads.log_lines(store.db, step["id"], limit=10**6)
     assert [r["line"] for r in rows] == list(range(1, 20_001))
     assert step["log_count"] == 20_000
     assert len({r["message"] for r in rows}) == 20_000
@@ -186,7 +186,7 @@ run = "echo never"
 def test_cancel_pending_job_is_immediate(store):
     job_id = store.create_job(make_definition('[step.a]\ntype = "shell"\nrun = "true"\n'), {})
     assert store.request_cancel(job_id) == "cancelled"
-    job = queries.get_job(store.db, job_id)
+    job = reads.get_job(store.db, job_id)
     assert job["status"] == "cancelled"
     assert violations(store.db) == []
 
@@ -240,7 +240,7 @@ always_run = true
     job_id = store.create_job(definition, {})
     victim = start_worker()
     stuck = steps_by_name(store, job_id)["stuck"]["id"]
-    wait_for(lambda: queries.get_step(store.db, stuck)["log_count"] >= 100, what="log lines")
+    wait_for(lambda: reads.get_step(store.db, stuck)["log_count"] >= 100, what="log lines")
     committed = log_messages(store, stuck)
     os.kill(victim.proc.pid, signal.SIGKILL)
     victim.proc.wait()

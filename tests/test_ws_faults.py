@@ -10,7 +10,7 @@ import time
 
 import requests
 
-from jobs import queries
+from stepline.store import reads
 
 from .conftest import make_definition, steps_by_name, wait_for
 from .live_server import ws_connect
@@ -64,7 +64,7 @@ def test_misbehaving_clients_leave_no_fd_or_memory_behind(live_server, store, st
     job_id = store.create_job(make_definition(STEADY), {})
     start_worker()
     step_id = steps_by_name(store, job_id)["steady"]["id"]
-    wait_for(lambda: queries.get_step(store.db, step_id)["log_count"] > 10, what="events flow")
+    wait_for(lambda: reads.get_step(store.db, step_id)["log_count"] > 10, what="events flow")
     path = f"/ws?job={job_id}"
 
     for i in range(100):  # warm up: imports, caches, the first greenlets

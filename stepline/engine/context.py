@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .logwriter import BatchWriter
-from .states import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING
-from .store import Store, retry_while_unavailable
+from stepline.engine.logwriter import BatchWriter
+from stepline.engine.states import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING
+from stepline.store.workers import retry_while_unavailable
+from stepline.store.writes import Store
 
 
 class StepFailed(Exception):

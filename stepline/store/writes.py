@@ -7,19 +7,15 @@ together or not at all (transactional outbox).
 """
 
 import json
-import os
-import socket
 import sqlite3
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TypeVar
 
-from . import db as dbmod
-from .states import PENDING, RUNNING, TERMINAL, check_transition
+from stepline.engine.states import PENDING, RUNNING, TERMINAL, check_transition
+from stepline.store import sqlite as dbmod
 
 TABLES = {"job": "jobs", "step": "steps", "task": "tasks"}
 TASK_COUNTERS = ("pending", "running", "completed", "failed")
@@ -35,29 +31,6 @@ class Conflict(RuntimeError):
 
 def new_id() -> str:
     return uuid.uuid4().hex[:12]
-
-
-RETRY_MAX_S = 2.0
-T = TypeVar("T")
-
-
-def retry_while_unavailable(write: Callable[[], T], give_up: Callable[[], bool],
-                            what: str) -> T:
-    """Run a write until it lands. A worker's status changes must not be lost
-    to a database that is locked, full or read-only for a while: losing one
-    would leave a job `running` behind a live heartbeat. `give_up()` says when
-    to stop trying (the worker is shutting down: recovery takes over)."""
-    delay = 0.05
-    while True:
-        try:
-            return write()
-        except sqlite3.OperationalError as exc:
-            if give_up():
-                raise
-            print(f"stepline: {what}: database write failed, will retry: {exc}",
-                  file=sys.stderr, flush=True)
-            time.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX_S)
 
 
 # A log line before it is numbered and stored: (time in integer microseconds,
@@ -220,7 +193,7 @@ class Tx:
 
 class Store:
     """Narrow interface to the database: claim work, apply transitions,
-    append logs, read views (see `jobs.queries`), read events after a seq."""
+    append logs, read views (see `stepline.store.reads`), read events after a seq."""
 
     def __init__(self, path: str):
         self.path = path
@@ -328,78 +301,6 @@ class Store:
                             " (SELECT id FROM jobs)", (cutoff,))
         return len(ids)
 
-    # -- workers ---------------------------------------------------------------
-
-    def register_worker(self) -> str:
-        worker_id = f"{socket.gethostname()}-{os.getpid()}-{new_id()[:4]}"
-        ts = dbmod.now()
-        with self.write() as tx:
-            tx.conn.execute(
-                "INSERT INTO workers (id, pid, hostname, started, heartbeat) VALUES (?,?,?,?,?)",
-                (worker_id, os.getpid(), socket.gethostname(), ts, ts),
-            )
-        return worker_id
-
-    def heartbeat(self, worker_id: str) -> None:
-        with self.write() as tx:
-            tx.conn.execute(
-                "UPDATE workers SET heartbeat = ? WHERE id = ?", (dbmod.now(), worker_id)
-            )
-
-    def unregister_worker(self, worker_id: str) -> None:
-        with self.write() as tx:
-            tx.conn.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
-
-    def dead_workers(self, stale_after_s: float) -> list[str]:
-        """Workers whose heartbeat stopped, or whose process on this host is gone."""
-        here = socket.gethostname()
-        dead = []
-        for row in self.db.query("SELECT id, pid, hostname, heartbeat FROM workers"):
-            stale = row["heartbeat"] < dbmod.now() - stale_after_s
-            if stale or (row["hostname"] == here and not _pid_alive(row["pid"])):
-                dead.append(row["id"])
-        # Jobs held by a worker id that is not registered at all are orphans too.
-        for row in self.db.query(
-            "SELECT DISTINCT worker_id FROM jobs WHERE status = ? AND worker_id NOT IN"
-            " (SELECT id FROM workers)", (RUNNING,)
-        ):
-            dead.append(row["worker_id"])
-        return dead
-
-    def recover_worker(self, dead_worker_id: str, only_job: str | None = None,
-                       error: str | None = None) -> list[str]:
-        """Fail (or re-queue, where the step allows retries) what a dead worker
-        left running -- or one job of a live worker whose run crashed. The job
-        goes back to pending so a live worker finishes it with the normal
-        rules: dependents skipped, always_run steps run."""
-        error = error or f"interrupted: worker {dead_worker_id} stopped"
-        with self.write() as tx:
-            job_ids = [r[0] for r in tx.conn.execute(
-                "SELECT id FROM jobs WHERE worker_id = ? AND status = ? AND ? IN (id, '')",
-                (dead_worker_id, RUNNING, only_job or ""),
-            ).fetchall()]
-            for job_id in job_ids:
-                for step_id, retries, attempts in tx.conn.execute(
-                    "SELECT id, retries, attempts FROM steps WHERE job_id = ? AND status = ?",
-                    (job_id, RUNNING),
-                ).fetchall():
-                    retry = attempts < retries
-                    for (task_id,) in tx.conn.execute(
-                        "SELECT id FROM tasks WHERE step_id = ? AND status = ?",
-                        (step_id, RUNNING),
-                    ).fetchall():
-                        tx.transition("task", task_id, PENDING if retry else "failed", error)
-                    tx.conn.execute(
-                        "UPDATE steps SET attempts = attempts + 1 WHERE id = ?", (step_id,)
-                    )
-                    tx.transition("step", step_id, PENDING if retry else "failed", error)
-                    tx.append_logs(job_id, step_id, [(now_us(), "error", error)])
-                tx.conn.execute("UPDATE jobs SET worker_id = NULL WHERE id = ?", (job_id,))
-                tx.transition("job", job_id, PENDING)
-            if not only_job:
-                tx.conn.execute("DELETE FROM workers WHERE id = ?", (dead_worker_id,))
-        return job_ids
-
 
 def storable_text(text: str) -> str:
     """SQLite text would end at a NUL, and UTF-8 has no lone surrogates: both
@@ -431,13 +332,3 @@ def _delete_jobs(tx: Tx, job_ids: Iterable[str]) -> None:
         tx.conn.execute("DELETE FROM steps WHERE job_id = ?", (job_id,))
         tx.conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
         tx.write_job_event(job_id, status="deleted")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -2,7 +2,7 @@
 
 from sqlite_utils import Database
 
-from .states import TERMINAL
+from stepline.engine.states import TERMINAL
 
 TERMINAL_SQL = "(" + ", ".join(f"'{s}'" for s in sorted(TERMINAL)) + ")"
 

@@ -1,7 +1,7 @@
 """The read side of the store: every query a page, API or worker makes.
 
 Each takes a sqlite_utils Database and returns plain dicts; each is served by
-an index from `jobs.db.INDEXES`.
+an index from `stepline.store.sqlite.INDEXES`.
 """
 
 import json
@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from .states import STATUSES
+from stepline.engine.states import STATUSES
 
 JOB_SUMMARY = """
 SELECT jobs.*,

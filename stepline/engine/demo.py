@@ -7,7 +7,7 @@ import os
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from .context import StepContext, StepFailed
+from stepline.engine.context import StepContext, StepFailed
 
 SKIP_DIRS = {".git", "__pycache__", ".venv", "venv", "node_modules", ".pytest_cache",
              ".ruff_cache", ".hypothesis", "stepline-work", "build", "dist"}

@@ -11,7 +11,7 @@ real threads.
 
 SSE connections take messages from a bounded queue; WebSocket connections
 are written to by the tailer itself without blocking (see
-`jobs.live.SocketSubscription`), so one event for 1,000 watchers costs 1,000
+`SocketSubscription` below), so one event for 1,000 watchers costs 1,000
 non-blocking sends and no greenlet switch.
 """
 
@@ -24,8 +24,9 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import db as dbmod
-from . import queries
+from stepline.store import reads
+from stepline.store import sqlite as dbmod
+from stepline.web.frames import WholeFrames, text_frame
 
 POLL_S = 0.01
 QUEUE_SIZE = 500
@@ -54,19 +55,6 @@ class Message:
         if with_content not in self._frames:
             self._frames[with_content] = text_frame(self.encoded(with_content))
         return self._frames[with_content]
-
-
-def text_frame(text: str) -> bytes:
-    """RFC 6455 section 5.2: FIN + text opcode, then the payload length."""
-    data = text.encode()
-    n = len(data)
-    if n < 126:
-        header = bytes([0x81, n])
-    elif n < 1 << 16:
-        header = bytes([0x81, 126]) + n.to_bytes(2, "big")
-    else:
-        header = bytes([0x81, 127]) + n.to_bytes(8, "big")
-    return header + data
 
 
 def event_fields(event: dict) -> dict[str, Any]:
@@ -104,6 +92,74 @@ class QueueSubscription:
 
     def flush(self) -> None:
         """Nothing to do: the stream's own greenlet takes from the queue."""
+
+
+class SocketSubscription:
+    """A WebSocket watcher. After each poll the tailer writes the frames it
+    collected for this socket in one non-blocking send; only when the socket
+    is full do they wait in a short list for this connection's own greenlet
+    to write, and past MAX_WAITING writes they are dropped for one fresh
+    snapshot. A healthy connection costs no greenlet switch and no queue."""
+
+    MAX_WAITING = 200  # parked writes (each one poll's frames)
+
+    def __init__(self, view, sock: WholeFrames, with_content: bool, first: Message,
+                 snapshot: Callable[[Any], Message]):
+        self.view = view
+        self.snapshot = snapshot  # builds a fresh snapshot Message for a view
+        self.transport = "ws"
+        self.sock = sock
+        self.with_content = with_content
+        self.sent = first.seq  # highest seq handed to the socket
+        self.batch: list[bytes] = []  # this poll's frames, not yet written
+        self.waiting: list[bytes] = [first.frame(with_content)]
+        self.behind = False  # frames were dropped: a snapshot is due
+        self.closed = False
+        self.wake = threading.Event()
+        self.wake.set()
+
+    def put(self, message: Message) -> None:
+        """Called by the tailer for each event: collect its frame."""
+        if message.seq <= self.sent or self.closed:
+            return
+        self.sent = message.seq
+        if not self.behind:  # when behind, the coming snapshot includes it
+            self.batch.append(message.frame(self.with_content))
+
+    def flush(self) -> None:
+        """Called by the tailer after each poll: write the frames collected,
+        in one send, without blocking; park them if the socket is full."""
+        if not self.batch:
+            return
+        data = self.batch[0] if len(self.batch) == 1 else b"".join(self.batch)
+        self.batch = []
+        try:
+            if not self.waiting and self.sock.try_send(data):
+                if self.sock.unfinished:
+                    self.wake.set()
+                return
+        except OSError:  # reset by the peer: the connection's greenlet cleans up
+            self.closed = True
+        if len(self.waiting) >= self.MAX_WAITING:
+            self.waiting.clear()
+            self.behind = True
+        else:
+            self.waiting.append(data)
+        self.wake.set()
+
+    def write_waiting(self) -> None:
+        """Run by the connection's greenlet: finish a begun frame, write what
+        waits, and resync with a snapshot where frames were dropped."""
+        self.sock.send(b"")
+        while self.waiting or self.behind:
+            if self.waiting:
+                self.sock.send(self.waiting.pop(0))
+                continue
+            snapshot = self.snapshot(self.view)
+            # Nothing yields between the read and here: no event slips through.
+            self.sent = max(self.sent, snapshot.seq)
+            self.behind = False
+            self.sock.send(snapshot.frame(self.with_content))
 
 
 class Hub:
@@ -152,7 +208,7 @@ class Hub:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 db = dbmod.connect(self.db_path)
-                self.last_seq = queries.last_seq(db)
+                self.last_seq = reads.last_seq(db)
                 self._thread = threading.Thread(target=self._tail, args=(db,), daemon=True,
                                                 name="event-tailer")
                 self._thread.start()
@@ -177,7 +233,7 @@ class Hub:
         subscriber that got some write them out: a tailer that fell behind
         picks up several events at once, and a socket then takes them in one
         send instead of one each, so the busier it gets the less it costs."""
-        events = queries.events_after(db, self.last_seq, limit=500)
+        events = reads.events_after(db, self.last_seq, limit=500)
         touched: set = set()
         for event in events:
             self.last_seq = event["seq"]

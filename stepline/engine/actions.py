@@ -2,9 +2,9 @@
 
 from typing import Any
 
-from . import queries
-from .definitions import Definition, ParamError, resolve_params
-from .store import Conflict, NotFound, Store
+from stepline.engine.definitions import Definition, ParamError, resolve_params
+from stepline.store import reads
+from stepline.store.writes import Conflict, NotFound, Store
 
 
 def start_job(store: Store, definitions: dict[str, Definition], name: str,
@@ -20,7 +20,7 @@ def start_job(store: Store, definitions: dict[str, Definition], name: str,
 
 def rerun_job(store: Store, definitions: dict[str, Definition], job_id: str) -> str:
     """A new job from the same definition and params (like a workflow re-run)."""
-    job = queries.get_job(store.db, job_id)
+    job = reads.get_job(store.db, job_id)
     if job is None:
         raise NotFound(f"job {job_id} not found")
     if job["status"] not in ("completed", "failed", "cancelled"):

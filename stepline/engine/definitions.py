@@ -9,10 +9,12 @@ import re
 import shlex
 import tomllib
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "definitions"
+# The built-in demos ship inside the package (in a checkout: a link to ../jobs).
+BUILTIN_DIR = Path(str(files("stepline") / "jobs"))
 STEP_TYPES = ("shell", "python", "generate", "sleep")
 COMMON_KEYS = {"type", "depends", "on_error", "always_run", "timeout", "retries", "description"}
 TYPE_KEYS = {
@@ -222,20 +224,28 @@ def execution_order(steps: list[StepDef]) -> list[StepDef]:
 
 
 def load_definitions(dirs: list[str | Path]) -> tuple[dict[str, Definition], list[str]]:
-    """Built-in definitions first, then each dir; a later file with the same
-    name wins. Returns the good ones and one error message per bad file."""
+    """The built-in definitions, then each user dir. A user file may not take
+    a built-in's name (it would silently change what the demos do): it is
+    refused with an error. Returns the good ones and one error per bad file."""
     found: dict[str, Definition] = {}
     errors: list[str] = []
+    builtin = BUILTIN_DIR.resolve()
     for directory in [BUILTIN_DIR, *map(Path, dirs)]:
         if not directory.is_dir():
-            if directory != BUILTIN_DIR:
-                errors.append(f"{directory}: not a directory")
+            errors.append(f"{directory}: not a directory")
             continue
+        is_builtin = directory.resolve() == builtin
+        if is_builtin and directory is not BUILTIN_DIR:
+            continue  # this checkout's jobs/ IS the built-ins
         for path in sorted(directory.glob("*.toml")):
             try:
                 definition = load_file(path)
             except DefinitionError as exc:
                 errors.append(str(exc))
+                continue
+            if definition.name in found:
+                errors.append(f"{path}: name '{definition.name}' is already taken by "
+                              f"{found[definition.name].path}; rename one of them")
                 continue
             found[definition.name] = definition
     return found, errors

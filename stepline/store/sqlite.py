@@ -1,6 +1,6 @@
 """Opening the SQLite file and keeping its schema current.
 
-All SQL lives in `jobs.db`, `jobs.store` and `jobs.queries`; nothing else in
+All SQL lives in the store package; nothing else in
 Stepline knows the database is SQLite.
 """
 

@@ -10,15 +10,13 @@ import sys
 import time
 from pathlib import Path
 
-from . import config, queries
-from .actions import start_job
-from .check import violations
-from .definitions import ParamError, parse_duration
-from .states import TERMINAL
-from .store import Conflict, NotFound, Store
-
-ROOT = Path(__file__).resolve().parent.parent
-
+from stepline import config
+from stepline.engine.actions import start_job
+from stepline.engine.definitions import ParamError, parse_duration
+from stepline.engine.states import TERMINAL
+from stepline.store import reads
+from stepline.store.check import violations
+from stepline.store.writes import Conflict, NotFound, Store
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -109,10 +107,11 @@ def cmd_serve(args) -> int:
     print(f"stepline: serving http://{args.host}:{args.port}/ (database {env['STEPLINE_DB']})",
           flush=True)
     procs = [
-        subprocess.Popen([sys.executable, "-m", "jobs.cli", "worker"], env=env, cwd=ROOT),
-        subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
-                          "-b", f"{args.host}:{args.port}", "-w", str(args.workers), "app:app"],
-                         env=env, cwd=ROOT),
+        subprocess.Popen([sys.executable, "-m", "stepline.cli", "worker"], env=env),
+        subprocess.Popen([sys.executable, "-m", "gunicorn",
+                          "-c", "python:stepline.web.gunicorn_conf",
+                          "-b", f"{args.host}:{args.port}", "-w", str(args.workers),
+                          "stepline.web.app:create_app()"], env=env),
     ]
     stop = False
 
@@ -136,8 +135,12 @@ def cmd_serve(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    from .runner import Worker
+    from stepline.engine.runner import Worker
 
+    # A python step's `call = "pkg.module:function"` imports from the worker's
+    # current directory, as `python -m` would (a console script does not).
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     worker = Worker(open_store(args), concurrency=args.concurrency)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
@@ -171,17 +174,17 @@ def follow_job(store: Store, job_id: str) -> int:
     """Print each step's changes as they happen; exit 0 if the job completed."""
     seq, shown = 0, {}
     while True:
-        for event in queries.events_after(store.db, seq, job_id=job_id):
+        for event in reads.events_after(store.db, seq, job_id=job_id):
             seq = event["seq"]
             key = event["step_id"] or "job"
             if event["status"] != shown.get(key):
                 shown[key] = event["status"]
-                step = queries.get_step(store.db, event["step_id"]) if event["step_id"] else None
+                step = reads.get_step(store.db, event["step_id"]) if event["step_id"] else None
                 name = f"step {step['name']}" if step else "job"
                 print(f"{time.strftime('%H:%M:%S')} {name}: {event['status']}", flush=True)
-        job = queries.get_job(store.db, job_id)
+        job = reads.get_job(store.db, job_id)
         if job["status"] in TERMINAL:
-            for step in queries.job_steps(store.db, job_id):
+            for step in reads.job_steps(store.db, job_id):
                 t = step["tasks"]
                 tasks = f", tasks {t['completed']} ok {t['failed']} failed" if any(
                     t.values()) else ""
@@ -194,7 +197,7 @@ def follow_job(store: Store, job_id: str) -> int:
 
 
 def cmd_jobs(args) -> int:
-    rows, _total = queries.list_jobs(open_store(args).db, status=args.status, limit=args.limit)
+    rows, _total = reads.list_jobs(open_store(args).db, status=args.status, limit=args.limit)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -207,19 +210,19 @@ def cmd_jobs(args) -> int:
 
 def cmd_logs(args) -> int:
     store = open_store(args)
-    if queries.get_job(store.db, args.job) is None:
+    if reads.get_job(store.db, args.job) is None:
         raise NotFound(f"job {args.job} not found")
-    steps = queries.job_steps(store.db, args.job)
+    steps = reads.job_steps(store.db, args.job)
     if args.step:
         steps = [s for s in steps if s["name"] == args.step]
         if not steps:
             raise UsageError(f"job {args.job} has no step {args.step!r}")
     cursors = {s["id"]: 0 for s in steps}
     while True:
-        finished = queries.get_job(store.db, args.job)["status"] in TERMINAL
+        finished = reads.get_job(store.db, args.job)["status"] in TERMINAL
         printed = 0
         for step in steps:
-            for row in queries.log_lines(store.db, step["id"], after=cursors[step["id"]],
+            for row in reads.log_lines(store.db, step["id"], after=cursors[step["id"]],
                                          limit=10_000):
                 print(f"{step['name']} | {row['line']:>6} {row['level']:<5} {row['message']}")
                 cursors[step["id"]] = row["line"]

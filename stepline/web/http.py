@@ -2,7 +2,7 @@
 
 from flask import jsonify, render_template, request
 
-from .states import STATUSES
+from stepline.engine.states import STATUSES
 
 
 class ApiError(Exception):

@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 description of the JSON API, served at /api/openapi.json."""
 
-from .http import MAX_INT_ARG
+from stepline.web.http import MAX_INT_ARG
 
 
 def _ref(name: str) -> dict:

@@ -2,9 +2,11 @@
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
-from . import actions, config, queries
-from .http import ApiError, int_arg, level_arg, status_arg
-from .openapi import SPEC
+from stepline import config
+from stepline.engine import actions
+from stepline.store import reads
+from stepline.web.http import ApiError, int_arg, level_arg, status_arg
+from stepline.web.openapi import SPEC
 
 bp = Blueprint("api", __name__)
 
@@ -39,7 +41,7 @@ def step_json(step: dict) -> dict:
 
 
 def _job(job_id: str) -> dict:
-    job = queries.get_job(_db(), job_id)
+    job = reads.get_job(_db(), job_id)
     if job is None:
         raise ApiError(404, f"job {job_id} not found")
     return job
@@ -47,7 +49,7 @@ def _job(job_id: str) -> dict:
 
 def _step(job_id: str, step_id: str) -> dict:
     _job(job_id)
-    step = queries.get_step(_db(), step_id)
+    step = reads.get_step(_db(), step_id)
     if step is None or step["job_id"] != job_id:
         raise ApiError(404, f"step {step_id} not found in job {job_id}")
     return step
@@ -63,7 +65,7 @@ def list_jobs():
     args = request.args
     limit = int_arg(args, "limit", 50, low=1, high=500)
     offset = int_arg(args, "offset", 0)
-    jobs, total = queries.list_jobs(_db(), status=status_arg(args), q=args.get("q") or None,
+    jobs, total = reads.list_jobs(_db(), status=status_arg(args), q=args.get("q") or None,
                                     limit=limit, offset=offset)
     return jsonify(jobs=[job_json(j) for j in jobs], total=total, limit=limit, offset=offset)
 
@@ -72,12 +74,12 @@ def list_jobs():
 def get_job(job_id: str):
     job = _job(job_id)
     return jsonify({**job_json(job),
-                    "steps": [step_json(s) for s in queries.job_steps(_db(), job_id)]})
+                    "steps": [step_json(s) for s in reads.job_steps(_db(), job_id)]})
 
 
 @bp.get("/api/jobs/<job_id>/structure")
 def structure(job_id: str):
-    body = queries.structure_json(_db(), job_id)
+    body = reads.structure_json(_db(), job_id)
     if body is None:
         raise ApiError(404, f"job {job_id} not found")
     return Response(body, mimetype="application/json")
@@ -90,9 +92,9 @@ def logs(job_id: str, step_id: str):
     after = int_arg(args, "after", 0)
     limit = int_arg(args, "limit", 1000, low=1, high=10_000)
     filters = {"level": level_arg(args), "q": args.get("q") or None}
-    lines = queries.log_lines(_db(), step_id, after=after, limit=limit, **filters)
+    lines = reads.log_lines(_db(), step_id, after=after, limit=limit, **filters)
     return jsonify(lines=lines, next_after=lines[-1]["line"] if lines else after,
-                   total=queries.count_log_lines(_db(), step_id, **filters))
+                   total=reads.count_log_lines(_db(), step_id, **filters))
 
 
 @bp.get("/api/jobs/<job_id>/steps/<step_id>/logs.txt")
@@ -102,7 +104,7 @@ def logs_txt(job_id: str, step_id: str):
     store = _app().store
 
     def lines():
-        for row in queries.iter_log_lines(store.db, step_id):
+        for row in reads.iter_log_lines(store.db, step_id):
             yield f"{row['message']}\n"
 
     filename = f"{job_id}-{step['name']}.log".replace('"', "")
@@ -151,7 +153,7 @@ def delete(job_id: str):
 
 @bp.get("/healthz")
 def healthz():
-    queries.last_seq(_db())
+    reads.last_seq(_db())
     return jsonify(ok=True)
 
 
@@ -159,13 +161,13 @@ def healthz():
 def metrics():
     db = _db()
     lines = ["# HELP stepline_jobs Jobs by status.", "# TYPE stepline_jobs gauge"]
-    lines += [f'stepline_jobs{{status="{s}"}} {n}' for s, n in queries.status_counts(db).items()]
+    lines += [f'stepline_jobs{{status="{s}"}} {n}' for s, n in reads.status_counts(db).items()]
     lines += ["# HELP stepline_running_steps Steps running now.",
               "# TYPE stepline_running_steps gauge",
-              f"stepline_running_steps {queries.running_steps_count(db)}",
+              f"stepline_running_steps {reads.running_steps_count(db)}",
               "# HELP stepline_events_written Events written (highest seq).",
               "# TYPE stepline_events_written counter",
-              f"stepline_events_written {queries.last_seq(db)}",
+              f"stepline_events_written {reads.last_seq(db)}",
               "# HELP stepline_events_dispatched Events this process fanned out.",
               "# TYPE stepline_events_dispatched counter",
               f"stepline_events_dispatched {_app().hub.events_seen}",

@@ -8,9 +8,9 @@ import subprocess
 import threading
 from typing import Any
 
-from .context import StepContext, StepFailed
-from .definitions import param_env, substitute
-from .logwriter import MAX_LINE_CHARS, truncation_marker
+from stepline.engine.context import StepContext, StepFailed
+from stepline.engine.definitions import param_env, substitute
+from stepline.engine.logwriter import MAX_LINE_CHARS, truncation_marker
 
 KILL_GRACE_S = 1.0
 GENERATED_LEVELS = ("info",) * 8 + ("debug", "warn")

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, redirect, render_template, request, session
 
-from .http import ApiError
+from stepline.web.http import ApiError
 
 bp = Blueprint("auth", __name__)
 OPEN_PATHS = {"/login", "/healthz"}

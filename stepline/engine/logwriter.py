@@ -11,8 +11,8 @@ import sys
 import threading
 from time import time_ns
 
-from .states import InvalidTransition
-from .store import LogEntry, Store, now_us
+from stepline.engine.states import InvalidTransition
+from stepline.store.writes import LogEntry, Store, now_us
 
 LEVELS = {"debug": "debug", "info": "info", "warn": "warn", "warning": "warn", "error": "error"}
 FLUSH_INTERVAL_S = 0.05

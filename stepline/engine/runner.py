@@ -11,12 +11,13 @@ import threading
 import time
 import traceback
 
-from . import queries
-from .context import StepContext
-from .logwriter import BatchWriter
-from .states import CANCELLED, COMPLETED, FAILED, RUNNING, SKIPPED, TERMINAL
-from .steps import run_step
-from .store import RETRY_MAX_S, Store, retry_while_unavailable
+from stepline.engine.context import StepContext
+from stepline.engine.logwriter import BatchWriter
+from stepline.engine.states import CANCELLED, COMPLETED, FAILED, RUNNING, SKIPPED, TERMINAL
+from stepline.engine.steps import run_step
+from stepline.store import reads, workers
+from stepline.store.workers import RETRY_MAX_S, retry_while_unavailable
+from stepline.store.writes import Store
 
 # Step threads that log flat out hold the GIL for a whole switch interval
 # (5 ms by default) whenever the batch writer wants it back; a shorter one
@@ -43,7 +44,7 @@ class Worker:
 
     def run(self, exit_when_idle: bool = False) -> None:
         sys.setswitchinterval(SWITCH_INTERVAL_S)
-        self.worker_id = self.store.register_worker()
+        self.worker_id = workers.register(self.store)
         print(f"stepline worker {self.worker_id} started on {self.store.path}", flush=True)
         self.writer.start()
         self.recover_dead_workers()
@@ -78,8 +79,8 @@ class Worker:
         for run in runs:
             run.thread.join(timeout=10)
         self.writer.stop()
-        self.store.recover_worker(self.worker_id)  # re-queues whatever was left
-        self.store.unregister_worker(self.worker_id)
+        workers.recover(self.store, self.worker_id)  # re-queues whatever was left
+        workers.unregister(self.store, self.worker_id)
 
     def _free_slot(self) -> bool:
         with self._lock:
@@ -108,7 +109,7 @@ class Worker:
             try:
                 if now - last_beat >= HEARTBEAT_S:
                     try:
-                        self.store.heartbeat(self.worker_id)
+                        workers.heartbeat(self.store, self.worker_id)
                     except sqlite3.OperationalError:
                         writable_since = None
                         raise
@@ -118,7 +119,7 @@ class Worker:
                         and now - writable_since >= STALE_AFTER_S):
                     self.recover_dead_workers()
                     last_recovery = now
-                for job_id in queries.cancel_requested(self.store.db, self.worker_id):
+                for job_id in reads.cancel_requested(self.store.db, self.worker_id):
                     if run := self._running.get(job_id):
                         run.stop("cancelled by user")
                 with self._lock:
@@ -130,10 +131,10 @@ class Worker:
             self._stop.wait(WATCH_S)
 
     def recover_dead_workers(self) -> None:
-        for dead in self.store.dead_workers(STALE_AFTER_S):
+        for dead in workers.dead(self.store, STALE_AFTER_S):
             if dead == self.worker_id:
                 continue
-            jobs = self.store.recover_worker(dead)
+            jobs = workers.recover(self.store, dead)
             if jobs:
                 print(f"stepline: recovered {len(jobs)} job(s) from dead worker {dead}",
                       flush=True)
@@ -150,7 +151,7 @@ class JobRun:
         self.ctx: StepContext | None = None
         self.step_deadline: float | None = None
         self.thread = threading.Thread(target=self.run, name=f"job-{job_id}", daemon=True)
-        job = queries.get_job(self.store.db, job_id)
+        job = reads.get_job(self.store.db, job_id)
         self.job_deadline = (
             job["started"] + job["timeout_s"] if job and job["timeout_s"] else None
         )
@@ -177,15 +178,15 @@ class JobRun:
                   file=sys.stderr)
             # Never leave it running behind a live heartbeat: fail what was open.
             error = f"internal error: {type(exc).__name__}: {exc}"
-            self._retry(lambda: self.store.recover_worker(
+            self._retry(lambda: workers.recover(self.store,
                 self.worker.worker_id, only_job=self.job_id, error=error))
         finally:
             self.worker._finished(self.job_id)
 
     def _run_steps(self) -> None:
-        job = queries.get_job(self.store.db, self.job_id)
+        job = reads.get_job(self.store.db, self.job_id)
         params = job["params"]
-        steps = queries.job_steps(self.store.db, self.job_id, with_spec=True)
+        steps = reads.job_steps(self.store.db, self.job_id, with_spec=True)
         by_name = {s["name"]: s for s in steps}
         for step in steps:
             if step["status"] in TERMINAL:

@@ -8,8 +8,8 @@ from flask import Flask, current_app, render_template
 from flask.templating import Environment
 from markupsafe import Markup
 
-from .ansi import ansi_to_html
-from .states import TERMINAL
+from stepline.engine.states import TERMINAL
+from stepline.web.ansi import ansi_to_html
 
 TAIL_LINES = 500
 PAGE_SIZE = 25

@@ -3,13 +3,16 @@ read, render the page template (which includes the fragment templates)."""
 
 from flask import Blueprint, Response, current_app, render_template, request
 
-from . import actions, config, queries, render
-from .definitions import ParamError
-from .http import ApiError, level_arg
-from .live import JobsFilters, view_from_args
-from .states import STATUSES
+from stepline import config
+from stepline.engine import actions
+from stepline.engine.definitions import ParamError
+from stepline.engine.states import STATUSES
+from stepline.store import reads
+from stepline.web import render
+from stepline.web.http import ApiError, level_arg
+from stepline.web.views import JobsFilters, view_from_args
 
-bp = Blueprint("web", __name__)
+bp = Blueprint("pages", __name__)
 
 
 def _app():
@@ -17,14 +20,14 @@ def _app():
 
 
 def _job_or_404(job_id: str) -> dict:
-    job = queries.get_job(_app().store.db, job_id)
+    job = reads.get_job(_app().store.db, job_id)
     if job is None:
         raise ApiError(404, f"job {job_id} not found")
     return job
 
 
 def _step_or_404(job_id: str, step_id: str) -> dict:
-    step = queries.get_step(_app().store.db, step_id)
+    step = reads.get_step(_app().store.db, step_id)
     if step is None or step["job_id"] != job_id:
         raise ApiError(404, f"step {step_id} not found in job {job_id}")
     return step
@@ -44,14 +47,14 @@ def jobs_page():
     jobs, total = view.page_of_jobs(db)
     return render_template("jobs.html", jobs=jobs, total=total,
                            pages=render.page_count(total), filters=filters,
-                           counts=queries.status_counts(db), statuses=STATUSES, oob=False,
+                           counts=reads.status_counts(db), statuses=STATUSES, oob=False,
                            **_live("&".join(filter(None, ["view=jobs", filters.query()]))))
 
 
 @bp.get("/jobs/<job_id>")
 def job_page(job_id: str):
     job = _job_or_404(job_id)
-    steps = queries.job_steps(_app().store.db, job_id)
+    steps = reads.job_steps(_app().store.db, job_id)
     return render_template("job.html", job=job, steps=steps, oob=False,
                            **_live(f"job={job_id}"))
 
@@ -62,7 +65,7 @@ def log_panel(job_id: str, step_id: str):
     step = _step_or_404(job_id, step_id)
     filters = {"level": level_arg(request.args), "q": request.args.get("q") or None}
     db = _app().store.db
-    lines = queries.log_lines(db, step_id, limit=render.TAIL_LINES, tail=True, **filters)
+    lines = reads.log_lines(db, step_id, limit=render.TAIL_LINES, tail=True, **filters)
     # Fewer than a full page means the scan saw every match: no second scan to count.
     matches = len(lines) if len(lines) < render.TAIL_LINES else None
     return render.render_log_panel(step, lines, filters, matches)
@@ -77,10 +80,10 @@ def log_lines(job_id: str, step_id: str):
     db = _app().store.db
     if args.get("before"):
         before = _int(args["before"])
-        lines = queries.log_lines(db, step_id, before=before, limit=render.TAIL_LINES,
+        lines = reads.log_lines(db, step_id, before=before, limit=render.TAIL_LINES,
                                   **filters)
         return render.render_log_lines(step, lines, filters, "before")
-    lines = queries.log_lines(db, step_id, after=_int(args.get("after", "0")),
+    lines = reads.log_lines(db, step_id, after=_int(args.get("after", "0")),
                               limit=render.TAIL_LINES * 4, **filters)
     return render.render_log_lines(step, lines, filters, "after")
 

@@ -1,0 +1,13 @@
+"""gunicorn settings for Stepline. `stepline serve` uses this module; for
+production, behind nginx (see README), run e.g.
+
+    gunicorn -c python:stepline.web.gunicorn_conf -w 4 -b 127.0.0.1:8000 \\
+        'stepline.web.app:create_app()'
+"""
+
+worker_class = "gevent"
+worker_connections = 2000   # WebSocket/SSE connections per worker
+timeout = 60                # gevent workers heartbeat while connections idle
+graceful_timeout = 5
+keepalive = 5
+accesslog = None

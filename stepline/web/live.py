@@ -1,0 +1,145 @@
+"""The live endpoints: WebSocket (`/ws`) and SSE (`/events`).
+
+Each connection watches one view (`stepline.web.views`); the hub
+(`stepline.web.hub`) tails the events table and hands it the messages.
+"""
+
+import json
+import socket
+from collections.abc import Iterator
+
+from flask import Blueprint, Response, current_app, request, stream_with_context
+from simple_websocket import ConnectionClosed
+
+from stepline.store import reads
+from stepline.web.frames import WholeFrames
+from stepline.web.http import ApiError
+from stepline.web.hub import Message, QueueSubscription, SocketSubscription
+from stepline.web.views import JobView, view_from_args
+
+bp = Blueprint("live", __name__)
+REPLAY_LIMIT = 2000
+SEND_BUFFER_BYTES = 64 * 1024
+KEEPALIVE_S = 15.0
+SNAPSHOT_CACHE_SIZE = 64
+
+
+def render_for_hub(app, store):
+    """The Hub's render callable: runs outside any request, inside the app."""
+
+    def render_view_event(view, event: dict) -> str:
+        with app.app_context():
+            return view.render_event(store.db, event)
+
+    return render_view_event
+
+
+def _stepline():
+    return current_app.extensions["stepline"]
+
+
+def snapshot_message(view) -> Message:
+    """Built once per view and seq: a thousand pages opening one job at the
+    same moment share one snapshot (and its encoded frame) instead of a
+    thousand copies of a 500 KB string."""
+    db, cache = _stepline().store.db, _stepline().snapshots
+    cached = cache.get(view.key)
+    if cached is not None and cached.seq == reads.last_seq(db):
+        return cached
+    fields, content = view.snapshot(db)
+    if len(cache) >= SNAPSHOT_CACHE_SIZE:
+        cache.clear()
+    message = cache[view.key] = Message(fields["seq"], fields, content)
+    return message
+
+
+def websocket(ws) -> None:
+    """`WS /ws?job=<id>` or `?view=jobs`: a snapshot, then one message per event."""
+    try:
+        view = view_from_args(request.args)
+        first = snapshot_message(view)
+    except ApiError as exc:
+        ws.send(json.dumps({"error": exc.message}))
+        ws.close(reason=1008, message=exc.message)
+        return
+    # A small kernel send buffer: a client that stops reading fills it soon,
+    # and resyncs from a snapshot instead of the kernel holding megabytes of
+    # stale frames for it.
+    ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+    ws.sock = WholeFrames(ws.sock)
+    hub = _stepline().hub
+    sub = hub.subscribe(SocketSubscription(view, ws.sock, request.args.get("format") != "json",
+                                           first, snapshot_message))
+    try:
+        while ws.connected and not sub.closed:
+            if sub.wake.wait(timeout=1.0):
+                sub.wake.clear()
+                sub.write_waiting()
+    except (ConnectionClosed, OSError):
+        pass
+    except ApiError as exc:  # the job was deleted while this client was behind
+        ws.close(reason=1008, message=exc.message)
+    finally:
+        sub.closed = True
+        hub.unsubscribe(sub)
+
+
+def follow(view, sub: QueueSubscription, sent: int, timeout: float
+           ) -> Iterator[Message | None]:
+    """The messages an SSE stream sends after seq `sent`: each newer one once,
+    in seq order; a fresh snapshot when it fell behind and lost its backlog;
+    None after `timeout` of silence (time for a keepalive)."""
+    while True:
+        message = sub.get(timeout=timeout)
+        if sub.lagging:
+            sub.lagging = False
+            message = snapshot_message(view)
+        elif message is None:
+            yield None
+            continue
+        elif message.seq <= sent:
+            continue
+        sent = message.seq
+        yield message
+
+
+@bp.get("/events")
+def server_sent_events():
+    """SSE fallback: the same fragments as unnamed messages, `id:` = seq.
+    A reconnect with Last-Event-ID replays what it missed, no gap, no repeat."""
+    view = view_from_args(request.args)
+    store, hub = _stepline().store, _stepline().hub
+    last_id = request.headers.get("Last-Event-ID", "")
+    sub = hub.subscribe(QueueSubscription(view, "sse"))  # before reading: nothing falls between
+
+    def stream():
+        try:
+            sent = None
+            if last_id.isdigit():
+                job_id = view.job_id if isinstance(view, JobView) else None
+                missed = reads.events_after(store.db, int(last_id), REPLAY_LIMIT, job_id)
+                if len(missed) < REPLAY_LIMIT:
+                    sent = int(last_id)
+                    for event in missed:
+                        yield sse_message(event["seq"], view.render_event(store.db, event))
+                        sent = event["seq"]
+            if sent is None:
+                first = snapshot_message(view)
+                yield sse_message(first.seq, first.content)
+                sent = first.seq
+            for message in follow(view, sub, sent, timeout=KEEPALIVE_S):
+                if message is None:
+                    yield ": keepalive\n\n"
+                else:
+                    yield sse_message(message.seq, message.content)
+        finally:
+            hub.unsubscribe(sub)
+
+    return Response(stream_with_context(stream()), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def sse_message(seq: int, html: str) -> str:
+    data = "\n".join(f"data: {line}" for line in (html or "").splitlines() or [""])
+    return f"id: {seq}\n{data}\n\n"
+
