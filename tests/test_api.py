@@ -11,7 +11,7 @@ from .conftest import make_definition, wait_job
 TWO_STEPS = """
 [step.hello]
 type = "shell"
-run = "echo hello; echo world >&2"
+run = "echo hello; sleep 0.3; echo world >&2"  # stdout and stderr are two pipes: no order between them
 [step.bye]
 type = "shell"
 run = "echo bye"

@@ -11,3 +11,7 @@ timeout = 60                # gevent workers heartbeat while connections idle
 graceful_timeout = 5
 keepalive = 5
 accesslog = None
+# gunicorn 25+ opens a control socket at ~/.gunicorn/gunicorn.ctl, one path
+# for every gunicorn of the user: two instances fight over it. Stepline has
+# no use for it (Ctrl-C / SIGTERM stop `serve`).
+control_socket_disable = True
