@@ -11,7 +11,8 @@ from .conftest import make_definition, wait_job
 TWO_STEPS = """
 [step.hello]
 type = "shell"
-run = "echo hello; sleep 0.3; echo world >&2"  # stdout and stderr are two pipes: no order between them
+# stdout and stderr are two pipes, with no order between them: hence the pause
+run = "echo hello; sleep 0.3; echo world >&2"
 [step.bye]
 type = "shell"
 run = "echo bye"
