@@ -3,7 +3,9 @@
 import argparse
 import json
 import os
+import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -13,7 +15,7 @@ from pathlib import Path
 from stepline import config
 from stepline.engine.actions import start_job
 from stepline.engine.definitions import ParamError, parse_duration
-from stepline.engine.states import TERMINAL
+from stepline.engine.states import STATUSES, TERMINAL
 from stepline.store import reads
 from stepline.store.check import violations
 from stepline.store.writes import Conflict, NotFound, Store
@@ -25,9 +27,19 @@ class UsageError(Exception):
     pass
 
 
+class Parser(argparse.ArgumentParser):
+    """A usage mistake is one line on stderr and exit 2, like every other."""
+
+    def error(self, message: str):
+        self.exit(2, f"stepline: {message} (see: {self.prog} --help)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        for directory in config.definition_dirs(args.definitions):
+            if not Path(directory).is_dir():
+                raise UsageError(f"definitions directory {directory}: not a directory")
         return args.func(args) or 0
     except (UsageError, ParamError, NotFound, Conflict) as exc:
         print(f"stepline: {exc}", file=sys.stderr)
@@ -35,46 +47,66 @@ def main(argv: list[str] | None = None) -> int:
     except sqlite3.OperationalError as exc:  # unwritable path, locked, disk full
         print(f"stepline: database {config.db_path(args.db)}: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `stepline jobs | head -1`: the reader has what it wanted. Point stdout
+        # at /dev/null so the interpreter's last flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         return 130
 
 
+GLOBAL_OPTIONS = (
+    (("--db",), {"metavar": "PATH",
+                 "help": "SQLite file (env STEPLINE_DB, default ./stepline.db)"}),
+    (("--definitions",), {"metavar": "DIR",
+                          "help": "your definitions directory (env STEPLINE_DEFINITIONS,"
+                                  " default ./jobs when it exists)"}),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="stepline", description=__doc__)
+    for flags, options in GLOBAL_OPTIONS:  # before the command...
+        parser.add_argument(*flags, default=None, **options)
+    # ...or after it: SUPPRESS keeps a value given before the command
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--db", help="SQLite file (env STEPLINE_DB, default ./stepline.db)")
-    common.add_argument("--definitions", metavar="DIR",
-                        help="extra definitions directory (env STEPLINE_DEFINITIONS)")
-    parser = argparse.ArgumentParser(prog="stepline", description=__doc__)
-    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+    for flags, options in GLOBAL_OPTIONS:
+        common.add_argument(*flags, default=argparse.SUPPRESS, **options)
+    sub = parser.add_subparsers(required=True, metavar="COMMAND", parser_class=Parser,
+                                help="see: stepline COMMAND --help")
 
     def command(name, func, help_text):
-        p = sub.add_parser(name, parents=[common], help=help_text)
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
         p.set_defaults(func=func)
         return p
 
     p = command("serve", cmd_serve, "web UI (gunicorn + gevent) plus one worker")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=1, help="gunicorn web workers")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--workers", type=int, default=1, help="gunicorn web workers (default 1)")
     p.add_argument("--demo", action="store_true",
                    help="queue the demo pipeline and load_demo on start")
     p = command("worker", cmd_worker, "claim and run pending jobs")
-    p.add_argument("--concurrency", type=int, default=4, help="jobs run at once")
+    p.add_argument("--concurrency", type=int, default=4, help="jobs run at once (default 4)")
     p.add_argument("--exit-when-idle", action="store_true", help=argparse.SUPPRESS)
     p = command("run", cmd_run, "queue a job from a definition")
-    p.add_argument("name")
-    p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--wait", action="store_true", help="follow until the job ends")
-    p = command("jobs", cmd_jobs, "list jobs")
-    p.add_argument("--status")
-    p.add_argument("--limit", type=int, default=50)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("name", help="definition name (see: stepline definitions)")
+    p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a param of the definition; repeat for several")
+    p.add_argument("--wait", action="store_true",
+                   help="show progress until the job ends; exit 0 only if it completed")
+    p = command("jobs", cmd_jobs, "list jobs, newest first")
+    p.add_argument("--status", choices=STATUSES, help="only jobs in this status")
+    p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p = command("logs", cmd_logs, "print a job's logs")
-    p.add_argument("job")
-    p.add_argument("--step")
-    p.add_argument("--follow", action="store_true")
+    p.add_argument("job", help="job id")
+    p.add_argument("--step", help="only this step (by name)")
+    p.add_argument("--follow", action="store_true", help="keep printing until the job ends")
     p = command("cancel", cmd_cancel, "cancel a pending or running job")
-    p.add_argument("job")
+    p.add_argument("job", help="job id")
     p = command("definitions", cmd_definitions, "list definitions")
     p.add_argument("--check", action="store_true", help="exit 2 if any file is bad")
     p = command("prune", cmd_prune, "delete finished jobs older than a duration")
@@ -93,9 +125,14 @@ def cmd_serve(args) -> int:
     env = {**os.environ, "STEPLINE_DB": str(Path(config.db_path(args.db)).resolve())}
     if args.definitions:
         env["STEPLINE_DEFINITIONS"] = args.definitions
+    busy = port_unavailable(args.host, args.port)
+    if busy:
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {busy} (pass --port)")
+    definitions, errors = config.definitions(args.definitions)
+    for error in errors:  # the others still load; say so now, not at first use
+        print(f"stepline: skipping {error}", file=sys.stderr, flush=True)
     store = Store(env["STEPLINE_DB"])  # the schema exists before two processes start
     if args.demo:
-        definitions, _ = config.definitions(args.definitions)
         for name in ("codebase_classify", "load_demo"):
             print(f"stepline: queued {name} as job {start_job(store, definitions, name, {})}")
     if args.host in LOOPBACK:
@@ -132,6 +169,19 @@ def cmd_serve(args) -> int:
         except subprocess.TimeoutExpired:
             p.kill()
     return 0 if stop else 1
+
+
+def port_unavailable(host: str, port: int) -> str | None:
+    """Why gunicorn could not listen there (checked first: gunicorn itself
+    would retry for 5 s, repeating its error, then exit 1)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def cmd_worker(args) -> int:
@@ -171,8 +221,11 @@ def cmd_run(args) -> int:
 
 
 def follow_job(store: Store, job_id: str) -> int:
-    """Print each step's changes as they happen; exit 0 if the job completed."""
-    seq, shown = 0, {}
+    """Print each status change as it happens, and the running steps' tasks
+    and lines: redrawn in place on a terminal, a plain line every few seconds
+    when piped. Exit 0 if the job completed."""
+    on_tty = sys.stdout.isatty()
+    seq, shown, progress_shown, progress_at = 0, {}, "", 0.0
     while True:
         for event in reads.events_after(store.db, seq, job_id=job_id):
             seq = event["seq"]
@@ -181,9 +234,13 @@ def follow_job(store: Store, job_id: str) -> int:
                 shown[key] = event["status"]
                 step = reads.get_step(store.db, event["step_id"]) if event["step_id"] else None
                 name = f"step {step['name']}" if step else "job"
-                print(f"{time.strftime('%H:%M:%S')} {name}: {event['status']}", flush=True)
+                clear = "\r\033[K" if on_tty and progress_shown else ""
+                progress_shown = "" if clear else progress_shown
+                print(f"{clear}{time.strftime('%H:%M:%S')} {name}: {event['status']}", flush=True)
         job = reads.get_job(store.db, job_id)
         if job["status"] in TERMINAL:
+            if on_tty and progress_shown:
+                print("\r\033[K", end="")
             for step in reads.job_steps(store.db, job_id):
                 t = step["tasks"]
                 tasks = f", tasks {t['completed']} ok {t['failed']} failed" if any(
@@ -193,7 +250,34 @@ def follow_job(store: Store, job_id: str) -> int:
                       f"{tasks}){error}")
             print(f"job {job_id} {job['status']}" + (f": {job['error']}" if job["error"] else ""))
             return 0 if job["status"] == "completed" else 1
+        progress = progress_line(reads.job_steps(store.db, job_id))
+        if on_tty and progress != progress_shown:
+            width = shutil.get_terminal_size().columns - 1
+            print(f"\r\033[K{progress[:width]}", end="", flush=True)
+            progress_shown = progress
+        elif (not on_tty and progress and progress != progress_shown
+              and time.monotonic() - progress_at >= PROGRESS_EVERY_S):
+            print(f"{time.strftime('%H:%M:%S')} {progress}", flush=True)
+            progress_shown, progress_at = progress, time.monotonic()
         time.sleep(0.2)
+
+
+PROGRESS_EVERY_S = 5.0  # piped output: a progress line at most this often
+
+
+def progress_line(steps: list[dict]) -> str:
+    """`code_map: 12/40 tasks, 1 failed, 830 lines | report: 3 lines`."""
+    parts = []
+    for step in steps:
+        if step["status"] != "running":
+            continue
+        t = step["tasks"]
+        total = sum(t.values())
+        tasks = f"{t['completed'] + t['failed']}/{total} tasks, " if total else ""
+        failed = f"{t['failed']} failed, " if t["failed"] else ""
+        lines = step["log_count"]
+        parts.append(f"{step['name']}: {tasks}{failed}{lines:,} line{'s' * (lines != 1)}")
+    return " | ".join(parts)
 
 
 def cmd_jobs(args) -> int:

@@ -56,6 +56,10 @@ def test_cli_errors_are_one_line_exit_2(db_path, tmp_path):
         (["cancel", "missing"], "job missing not found"),
         (["logs", "missing"], "job missing not found"),
         (["prune", "--older-than", "soon"], "bad duration"),
+        (["jobs", "--status", "nope"], "invalid choice: 'nope'"),
+        (["jobs", "--definitions", str(tmp_path / "absent")], "absent: not a directory"),
+        (["definitions", "--bogus"], "unrecognized arguments: --bogus"),
+        (["run"], "the following arguments are required: name"),
     ]:
         result = stepline(db_path, *args)
         assert result.returncode == 2, (args, result.stderr)

@@ -1,0 +1,83 @@
+"""The `stepline` command as a person uses it: through real pipes, on a
+real busy port, with options where a person puts them."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+from stepline.cli import build_parser
+
+from .conftest import ROOT, make_definition, stepline
+
+
+def stepline_popen(db_path: str, *args: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "STEPLINE_DB": db_path, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "stepline.cli", *args], env=env, cwd=ROOT,
+                            text=True, **kwargs)
+
+
+def test_a_closed_pipe_ends_the_command_quietly(store, db_path):
+    """`stepline jobs | head -1`, `stepline logs JOB | head -1`: the reader
+    went away. No traceback, exit 0."""
+    job_id = store.create_job(make_definition('[step.a]\ntype = "shell"\nrun = "true"'), {})
+    step_id = store.db.execute("SELECT id FROM steps WHERE job_id = ?", [job_id]).fetchone()[0]
+    with store.write() as tx:
+        tx.append_logs(job_id, step_id, [(0, "info", f"line {i}") for i in range(20_000)])
+    for args in (["jobs"], ["logs", job_id]):
+        proc = stepline_popen(db_path, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc.stdout.close()  # nobody reads: the first write finds the pipe closed
+        stderr = proc.stderr.read()
+        assert proc.wait(30) == 0, stderr
+        assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+
+
+def test_serve_on_a_busy_port_says_so_in_one_line(db_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        result = stepline(db_path, "serve", "--port", str(port), timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"stepline: cannot listen on 127.0.0.1:{port}: Address already in use (pass --port)"]
+    assert time.monotonic() - started < 10  # not gunicorn's 5 s of retries
+
+
+def test_global_options_go_before_or_after_the_command(tmp_path, db_path):
+    other = str(tmp_path / "other.db")
+    queued = stepline(db_path, "--db", other, "run", "load_demo", "-p", "tasks=1")
+    assert queued.returncode == 0, queued.stderr
+    job_id = queued.stdout.strip()
+    before = stepline(db_path, "--db", other, "jobs")
+    after = stepline(db_path, "jobs", "--db", other)
+    default = stepline(db_path, "jobs")
+    assert job_id in before.stdout and job_id in after.stdout
+    assert job_id not in default.stdout  # STEPLINE_DB, the test's own file
+
+
+def test_run_wait_shows_progress_while_tasks_run(db_path, tmp_path, start_worker):
+    (tmp_path / "slow_fan.toml").write_text(
+        '[step.fan]\ntype = "generate"\ntasks = 12\nlogs_per_task = 10\n'
+        'log_delay_ms = 100\nconcurrency = 2\n')
+    start_worker()
+    result = stepline(db_path, "run", "slow_fan", "--wait", "--definitions", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    progress = [line for line in lines if "fan: " in line and "/12 tasks" in line]
+    assert progress, result.stdout  # piped: plain progress lines, no \r redraws
+    assert not any("\r" in line or "\033" in line for line in lines)
+    assert lines[-1].endswith("completed")
+
+
+def test_every_argument_has_help():
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "==SUPPRESS==" and a.choices)
+    missing = []
+    for name, sub in [("", parser), *commands.choices.items()]:
+        for action in sub._actions:
+            if action.help is None and action.dest != "help":
+                missing.append(f"{name} {action.dest}")
+    assert missing == []
