@@ -19,6 +19,7 @@ from stepline.engine.states import STATUSES, TERMINAL
 from stepline.store import reads
 from stepline.store.check import violations
 from stepline.store.writes import Conflict, NotFound, Store
+from stepline.web.render import duration
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -105,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", help="job id")
     p.add_argument("--step", help="only this step (by name)")
     p.add_argument("--follow", action="store_true", help="keep printing until the job ends")
+    p = command("tasks", cmd_tasks, "list the tasks of a job's fan-out steps, with errors")
+    p.add_argument("job", help="job id")
+    p.add_argument("--step", help="only this step (by name)")
+    p.add_argument("--failed", action="store_true", help="only failed tasks")
     p = command("cancel", cmd_cancel, "cancel a pending or running job")
     p.add_argument("job", help="job id")
     p = command("definitions", cmd_definitions, "list definitions")
@@ -294,13 +299,7 @@ def cmd_jobs(args) -> int:
 
 def cmd_logs(args) -> int:
     store = open_store(args)
-    if reads.get_job(store.db, args.job) is None:
-        raise NotFound(f"job {args.job} not found")
-    steps = reads.job_steps(store.db, args.job)
-    if args.step:
-        steps = [s for s in steps if s["name"] == args.step]
-        if not steps:
-            raise UsageError(f"job {args.job} has no step {args.step!r}")
+    steps = job_steps_named(store.db, args.job, args.step)
     cursors = {s["id"]: 0 for s in steps}
     while True:
         finished = reads.get_job(store.db, args.job)["status"] in TERMINAL
@@ -315,6 +314,38 @@ def cmd_logs(args) -> int:
             return 0
         if not printed:
             time.sleep(0.2)
+
+
+def cmd_tasks(args) -> int:
+    """One line per task: step, index, status, attempts, duration, worker, error."""
+    db = open_store(args).db
+    steps = job_steps_named(db, args.job, args.step)
+    for step in steps:
+        offset = 0
+        while True:  # a page at a time: a 10,000-task step never sits in memory
+            rows, total = reads.step_tasks(db, step["id"], status="failed" if args.failed
+                                           else None, offset=offset, limit=1000)
+            for task in rows:
+                took = duration(task["started_at"], task["finished_at"]) or "-"
+                error = f"  {task['error']}" if task["error"] else ""
+                print(f"{step['name']}  #{task['idx']:<5} {task['status']:<9}"
+                      f" x{task['attempts']}  {took:>8}  {task['worker'] or '-'}{error}")
+            offset += len(rows)
+            if not rows or offset >= total:
+                break
+    return 0
+
+
+def job_steps_named(db, job_id: str, step_name: str | None) -> list[dict]:
+    """The job's steps, or the one named; a missing job or step is a usage error."""
+    if reads.get_job(db, job_id) is None:
+        raise NotFound(f"job {job_id} not found")
+    steps = reads.job_steps(db, job_id)
+    if step_name:
+        steps = [s for s in steps if s["name"] == step_name]
+        if not steps:
+            raise UsageError(f"job {job_id} has no step {step_name!r}")
+    return steps
 
 
 def cmd_cancel(args) -> int:

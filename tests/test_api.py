@@ -157,3 +157,24 @@ def test_healthz_and_metrics(client, store):
     assert 'stepline_jobs{status="pending"} 1' in metrics
     assert "stepline_running_steps 0" in metrics
     assert 'stepline_live_connections{transport="ws"} 0' in metrics
+
+
+def test_tasks_page_through_a_fan_out_with_errors_and_workers(client, store, start_worker):
+    job_id = store.create_job(make_definition(
+        '[step.fan]\ntype = "generate"\ntasks = 30\nfailure_rate = 0.3\nseed = 3\n'
+        'on_error = "continue"'), {})
+    start_worker()
+    wait_job(store, job_id)
+    step_id = reads.job_steps(store.db, job_id)[0]["id"]
+    url = f"/api/jobs/{job_id}/steps/{step_id}/tasks"
+    first = client.get(url + "?limit=20").get_json()
+    rest = client.get(url + "?limit=20&offset=20").get_json()
+    tasks = first["tasks"] + rest["tasks"]
+    assert first["total"] == rest["total"] == 30
+    assert [t["idx"] for t in tasks] == list(range(30))
+    assert all(t["worker"] and t["started_at"] <= t["finished_at"] for t in tasks)
+    failed = client.get(url + "?status=failed").get_json()
+    assert failed["total"] == sum(t["status"] == "failed" for t in tasks) > 0
+    assert all("simulated" in t["error"] for t in failed["tasks"])
+    assert client.get(url + "?status=nope").status_code == 400
+    assert client.get(f"/api/jobs/{job_id}/steps/nope/tasks").status_code == 404

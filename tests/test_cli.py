@@ -9,7 +9,7 @@ import time
 
 from stepline.cli import build_parser
 
-from .conftest import ROOT, make_definition, stepline
+from .conftest import ROOT, make_definition, stepline, wait_job
 
 
 def stepline_popen(db_path: str, *args: str, **kwargs) -> subprocess.Popen:
@@ -81,3 +81,20 @@ def test_every_argument_has_help():
             if action.help is None and action.dest != "help":
                 missing.append(f"{name} {action.dest}")
     assert missing == []
+
+
+def test_tasks_show_why_each_task_failed(store, db_path, tmp_path, start_worker):
+    (tmp_path / "fan.toml").write_text(
+        '[step.fan]\ntype = "generate"\ntasks = 8\nlogs_per_task = 1\nfailure_rate = 0.5\n'
+        'seed = 7\non_error = "continue"\n')
+    queued = stepline(db_path, "run", "fan", "--definitions", str(tmp_path))
+    job_id = queued.stdout.strip()
+    worker = start_worker()
+    wait_job(store, job_id)
+    every = stepline(db_path, "tasks", job_id).stdout.splitlines()
+    failed = stepline(db_path, "tasks", job_id, "--failed", "--step", "fan").stdout.splitlines()
+    assert len(every) == 8 and 0 < len(failed) < 8, every
+    for line in failed:  # step, index, status, attempts, duration, worker, the error itself
+        assert line.startswith("fan  #") and " failed " in line and "x1" in line
+        assert f"{socket.gethostname()}-{worker.proc.pid}-" in line
+        assert line.endswith("(simulated, attempt 1)")

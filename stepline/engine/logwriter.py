@@ -96,6 +96,7 @@ class StepLog:
 class BatchWriter:
     def __init__(self, store: Store):
         self.store = store
+        self.worker_id: str | None = None  # recorded on each task it starts
         self._cond = threading.Condition(threading.Lock())
         self._flush_lock = threading.Lock()
         self._steps: dict[str, StepLog] = {}
@@ -171,7 +172,7 @@ class BatchWriter:
                 tx.append_logs(log.job_id, log.step_id, entries)
             for task_id, status, error in tasks:
                 try:
-                    tx.transition("task", task_id, status, error)
+                    tx.transition("task", task_id, status, error, worker=self.worker_id)
                 except InvalidTransition as exc:  # a bug, not a reason to lose the batch
                     print(f"stepline: dropped task change: {exc}", file=sys.stderr)
             for step_id, (done, total) in progress.items():

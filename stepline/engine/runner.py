@@ -44,7 +44,7 @@ class Worker:
 
     def run(self, exit_when_idle: bool = False) -> None:
         sys.setswitchinterval(SWITCH_INTERVAL_S)
-        self.worker_id = workers.register(self.store)
+        self.worker_id = self.writer.worker_id = workers.register(self.store)
         print(f"stepline worker {self.worker_id} started on {self.store.path}", flush=True)
         self.writer.start()
         self.recover_dead_workers()

@@ -121,6 +121,20 @@ def get_step(db: Database, step_id: str) -> dict | None:
     return _step(rows[0]) if rows else None
 
 
+def step_tasks(db: Database, step_id: str, status: str | None = None, offset: int = 0,
+               limit: int = 50) -> tuple[list[dict], int]:
+    """One page of a step's tasks in index order (failed ones only, with a
+    status), and how many there are in all."""
+    where, args = "step_id = ?" + (" AND status = ?" if status else ""), [step_id]
+    args += [status] if status else []
+    total = db.execute(f"SELECT count(*) FROM tasks WHERE {where}", args).fetchone()[0]
+    rows = list(db.query(
+        "SELECT id AS task_id, idx, status, attempts, error, worker, started AS started_at,"
+        f" finished AS finished_at FROM tasks WHERE {where} ORDER BY idx LIMIT ? OFFSET ?",
+        [*args, limit, offset]))
+    return rows, total
+
+
 def running_steps_count(db: Database) -> int:
     return next(db.query("SELECT count(*) AS n FROM steps WHERE status = 'running'"))["n"]
 

@@ -50,6 +50,7 @@ SCHEMA: dict[str, tuple[dict[str, type], str | tuple[str, ...], dict[str, object
         {
             "id": int, "step_id": str, "idx": int, "status": str, "attempts": int,
             "error": str, "started": float, "finished": float,
+            "worker": str,  # the worker that ran (or last ran) it
         },
         "id",
         {"attempts": 0},

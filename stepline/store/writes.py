@@ -51,8 +51,10 @@ class Tx:
     conn: sqlite3.Connection
     _touched: dict[str, bool] = field(default_factory=dict)  # step_id -> log_refresh
 
-    def transition(self, kind: str, entity_id: str | int, to: str, error: str | None = None):
-        """THE status writer: validate against the table, write state, write event."""
+    def transition(self, kind: str, entity_id: str | int, to: str, error: str | None = None,
+                   worker: str | None = None):
+        """THE status writer: validate against the table, write state, write event.
+        A task that starts running records the `worker` running it."""
         table = TABLES[kind]
         row = self.conn.execute(
             f"SELECT status FROM {table} WHERE id = ?", (entity_id,)
@@ -72,12 +74,13 @@ class Tx:
         started = ts if to == RUNNING else None
         finished = ts if to in TERMINAL else None
         version = "" if kind == "task" else ", version = version + 1"
-        attempts = ", attempts = attempts + 1" if kind == "task" and to == RUNNING else ""
+        task_starts = kind == "task" and to == RUNNING
+        attempts = ", attempts = attempts + 1, worker = ?" if task_starts else ""
         self.conn.execute(
             f"UPDATE {table} SET status = ?, error = coalesce(?, error),"
             f" started = coalesce(started, ?), finished = ?{version}{attempts}"
             " WHERE id = ?",
-            (to, error, started, finished, entity_id),
+            (to, error, started, finished, *([worker] if task_starts else []), entity_id),
         )
         if kind == "task":
             self._move_task_counter(entity_id, current, to)

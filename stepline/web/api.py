@@ -112,6 +112,16 @@ def logs_txt(job_id: str, step_id: str):
                     headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
+@bp.get("/api/jobs/<job_id>/steps/<step_id>/tasks")
+def tasks(job_id: str, step_id: str):
+    _step(job_id, step_id)
+    args = request.args
+    rows, total = reads.step_tasks(_db(), step_id, status=status_arg(args),
+                                   offset=int_arg(args, "offset", 0),
+                                   limit=int_arg(args, "limit", 50, low=1, high=1000))
+    return jsonify(tasks=rows, total=total)
+
+
 @bp.get("/api/definitions")
 def definitions():
     found, errors = config.definitions(current_app.config["STEPLINE_DEFINITIONS"])

@@ -43,6 +43,12 @@ STEP = {"type": "object", "required": ["step_id", "name", "status", "log_count",
                        "finished_at": NULLABLE_NUMBER, "error": NULLABLE_STRING,
                        "version": {"type": "integer"},
                        "progress": {"type": "object"}}}
+TASK = {"type": "object", "required": ["task_id", "idx", "status", "attempts", "error", "worker",
+                                       "started_at", "finished_at"],
+        "properties": {"task_id": {"type": "integer"}, "idx": {"type": "integer"},
+                       "status": STATUS, "attempts": {"type": "integer"},
+                       "error": NULLABLE_STRING, "worker": NULLABLE_STRING,
+                       "started_at": NULLABLE_NUMBER, "finished_at": NULLABLE_NUMBER}}
 JOB = {"type": "object", "required": ["job_id", "definition", "status", "version"],
        "properties": {"job_id": {"type": "string"}, "definition": {"type": "string"},
                       "params": {"type": "object"}, "status": STATUS,
@@ -131,6 +137,19 @@ SPEC = {
             "parameters": [_path_param("job_id"), _path_param("step_id")],
             "responses": {"200": {"description": "OK",
                                   "content": {"text/plain": {"schema": {"type": "string"}}}},
+                          **ERRORS}}},
+        "/api/jobs/{job_id}/steps/{step_id}/tasks": {"get": {
+            "summary": "One page of a fan-out step's tasks, in index order",
+            "parameters": [_path_param("job_id"), _path_param("step_id"),
+                           _query("status", STATUS),
+                           _query("offset", {"type": "integer", "minimum": 0,
+                                             "maximum": MAX_INT_ARG}),
+                           _query("limit", {"type": "integer", "minimum": 1,
+                                            "maximum": 1000})],
+            "responses": {"200": _json({"type": "object", "required": ["tasks", "total"],
+                                        "properties": {
+                                            "tasks": {"type": "array", "items": TASK},
+                                            "total": {"type": "integer"}}}),
                           **ERRORS}}},
         "/api/definitions": {"get": {
             "summary": "Loaded definitions, and the files that failed to load",
