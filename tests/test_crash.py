@@ -112,3 +112,27 @@ n = 0
     assert violations(store.db) == []
     print(f"\n{workers} workers: {count} jobs, each once, in {elapsed:.1f}s"
           f" ({by_worker} distinct claimants)")
+
+
+def test_a_retried_fan_out_step_starts_clean_after_a_crash(store, start_worker):
+    """kill -9 during a retryable 8-task step: it runs again from the start and
+    ends with 8 completed tasks -- no leftover pending tasks, counters or
+    'interrupted' error from the first attempt."""
+    job_id = store.create_job(make_definition(
+        '[step.fan]\ntype = "generate"\ntasks = 8\nlogs_per_task = 10\nlog_delay_ms = 50\n'
+        'concurrency = 2\nretries = 1'), {})
+    victim = start_worker()
+
+    def some_tasks_done():
+        step = reads.job_steps(store.db, job_id)[0]
+        return step["tasks"]["completed"] >= 2
+    wait_for(some_tasks_done, what="the first tasks")
+    os.kill(victim.proc.pid, signal.SIGKILL)
+    victim.proc.wait()
+    start_worker()
+    assert wait_job(store, job_id)["status"] == "completed"
+    step = reads.job_steps(store.db, job_id)[0]
+    assert step["status"] == "completed" and step["error"] is None
+    assert step["tasks"] == {"pending": 0, "running": 0, "completed": 8, "failed": 0}
+    assert store.db.execute("SELECT count(*) FROM tasks").fetchone()[0] == 8
+    assert violations(store.db) == []

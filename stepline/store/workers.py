@@ -94,16 +94,20 @@ def recover(store: Store, dead_worker_id: str, only_job: str | None = None,
                 (job_id, RUNNING),
             ).fetchall():
                 retry = attempts < retries
+                tx.append_logs(job_id, step_id, [(now_us(), "error", error)])
+                tx.conn.execute(
+                    "UPDATE steps SET attempts = attempts + 1 WHERE id = ?", (step_id,)
+                )
+                if retry:  # it runs again from the start
+                    tx.clear_step_for_retry(step_id)
+                    tx.transition("step", step_id, PENDING)
+                    continue
                 for (task_id,) in tx.conn.execute(
                     "SELECT id FROM tasks WHERE step_id = ? AND status = ?",
                     (step_id, RUNNING),
                 ).fetchall():
-                    tx.transition("task", task_id, PENDING if retry else "failed", error)
-                tx.conn.execute(
-                    "UPDATE steps SET attempts = attempts + 1 WHERE id = ?", (step_id,)
-                )
-                tx.transition("step", step_id, PENDING if retry else "failed", error)
-                tx.append_logs(job_id, step_id, [(now_us(), "error", error)])
+                    tx.transition("task", task_id, "failed", error)
+                tx.transition("step", step_id, "failed", error)
             tx.conn.execute("UPDATE jobs SET worker_id = NULL WHERE id = ?", (job_id,))
             tx.transition("job", job_id, PENDING)
         if not only_job:

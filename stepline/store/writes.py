@@ -172,6 +172,18 @@ class Tx:
         )
         self._touch(step_id)
 
+    def clear_step_for_retry(self, step_id: str) -> None:
+        """A step that runs again starts clean: its earlier tasks, their
+        counters, progress and error go (its log keeps what happened), so it
+        never ends with "10 completed, 6 pending" for 8 tasks or an old
+        "interrupted" error beside a success."""
+        self.conn.execute("DELETE FROM tasks WHERE step_id = ?", (step_id,))
+        self.conn.execute(
+            "UPDATE steps SET tasks_pending = 0, tasks_running = 0, tasks_completed = 0,"
+            " tasks_failed = 0, progress_done = 0, progress_total = 0, error = NULL,"
+            " version = version + 1 WHERE id = ?", (step_id,))
+        self._touch(step_id)
+
     def add_tasks(self, step_id: str, count: int) -> list[int]:
         """Create `count` pending tasks; returns their ids in order."""
         first = self.conn.execute(
