@@ -110,3 +110,27 @@ def test_log_lines_escape_and_colour(app):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;&#34;&amp;" in html
     assert '<span class="ansi-bold ansi-fg-red">red bold</span> ok' in html
     assert 'name="after" value="43"' in html
+
+
+def test_definition_graph_and_run_history(app, snapshot):
+    from flask import render_template
+
+    from stepline.engine.definitions import load_file
+    from stepline.web import charts
+    from tests.conftest import ROOT
+
+    definition = load_file(ROOT / "jobs" / "codebase_classify.toml")
+    runs = [{"id": f"job{i:04d}", "status": status, "created": T0 + i * 100,
+             "started": T0 + i * 100 + 1 if status != "pending" else None,
+             "finished": T0 + i * 100 + 1 + 20 * i if status not in ("pending", "running")
+             else None}
+            for i, status in enumerate(["completed", "failed", "cancelled", "running",
+                                        "pending"], 1)]
+    graph = render_template("definition_graph.html", d=definition,
+                            graph=charts.dependency_graph(definition))
+    history = render_template("run_history.html",
+                              history=charts.run_history(runs, now=T0 + 600))
+    assert graph == snapshot(name="graph")
+    assert history == snapshot(name="history")
+    assert render_template("run_history.html", history=charts.run_history([], T0)
+                           ) == snapshot(name="history-empty")

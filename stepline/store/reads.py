@@ -135,6 +135,13 @@ def step_tasks(db: Database, step_id: str, status: str | None = None, offset: in
     return rows, total
 
 
+def definition_runs(db: Database, name: str, limit: int = 60) -> list[dict]:
+    """The newest runs of one definition (for its history chart)."""
+    return list(db.query(
+        "SELECT id, status, created, started, finished FROM jobs WHERE definition = ?"
+        " ORDER BY created DESC LIMIT ?", [name, limit]))
+
+
 def running_steps_count(db: Database) -> int:
     return next(db.query("SELECT count(*) AS n FROM steps WHERE status = 'running'"))["n"]
 

@@ -87,7 +87,7 @@ CREATE TABLE IF NOT EXISTS logs (
 
 # One index per query the UI and the worker make.
 INDEXES: dict[str, list[tuple[str, ...]]] = {
-    "jobs": [("status", "created"), ("created",), ("worker_id",)],
+    "jobs": [("status", "created"), ("created",), ("worker_id",), ("definition", "created")],
     "steps": [("job_id", "idx"), ("status",)],
     "tasks": [("step_id", "idx"), ("step_id", "status")],
     "events": [("job_id", "seq")],

@@ -1,6 +1,9 @@
 """HTML pages and the form actions behind their buttons. Routes stay thin:
 read, render the page template (which includes the fragment templates)."""
 
+import time
+from pathlib import Path
+
 from flask import Blueprint, Response, current_app, render_template, request
 
 from stepline import config
@@ -8,7 +11,7 @@ from stepline.engine import actions
 from stepline.engine.definitions import ParamError
 from stepline.engine.states import STATUSES
 from stepline.store import reads
-from stepline.web import render
+from stepline.web import charts, render
 from stepline.web.http import ApiError, level_arg
 from stepline.web.views import JobsFilters, view_from_args
 
@@ -120,6 +123,29 @@ def definitions_page():
     definitions, errors = config.definitions(current_app.config["STEPLINE_DEFINITIONS"])
     return render_template("definitions.html", definitions=definitions.values(), errors=errors,
                            error=None, values=None)
+
+
+@bp.get("/definitions/<name>")
+def definition_page(name: str):
+    """One definition: its steps as a graph, its runs, the run form (pre-filled
+    from an earlier job with ?from=<job id>, to re-run with edited params) and
+    the file itself."""
+    definitions, _ = config.definitions(current_app.config["STEPLINE_DEFINITIONS"])
+    if name not in definitions:
+        raise ApiError(404, f"no definition named {name!r}")
+    definition = definitions[name]
+    values = None
+    if request.args.get("from"):
+        job = _job_or_404(request.args["from"])
+        values = {k: v for k, v in job["params"].items() if k in definition.params}
+    runs = reads.definition_runs(_app().store.db, name, limit=HISTORY_RUNS)
+    return render_template(
+        "definition.html", d=definition, source=Path(definition.path).read_text("utf-8"),
+        graph=charts.dependency_graph(definition), history=charts.run_history(runs, time.time()),
+        values=values, error=None)
+
+
+HISTORY_RUNS = 60  # bars in the run history chart
 
 
 @bp.post("/definitions/<name>/run")

@@ -1,0 +1,101 @@
+"""Where things go in the server-drawn SVG pictures: a definition's steps as a
+dependency graph, and its run history as bars. Only coordinates here; the
+templates (definition_graph.html, run_history.html) draw them, escaped like
+everything else."""
+
+from dataclasses import dataclass, field
+
+from stepline.engine.definitions import Definition
+
+NODE_W, NODE_H = 168, 40      # a step box
+COL_GAP, ROW_GAP = 56, 14     # between columns (dependency depth) and rows
+PAD = 8
+
+
+@dataclass
+class Node:
+    name: str
+    type: str
+    x: int
+    y: int
+    always_run: bool = False
+    on_error: str = "fail"
+
+
+@dataclass
+class Graph:
+    width: int
+    height: int
+    nodes: list[Node] = field(default_factory=list)
+    edges: list[str] = field(default_factory=list)  # SVG path data, one per dependency
+
+
+def dependency_graph(definition: Definition) -> Graph:
+    """Steps left to right by depth (a step sits one column right of its
+    deepest dependency), in file order top to bottom within a column."""
+    depth: dict[str, int] = {}
+    for step in definition.steps:  # definitions are validated acyclic, deps listed first or not
+        depth[step.name] = _depth(step.name, definition, depth)
+    columns: dict[int, list] = {}
+    for step in definition.steps:
+        columns.setdefault(depth[step.name], []).append(step)
+    places: dict[str, Node] = {}
+    for col, steps in columns.items():
+        for row, step in enumerate(steps):
+            places[step.name] = Node(step.name, step.type, PAD + col * (NODE_W + COL_GAP),
+                                     PAD + row * (NODE_H + ROW_GAP), step.always_run,
+                                     step.on_error)
+    edges = []
+    for step in definition.steps:
+        to = places[step.name]
+        for dep in step.depends:
+            frm = places[dep]
+            x1, y1 = frm.x + NODE_W, frm.y + NODE_H // 2
+            x2, y2 = to.x, to.y + NODE_H // 2
+            bend = COL_GAP // 2
+            edges.append(f"M{x1},{y1} C{x1 + bend},{y1} {x2 - bend},{y2} {x2},{y2}")
+    rows = max((len(steps) for steps in columns.values()), default=0)
+    return Graph(width=PAD * 2 + len(columns) * (NODE_W + COL_GAP) - COL_GAP,
+                 height=PAD * 2 + rows * (NODE_H + ROW_GAP) - ROW_GAP,
+                 nodes=list(places.values()), edges=edges)
+
+
+def _depth(name: str, definition: Definition, known: dict[str, int]) -> int:
+    if name not in known:
+        step = next(s for s in definition.steps if s.name == name)
+        known[name] = 1 + max((_depth(d, definition, known) for d in step.depends), default=-1)
+    return known[name]
+
+
+BAR_W, BAR_GAP, CHART_H = 14, 4, 120
+
+
+@dataclass
+class Bar:
+    job_id: str
+    status: str
+    x: int
+    height: int
+    seconds: float | None
+    created: float
+
+
+@dataclass
+class History:
+    width: int
+    height: int
+    longest: float  # seconds: the scale's top
+    bars: list[Bar] = field(default_factory=list)
+
+
+def run_history(runs: list[dict], now: float) -> History:
+    """One bar per run, oldest left; its height is the run's duration (a
+    running job's so far), its class the outcome."""
+    runs = sorted(runs, key=lambda r: r["created"])
+    seconds = [((r["finished"] or now) - r["started"]) if r["started"] else None for r in runs]
+    longest = max((s for s in seconds if s is not None), default=0.0) or 1.0
+    bars = [Bar(r["id"], r["status"], PAD + i * (BAR_W + BAR_GAP),
+                max(2, round(CHART_H * (s or 0) / longest)), s, r["created"])
+            for i, (r, s) in enumerate(zip(runs, seconds, strict=True))]
+    return History(width=PAD * 2 + len(bars) * (BAR_W + BAR_GAP), height=CHART_H + PAD * 2,
+                   longest=longest, bars=bars)

@@ -1,0 +1,59 @@
+"""What a person does with a definition, in Chromium: look at its steps and
+its runs, run it, then re-run a finished job with one param changed."""
+
+import requests
+
+from .conftest import wait_for
+from .test_browser import OUTPUT, browser, page, server  # noqa: F401 - fixtures
+
+DEF = "slow_pipeline"
+
+
+def job_status(server, job_id: str) -> str:
+    return requests.get(f"{server.url}/api/jobs/{job_id}", timeout=5).json()["status"]
+
+
+def test_definition_page_graph_history_and_rerun_with_edited_params(
+        page, server, start_worker):
+    start_worker()
+    page.goto(f"{server.url}/definitions")
+    page.click(f"#run-{DEF} h2 a")
+    page.wait_for_url(f"{server.url}/definitions/{DEF}")
+    # the steps as a graph: a box per step, a line per dependency
+    assert page.locator("svg.graph .node").evaluate_all(
+        "nodes => nodes.map(n => n.dataset.step)") == ["prepare", "fan", "finish"]
+    assert page.locator("svg.graph .edge").count() == 2
+    assert page.locator(".run-history .empty").inner_text() == "Not run yet."
+    page.click("details.source summary")  # the file itself, on request
+    assert "[step.prepare]" in page.locator("details.source pre").inner_text()
+
+    page.fill(f"#run-{DEF} input[name='param.pause']", "0.2")
+    page.click(f"#run-{DEF} button[type=submit]")
+    page.wait_for_url(f"{server.url}/jobs/*")
+    first = page.url.rsplit("/", 1)[1]
+    wait_for(lambda: job_status(server, first) == "completed", timeout=60, what="first run")
+
+    # "Edit params & re-run": the form comes pre-filled from the job
+    page.click("text=Edit params & re-run")
+    page.wait_for_url(f"{server.url}/definitions/{DEF}?from={first}")
+    pause = page.locator(f"#run-{DEF} input[name='param.pause']")
+    assert pause.input_value() == "0.2" and pause.get_attribute("type") == "number"
+    pause.fill("0.1")
+    page.click(f"#run-{DEF} button[type=submit]")
+    page.wait_for_url(f"{server.url}/jobs/*")
+    second = page.url.rsplit("/", 1)[1]
+    assert second != first
+    assert requests.get(f"{server.url}/api/jobs/{second}", timeout=5).json()["params"] == {
+        "pause": 0.1}
+    wait_for(lambda: job_status(server, second) == "completed", timeout=60, what="second run")
+
+    # the history: one bar per run, oldest first, each a link to its job
+    page.goto(f"{server.url}/definitions/{DEF}")
+    bars = page.locator("svg.history a.bar")
+    assert bars.evaluate_all("bars => bars.map(b => b.dataset.job)") == [first, second]
+    assert bars.evaluate_all("bars => bars.map(b => b.classList.contains('status-completed'))"
+                             ) == [True, True]
+    OUTPUT.mkdir(exist_ok=True)
+    page.screenshot(path=str(OUTPUT / "definition-page.png"), full_page=True)
+    bars.first.click()
+    page.wait_for_url(f"{server.url}/jobs/{first}")
