@@ -13,7 +13,7 @@ from pathlib import Path
 from stepline import config
 from stepline.engine.actions import start_job
 from stepline.engine.definitions import ParamError, parse_duration
-from stepline.engine.states import TERMINAL
+from stepline.engine.states import TERMINAL, Status
 from stepline.store import reads
 from stepline.store.check import violations
 from stepline.store.writes import Conflict, NotFound, Store
@@ -192,7 +192,7 @@ def follow_job(store: Store, job_id: str) -> int:
                 print(f"  {step['status']:>9}  {step['name']} ({step['log_count']} log lines"
                       f"{tasks}){error}")
             print(f"job {job_id} {job['status']}" + (f": {job['error']}" if job["error"] else ""))
-            return 0 if job["status"] == "completed" else 1
+            return 0 if job["status"] == Status.COMPLETED else 1
         time.sleep(0.2)
 
 

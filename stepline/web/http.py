@@ -2,7 +2,7 @@
 
 from flask import jsonify, render_template, request
 
-from stepline.engine.states import STATUSES
+from stepline.engine.states import LOG_LEVELS, Status
 
 
 class ApiError(Exception):
@@ -24,11 +24,14 @@ def error_response(status: int, message: str):
     return render_template("error.html", code=status, message=message), status
 
 
-def status_arg(args) -> str | None:
-    status = args.get("status") or None
-    if status is not None and status not in STATUSES:
-        raise ApiError(400, f"unknown status {status!r} (one of {', '.join(STATUSES)})")
-    return status
+def status_arg(args) -> Status | None:
+    raw = args.get("status") or None
+    if raw is None:
+        return None
+    try:
+        return Status(raw)
+    except ValueError:
+        raise ApiError(400, f"unknown status {raw!r} (one of {', '.join(Status)})") from None
 
 
 MAX_INT_ARG = 10**9  # offsets and line numbers; the OpenAPI spec says the same
@@ -53,6 +56,6 @@ def page_arg(args) -> int:
 
 def level_arg(args) -> str | None:
     level = args.get("level") or None
-    if level is not None and level not in ("debug", "info", "warn", "error"):
-        raise ApiError(400, f"unknown level {level!r} (debug, info, warn or error)")
+    if level is not None and level not in LOG_LEVELS:
+        raise ApiError(400, f"unknown level {level!r} (one of {', '.join(LOG_LEVELS)})")
     return level

@@ -6,7 +6,7 @@ from flask import Blueprint, Response, current_app, render_template, request
 from stepline import config
 from stepline.engine import actions
 from stepline.engine.definitions import ParamError
-from stepline.engine.states import STATUSES
+from stepline.engine.states import JOB_STATUSES
 from stepline.store import reads
 from stepline.web import render
 from stepline.web.http import ApiError, level_arg
@@ -47,7 +47,7 @@ def jobs_page():
     jobs, total = view.page_of_jobs(db)
     return render_template("jobs.html", jobs=jobs, total=total,
                            pages=render.page_count(total), filters=filters,
-                           counts=reads.status_counts(db), statuses=STATUSES, oob=False,
+                           counts=reads.status_counts(db), statuses=JOB_STATUSES, oob=False,
                            **_live("&".join(filter(None, ["view=jobs", filters.query()]))))
 
 

@@ -8,7 +8,7 @@ from flask import Flask, current_app, render_template
 from flask.templating import Environment
 from markupsafe import Markup
 
-from stepline.engine.states import TERMINAL
+from stepline.engine.states import LOG_LEVELS, TERMINAL, Status
 from stepline.web.ansi import ansi_to_html
 
 TAIL_LINES = 500
@@ -117,15 +117,15 @@ def register(app: Flask) -> None:
         items=lambda mapping: list(mapping.items()),
         item=lambda mapping, key, default=None: mapping.get(key, default),
     )
-    app.jinja_env.globals.update(TERMINAL=TERMINAL, PAGE_SIZE=PAGE_SIZE,
+    app.jinja_env.globals.update(TERMINAL=TERMINAL, LOG_LEVELS=LOG_LEVELS, PAGE_SIZE=PAGE_SIZE,
                                  icon=lambda status: Markup(ICONS.get(status, "")))
 
 
 ICONS = {
-    "pending": "&#9675;",    # ○
-    "running": "&#9680;",    # ◐
-    "completed": "&#10003;", # ✓
-    "failed": "&#10007;",    # ✗
-    "cancelled": "&#8856;",  # ⊘
-    "skipped": "&#8631;",    # ↷
+    Status.PENDING: "&#9675;",     # ○
+    Status.RUNNING: "&#9680;",     # ◐
+    Status.COMPLETED: "&#10003;",  # ✓
+    Status.FAILED: "&#10007;",     # ✗
+    Status.CANCELLED: "&#8856;",   # ⊘
+    Status.SKIPPED: "&#8631;",     # ↷
 }
