@@ -3,6 +3,7 @@ and the live stream pushes what these return, so there is no second copy of
 any markup."""
 
 import time
+from urllib.parse import urlsplit, urlunsplit
 
 from flask import Flask, current_app, render_template
 from flask.templating import Environment
@@ -119,6 +120,22 @@ def register(app: Flask) -> None:
     )
     app.jinja_env.globals.update(TERMINAL=TERMINAL, LOG_LEVELS=LOG_LEVELS, PAGE_SIZE=PAGE_SIZE,
                                  icon=lambda status: Markup(ICONS.get(status, "")))
+    app.jinja_env.globals["url_for"] = path_builder(app)
+
+
+def path_builder(app: Flask):
+    """The templates' url_for. The hub renders fragments outside any request,
+    where Flask's url_for has no URL adapter (and would build absolute URLs),
+    so links are paths built from the URL map alone: the same in a page and in
+    a pushed fragment. A WebSocket route builds as `ws://host/ws`: its path
+    alone lets the browser keep the page's scheme (wss under https)."""
+    paths = app.url_map.bind("")
+
+    def url_for(endpoint: str, **values) -> str:
+        url = urlsplit(paths.build(endpoint, values))
+        return urlunsplit(("", "", url.path, url.query, ""))
+
+    return url_for
 
 
 ICONS = {
