@@ -1,4 +1,4 @@
-"""The demo pipeline's steps (definitions/codebase_classify.toml): real work
+"""The demo pipeline's steps (jobs/codebase_classify.toml): real work
 on a real directory, by default Stepline's own source."""
 
 import ast

@@ -1,5 +1,6 @@
 """The write side of the store: the one transition function, the one event
-writer, job creation, claiming, log appends and crash recovery.
+writer, job creation, claiming, cancelling, deleting and log appends (crash
+recovery, built on the same transaction, is in `stepline.store.workers`).
 
 Every write happens inside `Store.write()`, a `Tx` bound to one SQLite
 transaction. A status change and its event row are therefore committed
