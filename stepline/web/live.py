@@ -105,6 +105,8 @@ def server_sent_events():
     A reconnect with Last-Event-ID replays what it missed, no gap, no repeat."""
     view = view_from_args(request.args)
     store, hub = app_state().store, app_state().hub
+    if isinstance(view, JobView) and reads.get_job(store.db, view.job_id) is None:
+        raise ApiError(404, f"job {view.job_id} not found")  # while a status can still say so
     last_id = request.headers.get("Last-Event-ID", "")
     sub = hub.subscribe(QueueSubscription(view, "sse"))  # before reading: nothing falls between
 

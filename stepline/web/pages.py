@@ -16,7 +16,7 @@ from stepline.web.http import (
     level_arg,
     step_or_404,
 )
-from stepline.web.views import JobsFilters, view_from_args
+from stepline.web.views import JobsView, jobs_filters
 
 bp = Blueprint("pages", __name__)
 
@@ -29,8 +29,9 @@ def _live(query: str) -> dict:
 
 @bp.get("/")
 def jobs_page():
-    view = view_from_args(request.args)
-    filters: JobsFilters = view.filters
+    # the jobs list, whatever else the query holds (?job= and ?view= are for /ws, /events)
+    filters = jobs_filters(request.args)
+    view = JobsView(filters)
     db = app_state().store.db
     jobs, total = view.page_of_jobs(db)
     return render_template("jobs.html", jobs=jobs, total=total,
