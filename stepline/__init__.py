@@ -1,1 +1,2 @@
-"""Stepline's engine: store, definitions, runner, events and the web layer on top."""
+"""Stepline: `engine` (states, definitions, the worker), `store` (the SQLite
+store and its events outbox) and `web` (pages, API and live updates) on top."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from stepline import config
 from stepline.engine.actions import start_job
 from stepline.engine.definitions import ParamError, parse_duration
-from stepline.engine.states import STATUSES, TERMINAL
+from stepline.engine.states import TERMINAL, Status
 from stepline.store import reads
 from stepline.store.check import violations
 from stepline.store.writes import Conflict, NotFound, Store
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true",
                    help="show progress until the job ends; exit 0 only if it completed")
     p = command("jobs", cmd_jobs, "list jobs, newest first")
-    p.add_argument("--status", choices=STATUSES, help="only jobs in this status")
+    p.add_argument("--status", choices=[s.value for s in Status], help="only jobs in this status")
     p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p = command("logs", cmd_logs, "print a job's logs")
@@ -254,7 +254,7 @@ def follow_job(store: Store, job_id: str) -> int:
                 print(f"  {step['status']:>9}  {step['name']} ({step['log_count']} log lines"
                       f"{tasks}){error}")
             print(f"job {job_id} {job['status']}" + (f": {job['error']}" if job["error"] else ""))
-            return 0 if job["status"] == "completed" else 1
+            return 0 if job["status"] == Status.COMPLETED else 1
         progress = progress_line(reads.job_steps(store.db, job_id))
         if on_tty and progress != progress_shown:
             width = shutil.get_terminal_size().columns - 1

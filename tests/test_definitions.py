@@ -1,7 +1,9 @@
+import os
 from pathlib import Path
 
 import pytest
 
+from stepline.engine import definitions as definitions_module
 from stepline.engine.definitions import (
     BUILTIN_DIR,
     DefinitionError,
@@ -97,6 +99,46 @@ def test_builtin_definitions_are_valid():
     found, errors = load_definitions([])
     assert errors == []
     assert {p.stem for p in BUILTIN_DIR.glob("*.toml")} <= set(found)
+
+
+def test_definitions_are_parsed_once_and_again_when_a_file_changes(tmp_path, monkeypatch):
+    """The web app asks for the definitions on every page and API call: it
+    parses them on the first, then again only after a *.toml file changed."""
+    from app import create_app  # the web layer: only this test needs it
+
+    parsed: list[Path] = []
+    parse = definitions_module.load_file
+    monkeypatch.setattr(definitions_module, "load_file",
+                        lambda path: parsed.append(path) or parse(path))
+    defs = tmp_path / "defs"
+    defs.mkdir()
+    good = write(defs, "good", 'description = "first"\n' + GOOD)
+    client = create_app(str(tmp_path / "d.db"), str(defs), token="").test_client()
+
+    def described() -> dict[str, str]:
+        body = client.get("/api/definitions").get_json()
+        return {d["name"]: d["description"] for d in body["definitions"]}
+
+    assert described()["good"] == "first"
+    once = len(parsed)
+    assert good in parsed and once == len(parsed) == 1 + len(list(BUILTIN_DIR.glob("*.toml")))
+    for _ in range(3):
+        described()
+        assert client.get("/definitions").status_code == 200
+    assert len(parsed) == once, "an unchanged set of files was parsed again"
+
+    good.write_text('description = "second, and longer"\n' + GOOD)
+    assert described()["good"] == "second, and longer"
+    assert len(parsed) == 2 * once
+    # Same size, new time (an editor that rewrites in place): seen too.
+    good.write_text('description = "SECOND, and longer"\n' + GOOD)
+    stat = good.stat()
+    os.utime(good, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert described()["good"] == "SECOND, and longer"
+    write(defs, "extra", GOOD.replace('name = "good"', 'name = "extra"'))
+    assert "extra" in described()
+    good.unlink()
+    assert set(described()) >= {"extra"} and "good" not in described()
 
 
 def test_durations():

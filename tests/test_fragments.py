@@ -4,7 +4,7 @@ fixed, so any change to the markup shows up as a reviewed snapshot diff."""
 import pytest
 
 from app import create_app
-from stepline.engine.states import STATUSES
+from stepline.engine.states import JOB_STATUSES, Status
 from stepline.web import render
 from stepline.web.views import JobsFilters
 
@@ -50,12 +50,12 @@ LINES = [
 ]
 
 
-@pytest.mark.parametrize("status", STATUSES[:5])
+@pytest.mark.parametrize("status", JOB_STATUSES)
 def test_job_row(app, snapshot, status):
     assert render.render_job_row(job(status), oob=True) == snapshot
 
 
-@pytest.mark.parametrize("status", STATUSES[:5])
+@pytest.mark.parametrize("status", JOB_STATUSES)
 def test_job_header(app, snapshot, status):
     assert render.render_job_header(job(status)) == snapshot
 
@@ -64,7 +64,7 @@ def test_job_header_cancelling(app, snapshot):
     assert render.render_job_header(job("running", cancel_requested=1), oob=True) == snapshot
 
 
-@pytest.mark.parametrize("status", STATUSES)
+@pytest.mark.parametrize("status", list(Status))
 def test_step_row(app, snapshot, status):
     assert render.render_step_row(step(status), oob=True) == snapshot
 

@@ -9,10 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stepline.engine.states import (
-    STATUSES,
     TERMINAL,
     TRANSITIONS,
     InvalidTransition,
+    Status,
     check_transition,
 )
 from stepline.store import reads
@@ -50,8 +50,8 @@ def test_only_the_transition_function_writes_a_status():
 
 def test_table_rejects_everything_it_does_not_list():
     for kind, table in TRANSITIONS.items():
-        for current in STATUSES:
-            for new in STATUSES:
+        for current in Status:
+            for new in Status:
                 allowed = new in table.get(current, ())
                 if allowed:
                     check_transition(kind, current, new)
@@ -63,6 +63,17 @@ def test_table_rejects_everything_it_does_not_list():
             assert not TRANSITIONS[kind].get(terminal), f"{kind} leaves terminal {terminal}"
 
 
+def test_statuses_keep_their_stored_values():
+    """The database and the JSON API hold these strings; the enum must not change them."""
+    assert [s.value for s in Status] == ["pending", "running", "completed", "failed",
+                                         "cancelled", "skipped"]
+    assert all(isinstance(s, Status) for s in TERMINAL)
+    assert all(isinstance(k, Status) for table in TRANSITIONS.values() for k in table)
+    # a status read back from SQLite is a plain str: the table answers it all the same
+    check_transition("job", "pending", "running")
+    assert "completed" in TERMINAL and "running" not in TERMINAL
+
+
 def snapshot(store: Store, job_id: str):
     job = reads.get_job(store.db, job_id)
     steps = [(s["status"], s["version"]) for s in reads.job_steps(store.db, job_id)]
@@ -72,7 +83,7 @@ def snapshot(store: Store, job_id: str):
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(moves=st.lists(st.tuples(st.sampled_from(["job", 0, 1, 2]),
-                                st.sampled_from(STATUSES)), max_size=25))
+                                st.sampled_from(list(Status))), max_size=25))
 def test_random_transitions_keep_every_invariant(tmp_path_factory, moves):
     store = Store(str(tmp_path_factory.mktemp("sm") / "s.db"))
     job_id = store.create_job(make_definition(THREE_STEPS), {})

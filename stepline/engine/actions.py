@@ -3,6 +3,7 @@
 from typing import Any
 
 from stepline.engine.definitions import Definition, ParamError, resolve_params
+from stepline.engine.states import TERMINAL
 from stepline.store import reads
 from stepline.store.writes import Conflict, NotFound, Store
 
@@ -23,6 +24,6 @@ def rerun_job(store: Store, definitions: dict[str, Definition], job_id: str) -> 
     job = reads.get_job(store.db, job_id)
     if job is None:
         raise NotFound(f"job {job_id} not found")
-    if job["status"] not in ("completed", "failed", "cancelled"):
+    if job["status"] not in TERMINAL:
         raise Conflict(f"job {job_id} is {job['status']}; re-run it once it has finished")
     return start_job(store, definitions, job["definition"], job["params"], rerun_of=job_id)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from stepline.engine.logwriter import BatchWriter
-from stepline.engine.states import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING
+from stepline.engine.states import Status, StopReason
 from stepline.store.workers import retry_while_unavailable
 from stepline.store.writes import Store
 
@@ -36,7 +36,7 @@ class StepContext:
         self.logbook = writer.open_step(job_id, step_id)
         # ctx.log(message, level="info"): the step log's own append, no wrapper
         self.log = self.logbook.append
-        self.stop_reason: str | None = None  # set by the worker's watchdog
+        self.stop_reason: StopReason | None = None  # set by the worker's watchdog
         self._stopped = threading.Event()
 
     @property
@@ -44,7 +44,7 @@ class StepContext:
         """True once the step must stop: cancel, timeout or worker shutdown."""
         return self._stopped.is_set()
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: StopReason) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
         self._stopped.set()
@@ -84,22 +84,22 @@ class StepContext:
             nonlocal done
             task_id = task_ids[index]
             if self.cancelled:
-                self.writer.task(task_id, CANCELLED)
+                self.writer.task(task_id, Status.CANCELLED)
                 return
             for attempt in range(self.retries + 1):
-                self.writer.task(task_id, RUNNING)
+                self.writer.task(task_id, Status.RUNNING)
                 try:
                     results[index] = fn(items[index])
                 except Exception as exc:  # noqa: BLE001 - task code may raise anything
                     error = f"{type(exc).__name__}: {exc}"
                     if attempt < self.retries and not self.cancelled:
-                        self.writer.task(task_id, PENDING, error)
+                        self.writer.task(task_id, Status.PENDING, error)
                         continue
-                    self.writer.task(task_id, FAILED, error)
+                    self.writer.task(task_id, Status.FAILED, error)
                     with lock:
                         failed.append((index, error))
                 else:
-                    self.writer.task(task_id, COMPLETED)
+                    self.writer.task(task_id, Status.COMPLETED)
                 break
             with lock:
                 done += 1

@@ -11,10 +11,11 @@ import sys
 import threading
 from time import time_ns
 
-from stepline.engine.states import InvalidTransition
+from stepline.engine.states import LOG_LEVELS, InvalidTransition
 from stepline.store.writes import LogEntry, Store, now_us
 
-LEVELS = {"debug": "debug", "info": "info", "warn": "warn", "warning": "warn", "error": "error"}
+# what ctx.log accepts -> what is stored ("warning" is a common spelling of warn)
+LEVELS = {**{level: level for level in LOG_LEVELS}, "warning": "warn"}
 FLUSH_INTERVAL_S = 0.05
 FLUSH_LINES = 2000
 FLUSH_CHARS = 4 * 1024 * 1024  # ... or once this much text in long lines waits
@@ -49,8 +50,8 @@ class StepLog:
         try:
             level = LEVELS[level]
         except KeyError:
-            raise ValueError(f"log level must be debug, info, warn or error, not {level!r}") \
-                from None
+            raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)},"
+                             f" not {level!r}") from None
         message = str(message)
         if len(message) > LONG_LINE_CHARS:
             return self._append_long(message, level)

@@ -11,9 +11,9 @@ import threading
 import time
 import traceback
 
-from stepline.engine.context import StepContext
+from stepline.engine.context import StepContext, StepFailed
 from stepline.engine.logwriter import BatchWriter
-from stepline.engine.states import CANCELLED, COMPLETED, FAILED, RUNNING, SKIPPED, TERMINAL
+from stepline.engine.states import TERMINAL, Status, StopReason
 from stepline.engine.steps import run_step
 from stepline.store import reads, workers
 from stepline.store.workers import RETRY_MAX_S, retry_while_unavailable
@@ -26,7 +26,6 @@ SWITCH_INTERVAL_S = 0.0005
 HEARTBEAT_S = 1.0
 WATCH_S = 0.2
 STALE_AFTER_S = 15.0
-SHUTDOWN = "worker shutting down"
 
 
 class Worker:
@@ -75,7 +74,7 @@ class Worker:
         with self._lock:
             runs = list(self._running.values())
         for run in runs:
-            run.stop(SHUTDOWN)
+            run.stop(StopReason.SHUTDOWN)
         for run in runs:
             run.thread.join(timeout=10)
         self.writer.stop()
@@ -121,7 +120,7 @@ class Worker:
                     last_recovery = now
                 for job_id in reads.cancel_requested(self.store.db, self.worker_id):
                     if run := self._running.get(job_id):
-                        run.stop("cancelled by user")
+                        run.stop(StopReason.CANCELLED)
                 with self._lock:
                     runs = list(self._running.values())
                 for run in runs:
@@ -147,7 +146,7 @@ class JobRun:
         self.worker = worker
         self.store = worker.store
         self.job_id = job_id
-        self.stop_reason: str | None = None
+        self.stop_reason: StopReason | None = None
         self.ctx: StepContext | None = None
         self.step_deadline: float | None = None
         self.thread = threading.Thread(target=self.run, name=f"job-{job_id}", daemon=True)
@@ -157,7 +156,7 @@ class JobRun:
         )
         self.job_timeout = job["timeout_s"] if job else None
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: StopReason) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
         if self.ctx is not None:
@@ -166,9 +165,9 @@ class JobRun:
     def check_timeouts(self) -> None:
         now = time.time()
         if self.job_deadline and now > self.job_deadline:
-            self.stop(f"job timed out after {self.job_timeout:g}s")
+            self.stop(StopReason.JOB_TIMEOUT)
         elif self.step_deadline and now > self.step_deadline and self.ctx is not None:
-            self.ctx.stop("step timed out")
+            self.ctx.stop(StopReason.STEP_TIMEOUT)
 
     def run(self) -> None:
         try:
@@ -191,42 +190,45 @@ class JobRun:
         for step in steps:
             if step["status"] in TERMINAL:
                 continue  # a resumed job: this step finished before a crash
-            if self.stop_reason == SHUTDOWN:
+            if self.stop_reason is StopReason.SHUTDOWN:
                 return
             if self.stop_reason:
-                self._transition("step", step["id"], CANCELLED, self.stop_reason)
-                step["status"] = CANCELLED
+                self._transition("step", step["id"], Status.CANCELLED,
+                                 stop_text(self.stop_reason, self.job_timeout))
+                step["status"] = Status.CANCELLED
                 continue
             blocker = next((d for d in step["depends"] if _blocks(by_name[d])), None)
             if blocker and not step["always_run"]:
-                self._transition("step", step["id"], SKIPPED,
+                self._transition("step", step["id"], Status.SKIPPED,
                                  f"dependency '{blocker}' {by_name[blocker]['status']}")
-                step["status"] = SKIPPED
+                step["status"] = Status.SKIPPED
                 continue
             step["status"] = self._run_one(step, params)
-            if self.stop_reason == SHUTDOWN:
+            if self.stop_reason is StopReason.SHUTDOWN:
                 return
         self._finish_job(steps)
 
     def _run_one(self, step: dict, params: dict) -> str:
         ctx = StepContext(self.store, self.worker.writer, self.job_id, step["id"], params,
                           retries=step["retries"])
-        self._transition("step", step["id"], RUNNING)
+        self._transition("step", step["id"], Status.RUNNING)
         self.step_deadline = time.time() + step["timeout_s"] if step["timeout_s"] else None
         self.ctx = ctx
         if self.stop_reason:  # stopped between steps
             ctx.stop(self.stop_reason)
-        status, error = COMPLETED, None
+        status, error = Status.COMPLETED, None
         try:
             run_step(ctx, step["type"], step["spec"])
             if ctx.cancelled:
                 raise RuntimeError(ctx.stop_reason)
         except Exception as exc:  # noqa: BLE001 - any step failure is data, not a crash
-            error = ctx.stop_reason or str(exc) or type(exc).__name__
-            if ctx.stop_reason == "step timed out":
-                error = f"step timed out after {step['timeout_s']:g}s"
-            status = CANCELLED if ctx.stop_reason == "cancelled by user" else FAILED
-            if not ctx.stop_reason and type(exc).__name__ != "StepFailed":
+            timeout_s = (step["timeout_s"] if ctx.stop_reason is StopReason.STEP_TIMEOUT
+                         else self.job_timeout)
+            error = (stop_text(ctx.stop_reason, timeout_s) if ctx.stop_reason
+                     else str(exc) or type(exc).__name__)
+            status = (Status.CANCELLED if ctx.stop_reason is StopReason.CANCELLED
+                      else Status.FAILED)
+            if not ctx.stop_reason and not isinstance(exc, StepFailed):
                 ctx.log("".join(traceback.format_exception(exc)).rstrip(), "error")
             ctx.log(error, "error")
         finally:
@@ -234,21 +236,21 @@ class JobRun:
             self.step_deadline = None
         # lines and tasks land before the status
         self._retry(lambda: self.worker.writer.close_step(ctx.logbook))
-        if self.stop_reason == SHUTDOWN:
-            return RUNNING  # left for recovery, which re-queues the job
+        if self.stop_reason is StopReason.SHUTDOWN:
+            return Status.RUNNING  # left for recovery, which re-queues the job
         self._transition("step", step["id"], status, error)
         return status
 
     def _finish_job(self, steps: list[dict]) -> None:
-        if self.stop_reason == "cancelled by user":
-            status, error = CANCELLED, "cancelled by user"
+        if self.stop_reason is StopReason.CANCELLED:
+            status, error = Status.CANCELLED, str(StopReason.CANCELLED)
         elif self.stop_reason:
-            status, error = FAILED, self.stop_reason
+            status, error = Status.FAILED, stop_text(self.stop_reason, self.job_timeout)
         elif failed := [s["name"] for s in steps
-                        if s["status"] == FAILED and s["on_error"] == "fail"]:
-            status, error = FAILED, f"step {failed[0]!r} failed"
+                        if s["status"] == Status.FAILED and s["on_error"] == "fail"]:
+            status, error = Status.FAILED, f"step {failed[0]!r} failed"
         else:
-            status, error = COMPLETED, None
+            status, error = Status.COMPLETED, None
         self._transition("job", self.job_id, status, error)
 
     def _transition(self, kind: str, entity_id: str, to: str, error: str | None = None):
@@ -265,6 +267,13 @@ class JobRun:
 def _blocks(dep: dict) -> bool:
     """A dependency stops its dependents unless it completed, or failed with
     on_error = continue."""
-    if dep["status"] == COMPLETED:
+    if dep["status"] == Status.COMPLETED:
         return False
-    return not (dep["status"] == FAILED and dep["on_error"] == "continue")
+    return not (dep["status"] == Status.FAILED and dep["on_error"] == "continue")
+
+
+def stop_text(reason: StopReason, timeout_s: float | None) -> str:
+    """The error a stopped job or step records; a timeout says how long it was."""
+    if reason in (StopReason.JOB_TIMEOUT, StopReason.STEP_TIMEOUT) and timeout_s:
+        return f"{reason} after {timeout_s:g}s"
+    return str(reason)

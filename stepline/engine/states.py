@@ -1,36 +1,50 @@
-"""Statuses and the one table of allowed transitions.
+"""Statuses, the one table of allowed transitions, stop reasons and log levels.
 
 Jobs, steps and tasks share one vocabulary. Everything that changes a status
-asks `check_transition` first (through `Store.transition`), so this table is
-the single place that decides what may happen.
+asks `check_transition` first (through `Tx.transition` in
+`stepline.store.writes`), so this table is the single place that decides what
+may happen.
 """
 
-PENDING = "pending"
-RUNNING = "running"
-COMPLETED = "completed"
-FAILED = "failed"
-CANCELLED = "cancelled"
-SKIPPED = "skipped"
+from enum import StrEnum
 
-STATUSES = (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, SKIPPED)
-TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED, SKIPPED})
+
+class Status(StrEnum):
+    """The value is what the database and the JSON API hold."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+
+
+TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.SKIPPED})
+# What a job can be: a job is never skipped (the metrics and the filter list).
+JOB_STATUSES = tuple(s for s in Status if s is not Status.SKIPPED)
+# The task counters each step keeps (steps.tasks_<status>).
+TASK_STATUSES = (Status.PENDING, Status.RUNNING, Status.COMPLETED, Status.FAILED)
 
 # kind -> {from_status: allowed to_statuses}
 # `running -> pending` is the crash-recovery path: a dead worker's job is
 # re-queued so a live worker can resume it, and a retryable step or task goes
 # back in line.
-TRANSITIONS: dict[str, dict[str, frozenset[str]]] = {
+TRANSITIONS: dict[str, dict[Status, frozenset[Status]]] = {
     "job": {
-        PENDING: frozenset({RUNNING, CANCELLED}),
-        RUNNING: frozenset({COMPLETED, FAILED, CANCELLED, PENDING}),
+        Status.PENDING: frozenset({Status.RUNNING, Status.CANCELLED}),
+        Status.RUNNING: frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED,
+                                   Status.PENDING}),
     },
     "step": {
-        PENDING: frozenset({RUNNING, SKIPPED, CANCELLED}),
-        RUNNING: frozenset({COMPLETED, FAILED, CANCELLED, PENDING}),
+        Status.PENDING: frozenset({Status.RUNNING, Status.SKIPPED, Status.CANCELLED}),
+        Status.RUNNING: frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED,
+                                   Status.PENDING}),
     },
     "task": {
-        PENDING: frozenset({RUNNING, CANCELLED}),
-        RUNNING: frozenset({COMPLETED, FAILED, CANCELLED, PENDING}),
+        Status.PENDING: frozenset({Status.RUNNING, Status.CANCELLED}),
+        Status.RUNNING: frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED,
+                                   Status.PENDING}),
     },
 }
 
@@ -47,3 +61,23 @@ def check_transition(kind: str, current: str, new: str) -> None:
 
 def is_terminal(status: str) -> bool:
     return status in TERMINAL
+
+
+def sql_list(statuses) -> str:
+    """`('completed', 'failed')` for an IN clause: the values are this module's
+    constants, never user input."""
+    return "(" + ", ".join(f"'{Status(s)}'" for s in sorted(statuses)) + ")"
+
+
+class StopReason(StrEnum):
+    """Why a running job or step was told to stop. The value is the error it
+    records (timeouts add how long: see `stepline.engine.runner.stop_text`)."""
+
+    CANCELLED = "cancelled by user"
+    SHUTDOWN = "worker shutting down"
+    JOB_TIMEOUT = "job timed out"
+    STEP_TIMEOUT = "step timed out"
+
+
+# Log levels, least to most severe (logs.level holds these values).
+LOG_LEVELS = ("debug", "info", "warn", "error")

@@ -2,9 +2,12 @@
 
 from sqlite_utils import Database
 
-from stepline.engine.states import TERMINAL
+from stepline.engine.states import TASK_STATUSES, TERMINAL, Status, sql_list
 
-TERMINAL_SQL = "(" + ", ".join(f"'{s}'" for s in sorted(TERMINAL)) + ")"
+TERMINAL_SQL = sql_list(TERMINAL)
+# one sum per task counter: tasks_pending = sum(t.status = 'pending') ...
+TASK_SUMS = ", ".join(f"sum(t.status = '{s}') AS t_{s}" for s in TASK_STATUSES)
+TASK_MISMATCH = " OR ".join(f"s.tasks_{s} != t_{s}" for s in TASK_STATUSES)
 
 
 def violations(db: Database, allow_running: bool = False,
@@ -24,12 +27,8 @@ def violations(db: Database, allow_running: bool = False,
                  " HAVING s.log_count != n OR s.log_count != mx"):
         found.append(f"step {row['id']}: log_count {row['log_count']}, {row['n']} rows,"
                      f" max line {row['mx']}")
-    for row in q("SELECT s.id, s.tasks_pending AS p, s.tasks_running AS r,"
-                 " s.tasks_completed AS c, s.tasks_failed AS f,"
-                 " sum(t.status = 'pending') AS tp, sum(t.status = 'running') AS tr,"
-                 " sum(t.status = 'completed') AS tc, sum(t.status = 'failed') AS tf"
-                 " FROM steps s JOIN tasks t ON t.step_id = s.id GROUP BY s.id"
-                 " HAVING p != tp OR r != tr OR c != tc OR f != tf"):
+    for row in q(f"SELECT s.id, {TASK_SUMS} FROM steps s JOIN tasks t ON t.step_id = s.id"
+                 f" GROUP BY s.id HAVING {TASK_MISMATCH}"):
         found.append(f"step {row['id']}: task counters disagree with task rows")
     for kind, table, match in (("job", "jobs", "e.context = 'job' AND e.job_id = x.id"),
                                ("step", "steps", "e.step_id = x.id")):
@@ -39,11 +38,12 @@ def violations(db: Database, allow_running: bool = False,
                          " for its current state")
     if not allow_running:
         for table in ("jobs", "steps", "tasks"):
-            for row in q(f"SELECT id FROM {table} WHERE status = 'running'"):
+            for row in q(f"SELECT id FROM {table} WHERE status = ?", [Status.RUNNING]):
                 found.append(f"{table[:-1]} {row['id']} left running")
     if require_owner:
-        for row in q("SELECT id, worker_id FROM jobs WHERE status = 'running' AND"
-                     " coalesce(worker_id, '') NOT IN (SELECT id FROM workers)"):
+        for row in q("SELECT id, worker_id FROM jobs WHERE status = ? AND"
+                     " coalesce(worker_id, '') NOT IN (SELECT id FROM workers)",
+                     [Status.RUNNING]):
             found.append(f"job {row['id']} is running under worker {row['worker_id']},"
                          " which is not registered")
     return found

@@ -9,19 +9,17 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from stepline.engine.states import STATUSES
+from stepline.engine.states import JOB_STATUSES, TASK_STATUSES, TERMINAL, Status, sql_list
 
-JOB_SUMMARY = """
+JOB_SUMMARY = f"""
 SELECT jobs.*,
   (SELECT count(*) FROM steps WHERE steps.job_id = jobs.id) AS steps_total,
   (SELECT count(*) FROM steps WHERE steps.job_id = jobs.id
-     AND steps.status IN ('completed', 'failed', 'cancelled', 'skipped')) AS steps_done,
-  (SELECT coalesce(sum(tasks_pending), 0) || ',' || coalesce(sum(tasks_running), 0) || ','
-          || coalesce(sum(tasks_completed), 0) || ',' || coalesce(sum(tasks_failed), 0)
+     AND steps.status IN {sql_list(TERMINAL)}) AS steps_done,
+  (SELECT {" || ',' || ".join(f"coalesce(sum(tasks_{s}), 0)" for s in TASK_STATUSES)}
      FROM steps WHERE steps.job_id = jobs.id) AS task_sums
 FROM jobs
 """
-TASK_KEYS = ("pending", "running", "completed", "failed")
 
 # LIKE is the fastest scan SQLite offers here (case-insensitive for ASCII).
 SEARCH = "message LIKE ? ESCAPE '\\'"
@@ -36,7 +34,7 @@ def _job(row: dict) -> dict:
     row["params"] = json.loads(row["params"] or "{}")
     sums = row.pop("task_sums", None)
     if sums is not None:
-        row["tasks"] = dict(zip(TASK_KEYS, map(int, sums.split(",")), strict=True))
+        row["tasks"] = dict(zip(TASK_STATUSES, map(int, sums.split(",")), strict=True))
     return row
 
 
@@ -44,7 +42,7 @@ def _step(row: dict) -> dict:
     row["depends"] = json.loads(row["depends"] or "[]")
     if "spec" in row:
         row["spec"] = json.loads(row["spec"] or "{}")
-    row["tasks"] = {k: row[f"tasks_{k}"] for k in TASK_KEYS}
+    row["tasks"] = {k: row[f"tasks_{k}"] for k in TASK_STATUSES}
     return row
 
 
@@ -80,7 +78,7 @@ def list_jobs(db: Database, status: str | None = None, q: str | None = None,
 
 
 def status_counts(db: Database) -> dict[str, int]:
-    counts = dict.fromkeys(STATUSES[:5], 0)
+    counts = dict.fromkeys(JOB_STATUSES, 0)
     for row in db.query("SELECT status, count(*) AS n FROM jobs GROUP BY status"):
         counts[row["status"]] = row["n"]
     return counts
@@ -92,7 +90,7 @@ def job_steps(db: Database, job_id: str, with_spec: bool = False) -> list[dict]:
         f"SELECT {columns} FROM steps WHERE job_id = ? ORDER BY idx", [job_id])]
 
 
-STRUCTURE_SQL = """
+STRUCTURE_SQL = f"""
 SELECT json_object(
   'job_id', jobs.id, 'status', jobs.status, 'version', jobs.version,
   'updated_at', max(jobs.created, coalesce(jobs.started, 0), coalesce(jobs.finished, 0),
@@ -101,8 +99,7 @@ SELECT json_object(
   'steps', (SELECT json_group_array(json_object(
       'step_id', id, 'name', name, 'status', status, 'log_count', log_count,
       'depends', json(depends),
-      'tasks', json_object('pending', tasks_pending, 'running', tasks_running,
-                           'completed', tasks_completed, 'failed', tasks_failed),
+      'tasks', json_object({", ".join(f"'{s}', tasks_{s}" for s in TASK_STATUSES)}),
       'started_at', started, 'finished_at', finished, 'error', error, 'version', version))
     FROM (SELECT * FROM steps WHERE job_id = jobs.id ORDER BY idx)))
 FROM jobs WHERE jobs.id = ?
@@ -143,7 +140,8 @@ def definition_runs(db: Database, name: str, limit: int = 60) -> list[dict]:
 
 
 def running_steps_count(db: Database) -> int:
-    return next(db.query("SELECT count(*) AS n FROM steps WHERE status = 'running'"))["n"]
+    return next(db.query("SELECT count(*) AS n FROM steps WHERE status = ?",
+                         [Status.RUNNING]))["n"]
 
 
 def _log_filter(step_id: str, level: str | None, q: str | None) -> tuple[list, list]:
@@ -212,5 +210,5 @@ def last_seq(db: Database) -> int:
 
 def cancel_requested(db: Database, worker_id: str) -> list[str]:
     return [r["id"] for r in db.query(
-        "SELECT id FROM jobs WHERE worker_id = ? AND status = 'running'"
-        " AND cancel_requested = 1", [worker_id])]
+        "SELECT id FROM jobs WHERE worker_id = ? AND status = ?"
+        " AND cancel_requested = 1", [worker_id, Status.RUNNING])]

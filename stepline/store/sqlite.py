@@ -1,7 +1,9 @@
 """Opening the SQLite file and keeping its schema current.
 
-All SQL lives in the store package; nothing else in
-Stepline knows the database is SQLite.
+The SQL lives in the store package, with one exception: the hub's tailer
+asks `PRAGMA data_version` (stepline.web.hub). Outside the store, code knows
+SQLite only by the `sqlite3.OperationalError` it turns into a retry, a 503 or
+a CLI message (runner, web app, cli).
 """
 
 import os

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from stepline.engine.states import PENDING, RUNNING
+from stepline.engine.states import Status
 from stepline.store import sqlite as dbmod
 from stepline.store.writes import Store, new_id, now_us
 
@@ -71,7 +71,7 @@ def dead(store: Store, stale_after_s: float) -> list[str]:
     # Jobs held by a worker id that is not registered at all are orphans too.
     for row in store.db.query(
         "SELECT DISTINCT worker_id FROM jobs WHERE status = ? AND worker_id NOT IN"
-        " (SELECT id FROM workers)", (RUNNING,)
+        " (SELECT id FROM workers)", (Status.RUNNING,)
     ):
         dead.append(row["worker_id"])
     return dead
@@ -86,12 +86,12 @@ def recover(store: Store, dead_worker_id: str, only_job: str | None = None,
     with store.write() as tx:
         job_ids = [r[0] for r in tx.conn.execute(
             "SELECT id FROM jobs WHERE worker_id = ? AND status = ? AND ? IN (id, '')",
-            (dead_worker_id, RUNNING, only_job or ""),
+            (dead_worker_id, Status.RUNNING, only_job or ""),
         ).fetchall()]
         for job_id in job_ids:
             for step_id, retries, attempts in tx.conn.execute(
                 "SELECT id, retries, attempts FROM steps WHERE job_id = ? AND status = ?",
-                (job_id, RUNNING),
+                (job_id, Status.RUNNING),
             ).fetchall():
                 retry = attempts < retries
                 tx.append_logs(job_id, step_id, [(now_us(), "error", error)])
@@ -100,16 +100,16 @@ def recover(store: Store, dead_worker_id: str, only_job: str | None = None,
                 )
                 if retry:  # it runs again from the start
                     tx.clear_step_for_retry(step_id)
-                    tx.transition("step", step_id, PENDING)
+                    tx.transition("step", step_id, Status.PENDING)
                     continue
                 for (task_id,) in tx.conn.execute(
                     "SELECT id FROM tasks WHERE step_id = ? AND status = ?",
-                    (step_id, RUNNING),
+                    (step_id, Status.RUNNING),
                 ).fetchall():
-                    tx.transition("task", task_id, "failed", error)
-                tx.transition("step", step_id, "failed", error)
+                    tx.transition("task", task_id, Status.FAILED, error)
+                tx.transition("step", step_id, Status.FAILED, error)
             tx.conn.execute("UPDATE jobs SET worker_id = NULL WHERE id = ?", (job_id,))
-            tx.transition("job", job_id, PENDING)
+            tx.transition("job", job_id, Status.PENDING)
         if not only_job:
             tx.conn.execute("DELETE FROM workers WHERE id = ?", (dead_worker_id,))
     return job_ids

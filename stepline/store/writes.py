@@ -1,5 +1,6 @@
 """The write side of the store: the one transition function, the one event
-writer, job creation, claiming, log appends and crash recovery.
+writer, job creation, claiming, cancelling, deleting and log appends (crash
+recovery, built on the same transaction, is in `stepline.store.workers`).
 
 Every write happens inside `Store.write()`, a `Tx` bound to one SQLite
 transaction. A status change and its event row are therefore committed
@@ -14,11 +15,17 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from stepline.engine.states import PENDING, RUNNING, TERMINAL, check_transition
+from stepline.engine.states import (
+    TASK_STATUSES,
+    TERMINAL,
+    Status,
+    StopReason,
+    check_transition,
+    sql_list,
+)
 from stepline.store import sqlite as dbmod
 
 TABLES = {"job": "jobs", "step": "steps", "task": "tasks"}
-TASK_COUNTERS = ("pending", "running", "completed", "failed")
 
 
 class NotFound(LookupError):
@@ -66,15 +73,15 @@ class Tx:
         if kind == "job" and to in TERMINAL:
             open_steps = self.conn.execute(
                 "SELECT count(*) FROM steps WHERE job_id = ? AND status IN (?, ?)",
-                (entity_id, PENDING, RUNNING),
+                (entity_id, Status.PENDING, Status.RUNNING),
             ).fetchone()[0]
             if open_steps:
                 raise Conflict(f"job {entity_id} has {open_steps} steps not yet terminal")
         ts = dbmod.now()
-        started = ts if to == RUNNING else None
+        started = ts if to == Status.RUNNING else None
         finished = ts if to in TERMINAL else None
         version = "" if kind == "task" else ", version = version + 1"
-        task_starts = kind == "task" and to == RUNNING
+        task_starts = kind == "task" and to == Status.RUNNING
         attempts = ", attempts = attempts + 1, worker = ?" if task_starts else ""
         self.conn.execute(
             f"UPDATE {table} SET status = ?, error = coalesce(?, error),"
@@ -92,9 +99,9 @@ class Tx:
 
     def _move_task_counter(self, task_id, old: str, new: str) -> None:
         sets = ["version = version + 1"]
-        if old in TASK_COUNTERS:
+        if old in TASK_STATUSES:
             sets.append(f"tasks_{old} = tasks_{old} - 1")
-        if new in TASK_COUNTERS:
+        if new in TASK_STATUSES:
             sets.append(f"tasks_{new} = tasks_{new} + 1")
         step_id = self.conn.execute(
             "SELECT step_id FROM tasks WHERE id = ?", (task_id,)
@@ -191,7 +198,7 @@ class Tx:
         ).fetchone()[0]
         self.conn.executemany(
             "INSERT INTO tasks (step_id, idx, status, attempts) VALUES (?, ?, ?, 0)",
-            [(step_id, first + i, PENDING) for i in range(count)],
+            [(step_id, first + i, Status.PENDING) for i in range(count)],
         )
         rows = self.conn.execute(
             "SELECT id FROM tasks WHERE step_id = ? AND idx >= ? ORDER BY idx",
@@ -243,7 +250,7 @@ class Store:
             tx.conn.execute(
                 "INSERT INTO jobs (id, definition, params, status, created, version,"
                 " cancel_requested, timeout_s, rerun_of) VALUES (?, ?, ?, ?, ?, 1, 0, ?, ?)",
-                (job_id, definition.name, json.dumps(params), PENDING, dbmod.now(),
+                (job_id, definition.name, json.dumps(params), Status.PENDING, dbmod.now(),
                  definition.timeout_s, rerun_of),
             )
             tx.conn.executemany(
@@ -252,7 +259,7 @@ class Store:
                 [
                     (new_id(), job_id, idx, s.name, s.type, json.dumps(s.spec),
                      json.dumps(s.depends), s.on_error, int(s.always_run), s.retries,
-                     s.timeout_s, PENDING)
+                     s.timeout_s, Status.PENDING)
                     for idx, s in enumerate(definition.steps)
                 ],
             )
@@ -265,12 +272,12 @@ class Store:
         with self.write() as tx:
             row = tx.conn.execute(
                 "SELECT id FROM jobs WHERE status = ? ORDER BY created, rowid LIMIT 1",
-                (PENDING,),
+                (Status.PENDING,),
             ).fetchone()
             if row is None:
                 return None
             tx.conn.execute("UPDATE jobs SET worker_id = ? WHERE id = ?", (worker_id, row[0]))
-            tx.transition("job", row[0], RUNNING)
+            tx.transition("job", row[0], Status.RUNNING)
             return row[0]
 
     def request_cancel(self, job_id: str) -> str:
@@ -283,14 +290,14 @@ class Store:
             status = row[0]
             if status in TERMINAL:
                 raise Conflict(f"job {job_id} is already {status}")
-            if status == PENDING:
+            if status == Status.PENDING:
                 for (step_id,) in tx.conn.execute(
                     "SELECT id FROM steps WHERE job_id = ? AND status = ? ORDER BY idx",
-                    (job_id, PENDING),
+                    (job_id, Status.PENDING),
                 ).fetchall():
-                    tx.transition("step", step_id, "cancelled", "cancelled by user")
-                tx.transition("job", job_id, "cancelled", "cancelled by user")
-                return "cancelled"
+                    tx.transition("step", step_id, Status.CANCELLED, StopReason.CANCELLED)
+                tx.transition("job", job_id, Status.CANCELLED, StopReason.CANCELLED)
+                return Status.CANCELLED
             tx.conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
             return "cancelling"
 
@@ -308,8 +315,8 @@ class Store:
         cutoff = dbmod.now() - older_than_s
         with self.write() as tx:
             ids = [r[0] for r in tx.conn.execute(
-                "SELECT id FROM jobs WHERE finished < ? AND status IN (?, ?, ?)",
-                (cutoff, "completed", "failed", "cancelled"),
+                f"SELECT id FROM jobs WHERE finished < ? AND status IN {sql_list(TERMINAL)}",
+                (cutoff,),
             ).fetchall()]
             _delete_jobs(tx, ids)
             tx.conn.execute("DELETE FROM events WHERE ts < ? AND job_id NOT IN"

@@ -32,8 +32,10 @@ def _classes(codes: list[int], current: set[str]) -> set[str]:
 
 
 def ansi_to_html(text: str) -> Markup:
-    """Escape first, then turn SGR colour codes into spans and drop any other
-    escape sequence, so no terminal trick can reach the page as markup."""
+    """Split the line at its SGR colour codes, which become spans with fixed
+    class names; every piece of text between them has any other escape
+    sequence dropped and is then HTML-escaped, so no terminal trick and no
+    markup in the log reaches the page as markup."""
     out: list[str] = []
     classes: set[str] = set()
     pos = 0

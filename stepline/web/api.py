@@ -1,22 +1,26 @@
 """The JSON API (described by /api/openapi.json), /healthz and /metrics."""
 
-from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+from flask import Blueprint, Response, jsonify, request, stream_with_context
 
-from stepline import config
 from stepline.engine import actions
 from stepline.store import reads
-from stepline.web.http import ApiError, int_arg, level_arg, status_arg
+from stepline.web.http import (
+    ApiError,
+    app_state,
+    int_arg,
+    job_or_404,
+    level_arg,
+    status_arg,
+    step_or_404,
+)
+from stepline.web.http import definitions as loaded_definitions
 from stepline.web.openapi import SPEC
 
 bp = Blueprint("api", __name__)
 
 
-def _app():
-    return current_app.extensions["stepline"]
-
-
 def _db():
-    return _app().store.db
+    return app_state().store.db
 
 
 def job_json(job: dict) -> dict:
@@ -40,21 +44,6 @@ def step_json(step: dict) -> dict:
     }
 
 
-def _job(job_id: str) -> dict:
-    job = reads.get_job(_db(), job_id)
-    if job is None:
-        raise ApiError(404, f"job {job_id} not found")
-    return job
-
-
-def _step(job_id: str, step_id: str) -> dict:
-    _job(job_id)
-    step = reads.get_step(_db(), step_id)
-    if step is None or step["job_id"] != job_id:
-        raise ApiError(404, f"step {step_id} not found in job {job_id}")
-    return step
-
-
 @bp.get("/api/openapi.json")
 def openapi():
     return jsonify(SPEC)
@@ -72,7 +61,7 @@ def list_jobs():
 
 @bp.get("/api/jobs/<job_id>")
 def get_job(job_id: str):
-    job = _job(job_id)
+    job = job_or_404(job_id)
     return jsonify({**job_json(job),
                     "steps": [step_json(s) for s in reads.job_steps(_db(), job_id)]})
 
@@ -87,7 +76,7 @@ def structure(job_id: str):
 
 @bp.get("/api/jobs/<job_id>/steps/<step_id>/logs")
 def logs(job_id: str, step_id: str):
-    _step(job_id, step_id)
+    step_or_404(job_id, step_id)
     args = request.args
     after = int_arg(args, "after", 0)
     limit = int_arg(args, "limit", 1000, low=1, high=10_000)
@@ -100,8 +89,8 @@ def logs(job_id: str, step_id: str):
 @bp.get("/api/jobs/<job_id>/steps/<step_id>/logs.txt")
 def logs_txt(job_id: str, step_id: str):
     """Streamed in batches: a 10-million-line log never sits in memory."""
-    step = _step(job_id, step_id)
-    store = _app().store
+    step = step_or_404(job_id, step_id)
+    store = app_state().store
 
     def lines():
         for row in reads.iter_log_lines(store.db, step_id):
@@ -114,7 +103,7 @@ def logs_txt(job_id: str, step_id: str):
 
 @bp.get("/api/jobs/<job_id>/steps/<step_id>/tasks")
 def tasks(job_id: str, step_id: str):
-    _step(job_id, step_id)
+    step_or_404(job_id, step_id)
     args = request.args
     rows, total = reads.step_tasks(_db(), step_id, status=status_arg(args),
                                    offset=int_arg(args, "offset", 0),
@@ -124,7 +113,7 @@ def tasks(job_id: str, step_id: str):
 
 @bp.get("/api/definitions")
 def definitions():
-    found, errors = config.definitions(current_app.config["STEPLINE_DEFINITIONS"])
+    found, errors = loaded_definitions()
     return jsonify(definitions=[
         {"name": d.name, "description": d.description, "params": d.params,
          "steps": [{"name": s.name, "type": s.type, "depends": s.depends} for s in d.steps]}
@@ -139,25 +128,25 @@ def run(name: str):
     body = body or {}
     if not isinstance(body, dict):
         raise ApiError(400, "body must be a JSON object: {\"params\": {...}}")
-    found, _ = config.definitions(current_app.config["STEPLINE_DEFINITIONS"])
-    job_id = actions.start_job(_app().store, found, name, body.get("params") or {})
+    found, _ = loaded_definitions()
+    job_id = actions.start_job(app_state().store, found, name, body.get("params") or {})
     return jsonify(job_id=job_id), 201
 
 
 @bp.post("/api/jobs/<job_id>/cancel")
 def cancel(job_id: str):
-    return jsonify(job_id=job_id, status=_app().store.request_cancel(job_id))
+    return jsonify(job_id=job_id, status=app_state().store.request_cancel(job_id))
 
 
 @bp.post("/api/jobs/<job_id>/rerun")
 def rerun(job_id: str):
-    found, _ = config.definitions(current_app.config["STEPLINE_DEFINITIONS"])
-    return jsonify(job_id=actions.rerun_job(_app().store, found, job_id)), 201
+    found, _ = loaded_definitions()
+    return jsonify(job_id=actions.rerun_job(app_state().store, found, job_id)), 201
 
 
 @bp.delete("/api/jobs/<job_id>")
 def delete(job_id: str):
-    _app().store.delete_job(job_id)
+    app_state().store.delete_job(job_id)
     return "", 204
 
 
@@ -180,9 +169,9 @@ def metrics():
               f"stepline_events_written {reads.last_seq(db)}",
               "# HELP stepline_events_dispatched Events this process fanned out.",
               "# TYPE stepline_events_dispatched counter",
-              f"stepline_events_dispatched {_app().hub.events_seen}",
+              f"stepline_events_dispatched {app_state().hub.events_seen}",
               "# HELP stepline_live_connections Open live connections in this process.",
               "# TYPE stepline_live_connections gauge"]
     lines += [f'stepline_live_connections{{transport="{t}"}} {n}'
-              for t, n in _app().hub.connection_counts().items()]
+              for t, n in app_state().hub.connection_counts().items()]
     return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")

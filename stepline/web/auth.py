@@ -10,12 +10,13 @@ import hmac
 import secrets
 from urllib.parse import urlsplit
 
-from flask import Blueprint, current_app, redirect, render_template, request, session
+from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
 
 from stepline.web.http import ApiError
 
 bp = Blueprint("auth", __name__)
-OPEN_PATHS = {"/login", "/healthz"}
+# reachable without the token: signing in, the health probe, css and js
+OPEN_ENDPOINTS = {"auth.login", "api.healthz", "static"}
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 
@@ -39,13 +40,13 @@ def _bearer_ok() -> bool:
 def check_request():
     """before_request: authentication, then Origin (WS), then CSRF."""
     required = token()
-    if required and request.path not in OPEN_PATHS and not request.path.startswith("/static/"):
+    if required and request.endpoint not in OPEN_ENDPOINTS:
         if not (_bearer_ok() or session.get("authenticated")):
             if request.path.startswith(("/api/", "/ws", "/events", "/metrics")) or \
                     request.headers.get("HX-Request"):
                 raise ApiError(401, "authentication required: send 'Authorization: Bearer"
                                     " <token>' or sign in at /login")
-            return redirect(f"/login?next={request.full_path.rstrip('?')}")
+            return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
     if request.path == "/ws":
         origin = request.headers.get("Origin")
         if origin and urlsplit(origin).netloc != request.host:
@@ -71,9 +72,10 @@ def _csrf_exempt() -> bool:
 
 @bp.route("/login", methods=["GET", "POST"])
 def login():
-    target = request.values.get("next") or "/"
+    home = url_for("pages.jobs_page")
+    target = request.values.get("next") or home
     if not target.startswith("/") or target.startswith("//"):
-        target = "/"
+        target = home
     if request.method == "POST":
         given = request.form.get("token", "")
         if token() and hmac.compare_digest(given.encode(), token().encode()):
@@ -86,4 +88,4 @@ def login():
 @bp.post("/logout")
 def logout():
     session.clear()
-    return redirect("/login")
+    return redirect(url_for("auth.login"))

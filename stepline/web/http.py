@@ -1,8 +1,17 @@
-"""Request helpers shared by the page, API and live routes."""
+"""Request helpers shared by the page, API and live routes: the app's state,
+job and step lookups, the loaded definitions, argument parsing and errors."""
 
-from flask import jsonify, render_template, request
+from typing import TYPE_CHECKING
 
-from stepline.engine.states import STATUSES
+from flask import current_app, jsonify, render_template, request
+
+from stepline import config
+from stepline.engine.definitions import Definition
+from stepline.engine.states import LOG_LEVELS, Status
+from stepline.store import reads
+
+if TYPE_CHECKING:  # app.py imports this module
+    from stepline.web.app import Stepline
 
 
 class ApiError(Exception):
@@ -10,6 +19,31 @@ class ApiError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+def app_state() -> "Stepline":
+    """The store, hub and snapshot cache of the app serving this request."""
+    return current_app.extensions["stepline"]
+
+
+def job_or_404(job_id: str) -> dict:
+    job = reads.get_job(app_state().store.db, job_id)
+    if job is None:
+        raise ApiError(404, f"job {job_id} not found")
+    return job
+
+
+def step_or_404(job_id: str, step_id: str) -> dict:
+    """One query: a step of another job (or of no job) is not found either."""
+    step = reads.get_step(app_state().store.db, step_id)
+    if step is None or step["job_id"] != job_id:
+        raise ApiError(404, f"step {step_id} not found in job {job_id}")
+    return step
+
+
+def definitions() -> tuple[dict[str, Definition], list[str]]:
+    """The definitions this app runs, and the files that failed to load."""
+    return config.definitions(current_app.config["STEPLINE_DEFINITIONS"])
 
 
 def wants_json() -> bool:
@@ -24,11 +58,14 @@ def error_response(status: int, message: str):
     return render_template("error.html", code=status, message=message), status
 
 
-def status_arg(args) -> str | None:
-    status = args.get("status") or None
-    if status is not None and status not in STATUSES:
-        raise ApiError(400, f"unknown status {status!r} (one of {', '.join(STATUSES)})")
-    return status
+def status_arg(args) -> Status | None:
+    raw = args.get("status") or None
+    if raw is None:
+        return None
+    try:
+        return Status(raw)
+    except ValueError:
+        raise ApiError(400, f"unknown status {raw!r} (one of {', '.join(Status)})") from None
 
 
 MAX_INT_ARG = 10**9  # offsets and line numbers; the OpenAPI spec says the same
@@ -53,6 +90,6 @@ def page_arg(args) -> int:
 
 def level_arg(args) -> str | None:
     level = args.get("level") or None
-    if level is not None and level not in ("debug", "info", "warn", "error"):
-        raise ApiError(400, f"unknown level {level!r} (debug, info, warn or error)")
+    if level is not None and level not in LOG_LEVELS:
+        raise ApiError(400, f"unknown level {level!r} (one of {', '.join(LOG_LEVELS)})")
     return level

@@ -8,19 +8,12 @@ import json
 import socket
 from collections.abc import Iterator
 
-from flask import (
-    Blueprint,
-    Response,
-    current_app,
-    has_request_context,
-    request,
-    stream_with_context,
-)
+from flask import Blueprint, Response, has_request_context, request, stream_with_context
 from simple_websocket import ConnectionClosed
 
 from stepline.store import reads
 from stepline.web.frames import WholeFrames
-from stepline.web.http import ApiError
+from stepline.web.http import ApiError, app_state
 from stepline.web.hub import Message, QueueSubscription, SocketSubscription
 from stepline.web.views import JobView, view_from_args
 
@@ -45,15 +38,11 @@ def render_for_hub(app, store):
     return render_view_event
 
 
-def _stepline():
-    return current_app.extensions["stepline"]
-
-
 def snapshot_message(view) -> Message:
     """Built once per view and seq: a thousand pages opening one job at the
     same moment share one snapshot (and its encoded frame) instead of a
     thousand copies of a 500 KB string."""
-    db, cache = _stepline().store.db, _stepline().snapshots
+    db, cache = app_state().store.db, app_state().snapshots
     cached = cache.get(view.key)
     if cached is not None and cached.seq == reads.last_seq(db):
         return cached
@@ -78,7 +67,7 @@ def websocket(ws) -> None:
     # stale frames for it.
     ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
     ws.sock = WholeFrames(ws.sock)
-    hub = _stepline().hub
+    hub = app_state().hub
     sub = hub.subscribe(SocketSubscription(view, ws.sock, request.args.get("format") != "json",
                                            first, snapshot_message))
     try:
@@ -119,7 +108,9 @@ def server_sent_events():
     """SSE fallback: the same fragments as unnamed messages, `id:` = seq.
     A reconnect with Last-Event-ID replays what it missed, no gap, no repeat."""
     view = view_from_args(request.args)
-    store, hub = _stepline().store, _stepline().hub
+    store, hub = app_state().store, app_state().hub
+    if isinstance(view, JobView) and reads.get_job(store.db, view.job_id) is None:
+        raise ApiError(404, f"job {view.job_id} not found")  # while a status can still say so
     last_id = request.headers.get("Last-Event-ID", "")
     sub = hub.subscribe(QueueSubscription(view, "sse"))  # before reading: nothing falls between
 

@@ -1,5 +1,6 @@
 """The OpenAPI 3.1 description of the JSON API, served at /api/openapi.json."""
 
+from stepline.engine.states import LOG_LEVELS, TASK_STATUSES, Status
 from stepline.web.http import MAX_INT_ARG
 
 
@@ -26,13 +27,11 @@ ERRORS = {str(code): _json(_ref("Error"), text) for code, text in
 # A POST that is neither JSON nor bearer-authenticated could come from a foreign page.
 POST_ERRORS = {**ERRORS, "403": _json(_ref("Error"), "Missing CSRF token: send JSON or a"
                                                      " bearer token")}
-STATUS = {"type": "string",
-          "enum": ["pending", "running", "completed", "failed", "cancelled", "skipped"]}
+STATUS = {"type": "string", "enum": [s.value for s in Status]}
 NULLABLE_NUMBER = {"type": ["number", "null"]}
 NULLABLE_STRING = {"type": ["string", "null"]}
-TASKS = {"type": "object", "required": ["pending", "running", "completed", "failed"],
-         "properties": {k: {"type": "integer"} for k in
-                        ("pending", "running", "completed", "failed")}}
+TASKS = {"type": "object", "required": [s.value for s in TASK_STATUSES],
+         "properties": {s.value: {"type": "integer"} for s in TASK_STATUSES}}
 STEP = {"type": "object", "required": ["step_id", "name", "status", "log_count", "depends",
                                        "tasks", "started_at", "finished_at", "error"],
         "properties": {"step_id": {"type": "string"}, "name": {"type": "string"},
@@ -116,7 +115,7 @@ SPEC = {
                            _query("limit", {"type": "integer", "minimum": 1,
                                             "maximum": 10000}),
                            _query("level", {"type": "string",
-                                            "enum": ["debug", "info", "warn", "error"]}),
+                                            "enum": list(LOG_LEVELS)}),
                            _query("q", {"type": "string"})],
             "responses": {"200": _json({"type": "object",
                                         "required": ["lines", "next_after", "total"],
@@ -170,7 +169,7 @@ SPEC = {
             "parameters": [_path_param("job_id")],
             "responses": {"200": _json({"type": "object", "properties": {
                 "job_id": {"type": "string"},
-                "status": {"type": "string", "enum": ["cancelled", "cancelling"]}}}),
+                "status": {"type": "string", "enum": [Status.CANCELLED.value, "cancelling"]}}}),
                 **POST_ERRORS}}},
         "/api/jobs/{job_id}/rerun": {"post": {
             "summary": "Queue a new job with the same definition and params",

@@ -4,36 +4,25 @@ read, render the page template (which includes the fragment templates)."""
 import time
 from pathlib import Path
 
-from flask import Blueprint, Response, current_app, render_template, request
+from flask import Blueprint, Response, render_template, request, url_for
 
-from stepline import config
 from stepline.engine import actions
 from stepline.engine.definitions import ParamError
-from stepline.engine.states import STATUSES
+from stepline.engine.states import JOB_STATUSES
 from stepline.store import reads
 from stepline.web import charts, render
-from stepline.web.http import ApiError, level_arg
-from stepline.web.views import JobsFilters, view_from_args
+from stepline.web.http import (
+    ApiError,
+    app_state,
+    definitions,
+    int_arg,
+    job_or_404,
+    level_arg,
+    step_or_404,
+)
+from stepline.web.views import JobsView, jobs_filters
 
 bp = Blueprint("pages", __name__)
-
-
-def _app():
-    return current_app.extensions["stepline"]
-
-
-def _job_or_404(job_id: str) -> dict:
-    job = reads.get_job(_app().store.db, job_id)
-    if job is None:
-        raise ApiError(404, f"job {job_id} not found")
-    return job
-
-
-def _step_or_404(job_id: str, step_id: str) -> dict:
-    step = reads.get_step(_app().store.db, step_id)
-    if step is None or step["job_id"] != job_id:
-        raise ApiError(404, f"step {step_id} not found in job {job_id}")
-    return step
 
 
 def _live(query: str) -> dict:
@@ -44,20 +33,21 @@ def _live(query: str) -> dict:
 
 @bp.get("/")
 def jobs_page():
-    view = view_from_args(request.args)
-    filters: JobsFilters = view.filters
-    db = _app().store.db
+    # the jobs list, whatever else the query holds (?job= and ?view= are for /ws, /events)
+    filters = jobs_filters(request.args)
+    view = JobsView(filters)
+    db = app_state().store.db
     jobs, total = view.page_of_jobs(db)
     return render_template("jobs.html", jobs=jobs, total=total,
                            pages=render.page_count(total), filters=filters,
-                           counts=reads.status_counts(db), statuses=STATUSES, oob=False,
+                           counts=reads.status_counts(db), statuses=JOB_STATUSES, oob=False,
                            **_live("&".join(filter(None, ["view=jobs", filters.query()]))))
 
 
 @bp.get("/jobs/<job_id>")
 def job_page(job_id: str):
-    job = _job_or_404(job_id)
-    steps = reads.job_steps(_app().store.db, job_id)
+    job = job_or_404(job_id)
+    steps = reads.job_steps(app_state().store.db, job_id)
     return render_template("job.html", job=job, steps=steps, oob=False,
                            **_live(f"job={job_id}"))
 
@@ -65,9 +55,9 @@ def job_page(job_id: str):
 @bp.get("/jobs/<job_id>/steps/<step_id>/panel")
 def log_panel(job_id: str, step_id: str):
     """Expanding a step: its log tail (filtered when asked), as one fragment."""
-    step = _step_or_404(job_id, step_id)
+    step = step_or_404(job_id, step_id)
     filters = {"level": level_arg(request.args), "q": request.args.get("q") or None}
-    db = _app().store.db
+    db = app_state().store.db
     lines = reads.log_lines(db, step_id, limit=render.TAIL_LINES, tail=True, **filters)
     # Fewer than a full page means the scan saw every match: no second scan to count.
     matches = len(lines) if len(lines) < render.TAIL_LINES else None
@@ -77,51 +67,45 @@ def log_panel(job_id: str, step_id: str):
 @bp.get("/jobs/<job_id>/steps/<step_id>/lines")
 def log_lines(job_id: str, step_id: str):
     """New lines after the panel's cursor, or a page of earlier lines."""
-    step = _step_or_404(job_id, step_id)
+    step = step_or_404(job_id, step_id)
     args = request.args
     filters = {"level": level_arg(args), "q": args.get("q") or None}
-    db = _app().store.db
+    db = app_state().store.db
     if args.get("before"):
-        before = _int(args["before"])
+        before = int_arg(args, "before", 0)
         lines = reads.log_lines(db, step_id, before=before, limit=render.TAIL_LINES,
                                   **filters)
         return render.render_log_lines(step, lines, filters, "before")
-    lines = reads.log_lines(db, step_id, after=_int(args.get("after", "0")),
+    lines = reads.log_lines(db, step_id, after=int_arg(args, "after", 0),
                               limit=render.TAIL_LINES * 4, **filters)
     return render.render_log_lines(step, lines, filters, "after")
-
-
-def _int(raw: str) -> int:
-    if not raw.isdigit():
-        raise ApiError(400, f"expected a line number, got {raw!r}")
-    return int(raw)
 
 
 # -- buttons ----------------------------------------------------------------------
 
 @bp.post("/jobs/<job_id>/cancel")
 def cancel(job_id: str):
-    _app().store.request_cancel(job_id)
+    app_state().store.request_cancel(job_id)
     return Response(status=204)  # the live stream shows the change
 
 
 @bp.post("/jobs/<job_id>/rerun")
 def rerun(job_id: str):
-    definitions, _ = config.definitions(current_app.config["STEPLINE_DEFINITIONS"])
-    new_id = actions.rerun_job(_app().store, definitions, job_id)
-    return _go(f"/jobs/{new_id}")
+    found, _ = definitions()
+    new_id = actions.rerun_job(app_state().store, found, job_id)
+    return _go(url_for("pages.job_page", job_id=new_id))
 
 
 @bp.post("/jobs/<job_id>/delete")
 def delete(job_id: str):
-    _app().store.delete_job(job_id)
-    return _go("/")
+    app_state().store.delete_job(job_id)
+    return _go(url_for("pages.jobs_page"))
 
 
 @bp.get("/definitions")
 def definitions_page():
-    definitions, errors = config.definitions(current_app.config["STEPLINE_DEFINITIONS"])
-    return render_template("definitions.html", definitions=definitions.values(), errors=errors,
+    found, errors = definitions()
+    return render_template("definitions.html", definitions=found.values(), errors=errors,
                            error=None, values=None)
 
 
@@ -130,15 +114,14 @@ def definition_page(name: str):
     """One definition: its steps as a graph, its runs, the run form (pre-filled
     from an earlier job with ?from=<job id>, to re-run with edited params) and
     the file itself."""
-    definitions, _ = config.definitions(current_app.config["STEPLINE_DEFINITIONS"])
-    if name not in definitions:
+    definition = definitions()[0].get(name)
+    if definition is None:
         raise ApiError(404, f"no definition named {name!r}")
-    definition = definitions[name]
     values = None
     if request.args.get("from"):
-        job = _job_or_404(request.args["from"])
+        job = job_or_404(request.args["from"])
         values = {k: v for k, v in job["params"].items() if k in definition.params}
-    runs = reads.definition_runs(_app().store.db, name, limit=HISTORY_RUNS)
+    runs = reads.definition_runs(app_state().store.db, name, limit=HISTORY_RUNS)
     return render_template(
         "definition.html", d=definition, source=Path(definition.path).read_text("utf-8"),
         graph=charts.dependency_graph(definition), history=charts.run_history(runs, time.time()),
@@ -150,16 +133,16 @@ HISTORY_RUNS = 60  # bars in the run history chart
 
 @bp.post("/definitions/<name>/run")
 def run_definition(name: str):
-    definitions, _ = config.definitions(current_app.config["STEPLINE_DEFINITIONS"])
+    found, _ = definitions()
     values = {k[len("param."):]: v for k, v in request.form.items() if k.startswith("param.")}
     try:
-        job_id = actions.start_job(_app().store, definitions, name, values)
+        job_id = actions.start_job(app_state().store, found, name, values)
     except ParamError as exc:
-        if name not in definitions:
+        if name not in found:
             raise
-        return render_template("run_form.html", d=definitions[name], error=str(exc),
+        return render_template("run_form.html", d=found[name], error=str(exc),
                                values=values), 422
-    return _go(f"/jobs/{job_id}")
+    return _go(url_for("pages.job_page", job_id=job_id))
 
 
 def _go(url: str) -> Response:

@@ -3,12 +3,13 @@ and the live stream pushes what these return, so there is no second copy of
 any markup."""
 
 import time
+from urllib.parse import urlsplit, urlunsplit
 
 from flask import Flask, current_app, render_template
 from flask.templating import Environment
 from markupsafe import Markup
 
-from stepline.engine.states import TERMINAL
+from stepline.engine.states import LOG_LEVELS, TERMINAL, Status
 from stepline.web.ansi import ansi_to_html
 
 TAIL_LINES = 500
@@ -117,15 +118,31 @@ def register(app: Flask) -> None:
         items=lambda mapping: list(mapping.items()),
         item=lambda mapping, key, default=None: mapping.get(key, default),
     )
-    app.jinja_env.globals.update(TERMINAL=TERMINAL, PAGE_SIZE=PAGE_SIZE,
+    app.jinja_env.globals.update(TERMINAL=TERMINAL, LOG_LEVELS=LOG_LEVELS, PAGE_SIZE=PAGE_SIZE,
                                  icon=lambda status: Markup(ICONS.get(status, "")))
+    app.jinja_env.globals["url_for"] = path_builder(app)
+
+
+def path_builder(app: Flask):
+    """The templates' url_for. The hub renders fragments outside any request,
+    where Flask's url_for has no URL adapter (and would build absolute URLs),
+    so links are paths built from the URL map alone: the same in a page and in
+    a pushed fragment. A WebSocket route builds as `ws://host/ws`: its path
+    alone lets the browser keep the page's scheme (wss under https)."""
+    paths = app.url_map.bind("")
+
+    def url_for(endpoint: str, **values) -> str:
+        url = urlsplit(paths.build(endpoint, values))
+        return urlunsplit(("", "", url.path, url.query, ""))
+
+    return url_for
 
 
 ICONS = {
-    "pending": "&#9675;",    # ○
-    "running": "&#9680;",    # ◐
-    "completed": "&#10003;", # ✓
-    "failed": "&#10007;",    # ✗
-    "cancelled": "&#8856;",  # ⊘
-    "skipped": "&#8631;",    # ↷
+    Status.PENDING: "&#9675;",     # ○
+    Status.RUNNING: "&#9680;",     # ◐
+    Status.COMPLETED: "&#10003;",  # ✓
+    Status.FAILED: "&#10007;",     # ✗
+    Status.CANCELLED: "&#8856;",   # ⊘
+    Status.SKIPPED: "&#8631;",     # ↷
 }

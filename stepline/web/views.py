@@ -103,9 +103,14 @@ class JobView:
         return fields, content
 
 
+def jobs_filters(args) -> JobsFilters:
+    return JobsFilters(status_arg(args), args.get("q") or None, page_arg(args))
+
+
 def view_from_args(args) -> JobsView | JobView:
+    """The view a live connection asks for: ?job=<id>, or the jobs list."""
     if args.get("job"):
         return JobView(args["job"])
     if args.get("view", "jobs") == "jobs":
-        return JobsView(JobsFilters(status_arg(args), args.get("q") or None, page_arg(args)))
+        return JobsView(jobs_filters(args))
     raise ApiError(400, "pass ?job=<id> or ?view=jobs")
