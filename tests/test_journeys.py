@@ -57,3 +57,26 @@ def test_definition_page_graph_history_and_rerun_with_edited_params(
     page.screenshot(path=str(OUTPUT / "definition-page.png"), full_page=True)
     bars.first.click()
     page.wait_for_url(f"{server.url}/jobs/{first}")
+
+
+def test_sign_in_and_out_with_a_token(browser, live_server):
+    """A person who opens a protected Stepline: a page that says what it wants
+    and where the token comes from, a wrong token refused, the right one let
+    in, and a way out."""
+    server = live_server(env={"STEPLINE_TOKEN": "s3cret-token"})
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.goto(f"{server.url}/definitions")
+    assert page.locator("h1").inner_text() == "Sign in to Stepline"
+    assert "STEPLINE_TOKEN" in page.locator(".hint").inner_text()
+    page.fill("input[name=token]", "wrong")
+    page.click("button:text('Sign in')")
+    assert page.locator("[role=alert]").inner_text() == "wrong token"
+    page.fill("input[name=token]", "s3cret-token")
+    page.click("button:text('Sign in')")
+    page.wait_for_url(f"{server.url}/definitions")  # back where they were going
+    page.click("button:text('Sign out')")
+    page.wait_for_url(f"{server.url}/login")
+    page.goto(f"{server.url}/")
+    assert page.url.startswith(f"{server.url}/login")
+    context.close()

@@ -1,5 +1,7 @@
 """The JSON API (described by /api/openapi.json), /healthz and /metrics."""
 
+from datetime import UTC, datetime
+
 from flask import Blueprint, Response, jsonify, request, stream_with_context
 
 from stepline.engine import actions
@@ -88,13 +90,15 @@ def logs(job_id: str, step_id: str):
 
 @bp.get("/api/jobs/<job_id>/steps/<step_id>/logs.txt")
 def logs_txt(job_id: str, step_id: str):
-    """Streamed in batches: a 10-million-line log never sits in memory."""
+    """`<line> <UTC time> <level> <message>` per line, streamed in batches:
+    a 10-million-line log never sits in memory."""
     step = step_or_404(job_id, step_id)
     store = app_state().store
 
     def lines():
         for row in reads.iter_log_lines(store.db, step_id):
-            yield f"{row['message']}\n"
+            when = datetime.fromtimestamp(row["ts"], UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+            yield f"{row['line']} {when[:-3]}Z {row['level']:<5} {row['message']}\n"
 
     filename = f"{job_id}-{step['name']}.log".replace('"', "")
     return Response(stream_with_context(lines()), mimetype="text/plain",
