@@ -84,3 +84,13 @@ def flood(ctx, lines: int) -> None:
     log = ctx.log
     for n in range(1, lines + 1):
         log(f"flood {n}")
+
+
+def tolerate_failures(ctx, items: int = 4) -> None:
+    """Fans out, one task fails, and the function returns as if all was well."""
+
+    def task(i: int) -> None:
+        if i == 2:
+            raise RuntimeError(f"task {i} broke")
+
+    ctx.spawn(range(items), task, concurrency=2)

@@ -60,6 +60,11 @@ def test_job_header(app, snapshot, status):
     assert render.render_job_header(job(status)) == snapshot
 
 
+def test_job_header_completed_past_a_failed_step(app, snapshot):
+    """on_error = continue: the job completed, and its header says a step failed."""
+    assert render.render_job_header(job("completed", steps_failed=2)) == snapshot
+
+
 def test_job_header_cancelling(app, snapshot):
     assert render.render_job_header(job("running", cancel_requested=1), oob=True) == snapshot
 

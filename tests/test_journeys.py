@@ -80,3 +80,27 @@ def test_sign_in_and_out_with_a_token(browser, live_server):
     page.goto(f"{server.url}/")
     assert page.url.startswith(f"{server.url}/login")
     context.close()
+
+
+def test_cancel_a_job_and_see_its_cleanup_run(page, server, start_worker):
+    """Cancel from the job page, look again 2 s later: the running step says
+    it was cancelled, the step that never started is a quiet grey
+    "cancelled" with no error, and the cleanup (always_run) completed."""
+    start_worker()
+    page.goto(f"{server.url}/definitions")
+    page.click("#run-cancel_cleanup button[type=submit]")
+    page.wait_for_url(f"{server.url}/jobs/*")
+    page.wait_for_selector("tr.step-row[data-status=running]")
+    page.on("dialog", lambda dialog: dialog.accept())  # "Cancel this job?"
+    page.click(".job-header button:text('Cancel')")
+    page.wait_for_timeout(2000)
+    page.wait_for_selector(".job-header[data-status=cancelled]", timeout=10_000)
+
+    def row(name: str):
+        return page.locator("tr.step-row", has=page.locator(f"td.name:text-is('{name}')"))
+
+    rows = {name: row(name) for name in ("long", "after", "cleanup")}
+    status = {name: r.get_attribute("data-status") for name, r in rows.items()}
+    assert status == {"long": "cancelled", "after": "cancelled", "cleanup": "completed"}
+    assert rows["long"].locator(".error").inner_text() == "cancelled by user"
+    assert rows["after"].locator(".error").count() == 0

@@ -148,6 +148,7 @@ class JobRun:
         self.job_id = job_id
         self.stop_reason: StopReason | None = None
         self.ctx: StepContext | None = None
+        self.ctx_always_run = False  # the running step's always_run
         self.step_deadline: float | None = None
         self.thread = threading.Thread(target=self.run, name=f"job-{job_id}", daemon=True)
         job = reads.get_job(self.store.db, job_id)
@@ -159,8 +160,13 @@ class JobRun:
     def stop(self, reason: StopReason) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
-        if self.ctx is not None:
+        if self.ctx is not None and not self._runs_anyway(self.ctx_always_run):
             self.ctx.stop(reason)
+
+    def _runs_anyway(self, always_run: bool) -> bool:
+        """An always_run step (a cleanup) runs to its end when the job is
+        cancelled; a timeout or a shutdown still stops it."""
+        return always_run and self.stop_reason is StopReason.CANCELLED
 
     def check_timeouts(self) -> None:
         now = time.time()
@@ -192,9 +198,9 @@ class JobRun:
                 continue  # a resumed job: this step finished before a crash
             if self.stop_reason is StopReason.SHUTDOWN:
                 return
-            if self.stop_reason:
-                self._transition("step", step["id"], Status.CANCELLED,
-                                 stop_text(self.stop_reason, self.job_timeout))
+            if self.stop_reason and not self._runs_anyway(step["always_run"]):
+                # never started: a quiet grey "cancelled"; the job says why
+                self._transition("step", step["id"], Status.CANCELLED)
                 step["status"] = Status.CANCELLED
                 continue
             blocker = next((d for d in step["depends"] if _blocks(by_name[d])), None)
@@ -213,9 +219,9 @@ class JobRun:
                           retries=step["retries"])
         self._transition("step", step["id"], Status.RUNNING)
         self.step_deadline = time.time() + step["timeout_s"] if step["timeout_s"] else None
-        self.ctx = ctx
-        if self.stop_reason:  # stopped between steps
-            ctx.stop(self.stop_reason)
+        self.ctx, self.ctx_always_run = ctx, bool(step["always_run"])
+        if self.stop_reason and not self._runs_anyway(step["always_run"]):
+            ctx.stop(self.stop_reason)  # stopped between steps
         status, error = Status.COMPLETED, None
         try:
             run_step(ctx, step["type"], step["spec"])
@@ -234,6 +240,13 @@ class JobRun:
         finally:
             self.ctx = None
             self.step_deadline = None
+        if status == Status.COMPLETED:  # a step whose tasks failed did not succeed
+            self._retry(self.worker.writer.flush)  # its task changes, counted below
+            tasks = reads.get_step(self.store.db, step["id"])["tasks"]
+            if tasks[Status.FAILED]:
+                status = Status.FAILED
+                error = f"{tasks[Status.FAILED]} of {sum(tasks.values())} tasks failed"
+                ctx.log(error, "error")
         # lines and tasks land before the status
         self._retry(lambda: self.worker.writer.close_step(ctx.logbook))
         if self.stop_reason is StopReason.SHUTDOWN:

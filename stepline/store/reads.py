@@ -9,13 +9,15 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from stepline.engine.states import JOB_STATUSES, TASK_STATUSES, TERMINAL, Status, sql_list
+from stepline.engine.states import JOB_STATUSES, TASK_STATUSES, Status, sql_list
 
 JOB_SUMMARY = f"""
 SELECT jobs.*,
   (SELECT count(*) FROM steps WHERE steps.job_id = jobs.id) AS steps_total,
   (SELECT count(*) FROM steps WHERE steps.job_id = jobs.id
-     AND steps.status IN {sql_list(TERMINAL)}) AS steps_done,
+     AND steps.status IN {sql_list((Status.COMPLETED, Status.FAILED))}) AS steps_done,
+  (SELECT count(*) FROM steps WHERE steps.job_id = jobs.id
+     AND steps.status = '{Status.FAILED}') AS steps_failed,
   (SELECT {" || ',' || ".join(f"coalesce(sum(tasks_{s}), 0)" for s in TASK_STATUSES)}
      FROM steps WHERE steps.job_id = jobs.id) AS task_sums
 FROM jobs

@@ -31,7 +31,8 @@ def job_json(job: dict) -> dict:
         "status": job["status"], "error": job["error"], "version": job["version"],
         "created_at": job["created"], "started_at": job["started"],
         "finished_at": job["finished"], "steps_total": job["steps_total"],
-        "steps_done": job["steps_done"], "tasks": job["tasks"], "rerun_of": job["rerun_of"],
+        "steps_done": job["steps_done"], "steps_failed": job["steps_failed"],
+        "tasks": job["tasks"], "rerun_of": job["rerun_of"],
     }
 
 

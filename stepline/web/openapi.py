@@ -54,7 +54,8 @@ JOB = {"type": "object", "required": ["job_id", "definition", "status", "version
                       "error": NULLABLE_STRING, "version": {"type": "integer"},
                       "created_at": {"type": "number"}, "started_at": NULLABLE_NUMBER,
                       "finished_at": NULLABLE_NUMBER, "steps_total": {"type": "integer"},
-                      "steps_done": {"type": "integer"}, "tasks": TASKS,
+                      "steps_done": {"type": "integer"}, "steps_failed": {"type": "integer"},
+                      "tasks": TASKS,
                       "rerun_of": NULLABLE_STRING}}
 
 SPEC = {
