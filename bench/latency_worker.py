@@ -1,0 +1,168 @@
+"""The worker's share of time-to-visible (#9 item 7), on a real gunicorn and
+a real `stepline worker`, seen on a WebSocket as a browser would:
+
+- a shell command's exit -> its step `completed` on the open job page's socket;
+- a job submitted (committed) -> its `running` on the jobs list's socket;
+- a cancel request on a running job -> its `cancelled` on that socket;
+- the idle worker's CPU time per minute (what its polling costs).
+
+Arrival times come from the socket, event seqs tie them to the events table.
+"""
+
+import argparse
+import asyncio
+import os
+import random
+import threading
+import time
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from bench.harness import (
+    Store,
+    definition,
+    median,
+    pct,
+    print_table,
+    temp_db,
+    wait_for,
+    web,
+    worker,
+)
+from bench.wsclient import Connection
+from stepline.engine.states import TERMINAL
+from stepline.store import reads
+
+
+@contextmanager
+def socket(server, path: str):
+    """A WebSocket on the live server, read on its own thread; yields the
+    Connection whose `received` lists (seq, arrival time)."""
+    url = urlsplit(server.url)
+    loop = asyncio.new_event_loop()
+    conn = loop.run_until_complete(Connection.open(url.hostname, url.port, path))
+    reader = threading.Thread(target=loop.run_until_complete, args=(conn.run(),), daemon=True)
+    reader.start()
+    try:
+        yield conn
+    finally:
+        time.sleep(0.5)  # let the last messages arrive
+        loop.call_soon_threadsafe(conn.abort)
+        reader.join(5)
+
+
+def first_arrival(store: Store, conn: Connection, where: str, args: list) -> float | None:
+    """When the socket received the first event matching `where`."""
+    arrived = dict(conn.received)
+    for (seq,) in store.db.execute(f"SELECT seq FROM events WHERE {where} ORDER BY seq", args):
+        if seq in arrived:
+            return arrived[seq]
+    return None
+
+
+def job_done(store: Store, job_id: str) -> bool:
+    return reads.get_job(store.db, job_id)["status"] in TERMINAL
+
+
+def first_step_running(store: Store, job_id: str) -> bool:
+    return reads.job_steps(store.db, job_id)[0]["status"] == "running"
+
+
+def exit_to_completed(store: Store, server, path: str, steps: int) -> tuple[list[float], int]:
+    """One job of `steps` shell steps; each prints the time and exits at once
+    (`exec date`: the printing process is the step's process)."""
+    toml = "\n".join(f'[step.s{i}]\ntype = "shell"\nrun = "sleep 0.0{i % 5 + 1}; '
+                     f'exec date +%s.%N"\n' for i in range(steps))
+    job_id = store.create_job(definition(toml), {})
+    with socket(server, f"/ws?job={job_id}") as conn, worker(path):
+        wait_for(lambda: job_done(store, job_id), timeout=120, what="the exit job")
+    samples, missing = [], 0
+    for step in reads.job_steps(store.db, job_id):
+        exited = float(reads.log_lines(store.db, step["id"])[-1]["message"])
+        seen = first_arrival(store, conn, "step_id = ? AND status = 'completed'", [step["id"]])
+        if seen is None:
+            missing += 1
+        else:
+            samples.append((seen - exited) * 1000)
+    return samples, missing
+
+
+def submit_and_cancel(store: Store, server, path: str, jobs: int, cpu_s: float
+                      ) -> tuple[list[float], list[float], int, float]:
+    """`jobs` quick jobs submitted at random moments, then `jobs` running ones
+    cancelled at random moments; then the idle worker's CPU per minute."""
+    quick = definition('[step.a]\ntype = "shell"\nrun = "true"\n', "quick")
+    slow = definition('[step.a]\ntype = "shell"\nrun = "sleep 30"\n', "slow")
+    submitted, cancelled = {}, {}
+    with socket(server, "/ws?view=jobs") as conn, worker(path) as w:
+        time.sleep(1)  # started and idle
+        for _ in range(jobs):
+            time.sleep(random.uniform(0.05, 0.25))  # not in step with any poll
+            t0 = time.time()
+            job_id = store.create_job(quick, {})
+            submitted[job_id] = t0
+            wait_for(partial(job_done, store, job_id), interval=0.005, what="a quick job")
+        for _ in range(jobs):
+            job_id = store.create_job(slow, {})
+            wait_for(partial(first_step_running, store, job_id), interval=0.005,
+                     what="the slow job to run")
+            time.sleep(random.uniform(0.05, 0.25))
+            cancelled[job_id] = time.time()
+            store.request_cancel(job_id)
+            wait_for(partial(job_done, store, job_id), interval=0.005, what="the cancel")
+        time.sleep(2)
+        cpu_per_min = idle_cpu(w.proc.pid, cpu_s)
+    running = [(first_arrival(store, conn, "job_id = ? AND context = 'job' AND status = ?",
+                              [job_id, "running"]), t0) for job_id, t0 in submitted.items()]
+    stopped = [(first_arrival(store, conn, "job_id = ? AND context = 'job' AND status = ?",
+                              [job_id, "cancelled"]), t0) for job_id, t0 in cancelled.items()]
+    missing = sum(seen is None for seen, _ in running + stopped)
+    return ([(seen - t0) * 1000 for seen, t0 in running if seen],
+            [(seen - t0) * 1000 for seen, t0 in stopped if seen], missing, cpu_per_min)
+
+
+def idle_cpu(pid: int, seconds: float) -> float:
+    """CPU seconds (user + system) the process spends per idle minute."""
+    def cpu() -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+    before = cpu()
+    time.sleep(seconds)
+    return (cpu() - before) * 60 / seconds
+
+
+def figures(samples: list[float], missing: int) -> str:
+    return (f"{median(samples):.1f} / {pct(samples, 99):.1f} / {max(samples):.1f} ms "
+            f"({len(samples)} samples, {missing} missing)")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--jobs", type=int, default=100)
+    parser.add_argument("--idle-s", type=float, default=30)
+    args = parser.parse_args()
+    with temp_db() as path:
+        store = Store(path)
+        with web(path) as server:
+            exits, missing_exits = exit_to_completed(store, server, path, args.steps)
+            runs, cancels, missing, cpu = submit_and_cancel(store, server, path, args.jobs,
+                                                            args.idle_s)
+    print_table("Worker latency (#9)", [
+        ("command exit -> step `completed` on the job page's WS, p50 / p99 / max",
+         figures(exits, missing_exits), "p50 <= 20, p99 <= 50 ms",
+         median(exits) <= 20 and pct(exits, 99) <= 50 and not missing_exits),
+        ("submit (commit) -> job `running` on the jobs list's WS, p50 / p99 / max",
+         figures(runs, missing), "p50 <= 30 ms", median(runs) <= 30 and not missing),
+        ("cancel request on a running job -> `cancelled` on the WS, p50 / p99 / max",
+         figures(cancels, missing), "p99 <= 50 ms", pct(cancels, 99) <= 50 and not missing),
+        (f"idle worker CPU (over {args.idle_s:g} s)", f"{cpu:.2f} s per minute",
+         "low", cpu < 1.0),
+    ])
+
+
+if __name__ == "__main__":
+    main()
