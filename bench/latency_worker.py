@@ -2,8 +2,8 @@
 a real `stepline worker`, seen on a WebSocket as a browser would:
 
 - a shell command's exit -> its step `completed` on the open job page's socket;
-- a job submitted (committed) -> its `running` on the jobs list's socket;
-- a cancel request on a running job -> its `cancelled` on that socket;
+- a job submitted (its commit) -> its `running` on the jobs list's socket;
+- a cancel request (committed) on a running job -> its `cancelled` there;
 - the idle worker's CPU time per minute (what its polling costs).
 
 Arrival times come from the socket, event seqs tie them to the events table.
@@ -53,12 +53,15 @@ def socket(server, path: str):
         reader.join(5)
 
 
-def first_arrival(store: Store, conn: Connection, where: str, args: list) -> float | None:
-    """When the socket received the first event matching `where`."""
+def first_arrival(store: Store, conn: Connection, where: str, args: list
+                  ) -> tuple[float, float] | None:
+    """The first event matching `where` that the socket received: when it
+    arrived, and when the worker wrote it (its ts, just before the commit)."""
     arrived = dict(conn.received)
-    for (seq,) in store.db.execute(f"SELECT seq FROM events WHERE {where} ORDER BY seq", args):
+    for seq, ts in store.db.execute(f"SELECT seq, ts FROM events WHERE {where} ORDER BY seq",
+                                    args):
         if seq in arrived:
-            return arrived[seq]
+            return arrived[seq], ts
     return None
 
 
@@ -85,7 +88,7 @@ def exit_to_completed(store: Store, server, path: str, steps: int) -> tuple[list
         if seen is None:
             missing += 1
         else:
-            samples.append((seen - exited) * 1000)
+            samples.append(((seen[0] - exited) * 1000, (seen[1] - exited) * 1000))
     return samples, missing
 
 
@@ -100,17 +103,16 @@ def submit_and_cancel(store: Store, server, path: str, jobs: int, cpu_s: float
         time.sleep(1)  # started and idle
         for _ in range(jobs):
             time.sleep(random.uniform(0.05, 0.25))  # not in step with any poll
-            t0 = time.time()
             job_id = store.create_job(quick, {})
-            submitted[job_id] = t0
+            submitted[job_id] = time.time()  # committed
             wait_for(partial(job_done, store, job_id), interval=0.005, what="a quick job")
         for _ in range(jobs):
             job_id = store.create_job(slow, {})
             wait_for(partial(first_step_running, store, job_id), interval=0.005,
                      what="the slow job to run")
             time.sleep(random.uniform(0.05, 0.25))
-            cancelled[job_id] = time.time()
             store.request_cancel(job_id)
+            cancelled[job_id] = time.time()  # committed
             wait_for(partial(job_done, store, job_id), interval=0.005, what="the cancel")
         time.sleep(2)
         cpu_per_min = idle_cpu(w.proc.pid, cpu_s)
@@ -119,8 +121,9 @@ def submit_and_cancel(store: Store, server, path: str, jobs: int, cpu_s: float
     stopped = [(first_arrival(store, conn, "job_id = ? AND context = 'job' AND status = ?",
                               [job_id, "cancelled"]), t0) for job_id, t0 in cancelled.items()]
     missing = sum(seen is None for seen, _ in running + stopped)
-    return ([(seen - t0) * 1000 for seen, t0 in running if seen],
-            [(seen - t0) * 1000 for seen, t0 in stopped if seen], missing, cpu_per_min)
+    return ([((seen[0] - t0) * 1000, (seen[1] - t0) * 1000) for seen, t0 in running if seen],
+            [((seen[0] - t0) * 1000, (seen[1] - t0) * 1000) for seen, t0 in stopped if seen],
+            missing, cpu_per_min)
 
 
 def idle_cpu(pid: int, seconds: float) -> float:
@@ -134,9 +137,18 @@ def idle_cpu(pid: int, seconds: float) -> float:
     return (cpu() - before) * 60 / seconds
 
 
-def figures(samples: list[float], missing: int) -> str:
-    return (f"{median(samples):.1f} / {pct(samples, 99):.1f} / {max(samples):.1f} ms "
-            f"({len(samples)} samples, {missing} missing)")
+def figures(samples: list[tuple[float, float]], missing: int) -> str:
+    """p50 / p99 / max to the socket, then the worker's share (to its event's
+    commit; the rest is the web's tailer and render)."""
+    total, worker_share = [s[0] for s in samples], [s[1] for s in samples]
+    return (f"{median(total):.1f} / {pct(total, 99):.1f} / {max(total):.1f} ms "
+            f"(worker's share {median(worker_share):.1f} / {pct(worker_share, 99):.1f} / "
+            f"{max(worker_share):.1f}; {len(samples)} samples, {missing} missing)")
+
+
+def ok(samples: list[tuple[float, float]], missing: int, p50: float, p99: float) -> bool:
+    total = [s[0] for s in samples]
+    return not missing and median(total) <= p50 and pct(total, 99) <= p99
 
 
 def main():
@@ -154,15 +166,14 @@ def main():
     print_table("Worker latency (#9)", [
         ("command exit -> step `completed` on the job page's WS, p50 / p99 / max",
          figures(exits, missing_exits), "p50 <= 20, p99 <= 50 ms",
-         median(exits) <= 20 and pct(exits, 99) <= 50 and not missing_exits),
+         ok(exits, missing_exits, 20, 50)),
         ("submit (commit) -> job `running` on the jobs list's WS, p50 / p99 / max",
-         figures(runs, missing), "p50 <= 30 ms", median(runs) <= 30 and not missing),
+         figures(runs, missing), "p50 <= 30 ms", ok(runs, missing, 30, float("inf"))),
         ("cancel request on a running job -> `cancelled` on the WS, p50 / p99 / max",
-         figures(cancels, missing), "p99 <= 50 ms", pct(cancels, 99) <= 50 and not missing),
+         figures(cancels, missing), "p99 <= 50 ms", ok(cancels, missing, float("inf"), 50)),
         (f"idle worker CPU (over {args.idle_s:g} s)", f"{cpu:.2f} s per minute",
          "low", cpu < 1.0),
     ])
-
 
 if __name__ == "__main__":
     main()
