@@ -53,16 +53,21 @@ def socket(server, path: str, linger_s: float = 0.5):
         reader.join(5)
 
 
-def first_arrival(store: Store, conn: Connection, where: str, args: list
-                  ) -> tuple[float, float] | None:
+def first_arrival(store: Store, conn: Connection, where: str, args: list,
+                  wait_s: float = 5.0) -> tuple[float, float] | None:
     """The first event matching `where` that the socket received: when it
-    arrived, and when the worker wrote it (its ts, just before the commit)."""
-    arrived = dict(conn.received)
-    for seq, ts in store.db.execute(f"SELECT seq, ts FROM events WHERE {where} ORDER BY seq",
-                                    args):
-        if seq in arrived:
-            return arrived[seq], ts
-    return None
+    arrived, and when the worker wrote it (its ts, just before the commit).
+    None if it has not arrived within wait_s."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        arrived = dict(conn.received)
+        for seq, ts in store.db.execute(
+                f"SELECT seq, ts FROM events WHERE {where} ORDER BY seq", args):
+            if seq in arrived:
+                return arrived[seq], ts
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.01)
 
 
 def job_done(store: Store, job_id: str) -> bool:
@@ -109,23 +114,24 @@ def submit_cancel_idle(store: Store, server, path: str, jobs: int, cpu_s: float
                 job_id = store.create_job(quick, {})
                 submitted[job_id] = time.time()  # committed
                 wait_for(partial(job_done, store, job_id), interval=0.005, what="a quick job")
-        for job_id, t0 in submitted.items():
-            seen = first_arrival(store, conn, "job_id = ? AND context = 'job' AND status = ?",
-                                 [job_id, "running"])
-            missing += seen is None
-            if seen:
-                runs.append(((seen[0] - t0) * 1000, (seen[1] - t0) * 1000))
+            for job_id, t0 in submitted.items():
+                seen = first_arrival(store, conn,
+                                     "job_id = ? AND context = 'job' AND status = ?",
+                                     [job_id, "running"])
+                missing += seen is None
+                if seen:
+                    runs.append(((seen[0] - t0) * 1000, (seen[1] - t0) * 1000))
         for _ in range(jobs):
             job_id = store.create_job(slow, {})
-            with socket(server, f"/ws?job={job_id}", linger_s=0.1) as conn:
+            with socket(server, f"/ws?job={job_id}", linger_s=0) as conn:
                 wait_for(partial(first_step_running, store, job_id), interval=0.005,
                          what="the slow job to run")
                 time.sleep(random.uniform(0.05, 0.25))
                 store.request_cancel(job_id)
                 t0 = time.time()  # committed
-                wait_for(partial(job_done, store, job_id), interval=0.005, what="the cancel")
-            seen = first_arrival(store, conn, "job_id = ? AND context = 'job' AND status = ?",
-                                 [job_id, "cancelled"])
+                seen = first_arrival(store, conn,
+                                     "job_id = ? AND context = 'job' AND status = ?",
+                                     [job_id, "cancelled"])
             missing += seen is None
             if seen:
                 cancels.append(((seen[0] - t0) * 1000, (seen[1] - t0) * 1000))
