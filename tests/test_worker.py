@@ -183,6 +183,48 @@ run = "echo never"
     wait_for(lambda: not _alive(child), timeout=2, what="grandchild to die")
 
 
+def test_cancel_kills_a_group_that_ignores_term(store, start_worker, tmp_path):
+    """The watchdog only signals (TERM, then KILL on a timer): a command
+    deaf to TERM is still killed, its whole group with it."""
+    pidfile = tmp_path / "child.pid"
+    definition = make_definition(f"""
+[step.deaf]
+type = "shell"
+run = "trap '' TERM; sleep 60 & echo $! > {pidfile}; wait; wait"
+""")
+    job_id = store.create_job(definition, {})
+    start_worker()
+    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), what="child pid")
+    child = int(pidfile.read_text())
+    assert store.request_cancel(job_id) == "cancelling"
+    job = wait_job(store, job_id, timeout=15)
+    assert job["status"] == "cancelled"
+    assert steps_by_name(store, job_id)["deaf"]["status"] == "cancelled"
+    wait_for(lambda: not _alive(child), timeout=5, what="grandchild to die")
+
+
+def test_output_held_by_a_background_process_neither_hangs_nor_loses_lines(
+        store, start_worker, tmp_path):
+    """The command exits while a process it started still holds stdout: the
+    step ends (not 60 s later), with every line written before, and the
+    leftover process is stopped."""
+    pidfile, ready = tmp_path / "child.pid", tmp_path / "ready"
+    job_id, job = run(store, start_worker, f"""
+[step.main]
+type = "shell"
+run = "(echo from-background; touch {ready}; exec sleep 60) & echo $! > {pidfile}; \
+while [ ! -e {ready} ]; do sleep 0.01; done; echo from-main"
+""", timeout=30)
+    assert job["status"] == "completed"
+    step = steps_by_name(store, job_id)["main"]
+    lines = log_messages(store, step["id"])
+    assert {"from-background", "from-main"} <= set(lines)
+    assert any("still hold its output" in line for line in lines)
+    assert step["log_count"] == len(lines)
+    wait_for(lambda: not _alive(int(pidfile.read_text())), timeout=5,
+             what="the background process to be stopped")
+
+
 def test_cancel_pending_job_is_immediate(store):
     job_id = store.create_job(make_definition('[step.a]\ntype = "shell"\nrun = "true"\n'), {})
     assert store.request_cancel(job_id) == "cancelled"

@@ -38,6 +38,8 @@ class StepContext:
         self.log = self.logbook.append
         self.stop_reason: StopReason | None = None  # set by the worker's watchdog
         self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+        self._on_stop: list[Callable[[], None]] = []
 
     @property
     def cancelled(self) -> bool:
@@ -45,9 +47,23 @@ class StepContext:
         return self._stopped.is_set()
 
     def stop(self, reason: StopReason) -> None:
-        if self.stop_reason is None:
-            self.stop_reason = reason
-        self._stopped.set()
+        with self._stop_lock:
+            if self.stop_reason is None:
+                self.stop_reason = reason
+            self._stopped.set()
+            callbacks, self._on_stop = self._on_stop, []
+        for callback in callbacks:
+            callback()
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """Call callback() once when the step must stop, at once if it already
+        must: how a step blocked outside Python (waiting on a process) is woken
+        without polling. The callback runs on the stopping thread: keep it short."""
+        with self._stop_lock:
+            if not self._stopped.is_set():
+                self._on_stop.append(callback)
+                return
+        callback()
 
     def wait(self, seconds: float) -> bool:
         """Sleep that wakes early on stop; returns True if stopped."""

@@ -16,6 +16,7 @@ from stepline.engine.logwriter import BatchWriter
 from stepline.engine.states import TERMINAL, Status, StopReason
 from stepline.engine.steps import run_step
 from stepline.store import reads, workers
+from stepline.store.changes import CommitWatch
 from stepline.store.workers import RETRY_MAX_S, retry_while_unavailable
 from stepline.store.writes import Store
 
@@ -24,20 +25,26 @@ from stepline.store.writes import Store
 # keeps flushes flowing (about +25% log throughput, measured in bench/logs.py).
 SWITCH_INTERVAL_S = 0.0005
 HEARTBEAT_S = 1.0
-WATCH_S = 0.2
+# The watchdog wakes within ~5 ms of another connection's commit (new jobs,
+# cancel requests: see stepline.store.changes), and at least this often for
+# heartbeats and timeouts.
+WATCH_S = 0.1
+WATCH_ERROR_S = 0.2  # pause after a failed round (database locked, full)
+# The claim loop, woken by the watchdog, also looks for pending jobs this often.
+IDLE_RECHECK_S = 1.0
 STALE_AFTER_S = 15.0
 
 
 class Worker:
-    def __init__(self, store: Store, concurrency: int = 4, poll_s: float = 0.2):
+    def __init__(self, store: Store, concurrency: int = 4):
         self.store = store
         self.concurrency = concurrency
-        self.poll_s = poll_s
         self.writer = BatchWriter(store)
         self.worker_id = ""
         self._running: dict[str, JobRun] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # the claim loop's: maybe a job to claim
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -51,8 +58,10 @@ class Worker:
         watchdog.start()
         try:
             while not self._stop.is_set():
+                self._wake.clear()  # before looking: a wake-up from now on is kept
                 try:
-                    job_id = self._free_slot() and self.store.claim_next_job(self.worker_id)
+                    job_id = (self._free_slot() and reads.pending_job_exists(self.store.db)
+                              and self.store.claim_next_job(self.worker_id))
                 except sqlite3.OperationalError as exc:  # locked, full, read-only: wait it out
                     print(f"stepline: cannot claim jobs: {exc}", file=sys.stderr, flush=True)
                     self._stop.wait(RETRY_MAX_S)
@@ -62,12 +71,13 @@ class Worker:
                     continue
                 if exit_when_idle and not self._running:
                     break
-                self._stop.wait(self.poll_s)
+                self._wake.wait(IDLE_RECHECK_S)
         finally:
             self._shutdown()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
 
     def _shutdown(self) -> None:
         """Stop running steps, then hand unfinished jobs back to the queue."""
@@ -94,6 +104,7 @@ class Worker:
     def _finished(self, job_id: str) -> None:
         with self._lock:
             self._running.pop(job_id, None)
+        self._wake.set()  # a free slot
 
     # -- watchdog ----------------------------------------------------------------
 
@@ -103,9 +114,20 @@ class Worker:
         # one dead: after the database was locked or full, every heartbeat is
         # stale, and the others are blocked, not dead.
         writable_since = time.monotonic()
+        commits = CommitWatch(self.store.path, lambda: self.store.db)
         while not self._stop.is_set():
-            now = time.monotonic()
             try:
+                committed = commits.wait(WATCH_S)
+                if committed:  # by another connection: maybe a new job
+                    self._wake.set()
+                # Asked every round while jobs run, not only on a commit: a
+                # cancel committed just before its job reached _running is
+                # not missed. (~80 us a query.)
+                if self._running:
+                    for job_id in reads.cancel_requested(self.store.db, self.worker_id):
+                        if run := self._running.get(job_id):
+                            run.stop(StopReason.CANCELLED)
+                now = time.monotonic()
                 if now - last_beat >= HEARTBEAT_S:
                     try:
                         workers.heartbeat(self.store, self.worker_id)
@@ -118,16 +140,14 @@ class Worker:
                         and now - writable_since >= STALE_AFTER_S):
                     self.recover_dead_workers()
                     last_recovery = now
-                for job_id in reads.cancel_requested(self.store.db, self.worker_id):
-                    if run := self._running.get(job_id):
-                        run.stop(StopReason.CANCELLED)
                 with self._lock:
                     runs = list(self._running.values())
                 for run in runs:
                     run.check_timeouts()
-            except Exception as exc:  # the database may be busy; try again next tick
+            except Exception as exc:  # the database may be busy or full: try again soon
                 print(f"stepline: watchdog: {exc}", file=sys.stderr)
-            self._stop.wait(WATCH_S)
+                self._stop.wait(WATCH_ERROR_S)
+        commits.close()
 
     def recover_dead_workers(self) -> None:
         for dead in workers.dead(self.store, STALE_AFTER_S):

@@ -214,3 +214,9 @@ def cancel_requested(db: Database, worker_id: str) -> list[str]:
     return [r["id"] for r in db.query(
         "SELECT id FROM jobs WHERE worker_id = ? AND status = ?"
         " AND cancel_requested = 1", [worker_id, Status.RUNNING])]
+
+
+def pending_job_exists(db: Database) -> bool:
+    """The claim's cheap read first: the claim itself takes the write lock."""
+    return db.execute("SELECT 1 FROM jobs WHERE status = ? LIMIT 1",
+                      [Status.PENDING]).fetchone() is not None
