@@ -3,7 +3,9 @@ the `events` table (checking the cheap `PRAGMA data_version` first) and fans
 each event out to the connections watching an affected view.
 
 A fragment is rendered once per event and view, encoded once, and the same
-bytes go to every subscriber. A connection that falls behind gets a fresh
+bytes go to every subscriber. A coalescing view (the jobs list) instead gets
+one message per COALESCE_S for all its events since the last (see
+`Hub.send_batches` and `JobsView.render_batch`). A connection that falls behind gets a fresh
 snapshot instead of an unbounded backlog. Under gunicorn's gevent worker
 `threading`, `queue` and `time` are monkey-patched, so the tailer is a
 greenlet and the queues are gevent-friendly; under a plain server they are
@@ -238,11 +240,12 @@ class Hub:
                 current = db.execute("PRAGMA data_version").fetchone()[0]
                 if current != version:
                     version = current
-                    # Back off on events, not on commits: a worker's heartbeat
-                    # commits every second and brings none.
-                    while self.poll_once(db):
-                        event_at = time.monotonic()
-                        time.sleep(0)  # let handshakes and sockets run between batches
+                    if self.poll_once(db):
+                        # More may wait (500 at a time): look again next round,
+                        # after the sleep below lets handshakes and sockets run.
+                        # Back off on events, not commits: a worker's heartbeat
+                        # commits every second and brings none.
+                        version, event_at = None, time.monotonic()
                 self.send_batches()
             except Exception as exc:  # a locked or briefly missing database
                 print(f"stepline: event tailer: {exc}", file=sys.stderr)
