@@ -143,9 +143,10 @@ def run(rate: float, seconds: float, idle_s: float) -> list[tuple]:
                  if e["context"] == "job" and e["status"] == "completed"}
     lag = [seen[f"job-{j}"] - committed[j] * 1000 for j in committed if f"job-{j}" in seen]
     wire = sum(n for t, n in frames if start <= t <= end)
-    events = reads.last_seq(store.db)
     wall = end - start
-    label = f"{rate:g} jobs/s for {seconds:g} s ({len(job_ids)} jobs, {events} events)"
+    events = reads.last_seq(store.db)
+    label = (f"{rate:g} jobs/s for {seconds:g} s ({len(job_ids)} jobs, {events} events,"
+             f" {wall:.0f} s until settled)")
     return [
         (f"{label}: WS messages / bytes per s", f"{messages} / {wire / wall / 1000:.1f} KB/s",
          "coalesced; <= 200 KB/s", wire / wall <= 200_000),
