@@ -321,7 +321,10 @@ class Hub:
                       file=sys.stderr)
                 batch.shown = None
                 continue
-            batch.subs = frozenset(subs)
+            # One that fell behind resyncs from a snapshot of its own: it too
+            # gets the whole list once it is back.
+            batch.subs = frozenset(sub for sub in subs if not (
+                getattr(sub, "behind", False) or getattr(sub, "lagging", False)))
             message = Message(fields["seq"], fields, content)
             for sub in subs:
                 sub.put(message)
