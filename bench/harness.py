@@ -46,8 +46,8 @@ class Worker:
 
 
 @contextmanager
-def web(db_path: str, workers: int = 1):
-    server = LiveServer(db_path, workers=workers).start()
+def web(db_path: str, workers: int = 1, env: dict | None = None):
+    server = LiveServer(db_path, workers=workers, env=env).start()
     try:
         yield server
     finally:

@@ -24,3 +24,7 @@ def log_paced(ctx, per_second: int = 20_000, seconds: float = 30) -> None:
 
 def noop_tasks(ctx, tasks: int = 10_000, concurrency: int = 8) -> None:
     ctx.spawn(range(tasks), lambda item: None, concurrency=concurrency)
+
+
+def nothing(ctx) -> None:
+    """A one-step job that only finishes (the jobs-list benchmark)."""

@@ -120,9 +120,33 @@ def test_ws_jobs_view_sees_new_jobs(store, live_server):
     assert snapshot["snapshot"] and snapshot["jobs"] == []
     job_id = requests.post(server.url + "/api/definitions/load_demo/run",
                            json={"params": {"tasks": 2}}).json()["job_id"]
-    message = collect(ws, lambda m: m["job_id"] == job_id)[-1]
-    assert message["status"] == "pending"
+    message = collect(ws, lambda m: any(j["job_id"] == job_id for j in m["jobs"]))[-1]
+    assert message["context"] == "job" and message["job_id"] is None
+    assert [j["status"] for j in message["jobs"]] == ["pending"]
     assert f'id="job-{job_id}"' in message["content"] and 'id="metrics"' in message["content"]
+
+
+def test_ws_jobs_view_coalesces_every_event_into_few_messages(store, live_server):
+    """The jobs list gets at most one message per 100 ms covering every event
+    since the last (#9: one per event drowned the page at 10 jobs/s)."""
+    server = live_server()
+    ws = Client.connect(server.url.replace("http", "ws") + "/ws?view=jobs&format=json")
+    snapshot = json.loads(ws.receive(timeout=5))
+    definition = make_definition('[step.only]\ntype = "shell"\nrun = "true"\n')
+    for _ in range(200):
+        store.create_job(definition, {})
+    last = reads.last_seq(store.db)
+    messages = collect(ws, lambda m: m["seq"] == last)
+    ws.close()
+    seqs = [m["seq"] for m in messages]
+    assert seqs == sorted(set(seqs))
+    assert sum(m["events"] for m in messages) == last - snapshot["seq"] == 200
+    assert len(messages) < 50  # 200 events, coalesced
+    for m in messages:
+        assert set(m) == {"seq", "context", "job_id", "step_id", "status", "log_refresh",
+                          "log_count", "version", "events", "list", "jobs"}
+    shown = reads.list_jobs(store.db, limit=25)[0]
+    assert messages[-1]["jobs"][0]["job_id"] == shown[0]["id"]  # the newest job, on top
 
 
 def test_ws_unknown_job_is_refused_with_an_error(live_server):

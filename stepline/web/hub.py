@@ -3,7 +3,9 @@ the `events` table (checking the cheap `PRAGMA data_version` first) and fans
 each event out to the connections watching an affected view.
 
 A fragment is rendered once per event and view, encoded once, and the same
-bytes go to every subscriber. A connection that falls behind gets a fresh
+bytes go to every subscriber. A coalescing view (the jobs list) instead gets
+one message per COALESCE_S for all its events since the last (see
+`Hub.send_batches` and `JobsView.render_batch`). A connection that falls behind gets a fresh
 snapshot instead of an unbounded backlog. Under gunicorn's gevent worker
 `threading`, `queue` and `time` are monkey-patched, so the tailer is a
 greenlet and the queues are gevent-friendly; under a plain server they are
@@ -28,7 +30,10 @@ from stepline.store import reads
 from stepline.store import sqlite as dbmod
 from stepline.web.frames import WholeFrames, text_frame
 
-POLL_S = 0.01
+POLL_S = 0.01  # while events flow: commit -> tailer in ~5 ms
+IDLE_POLL_S = 0.2  # after IDLE_AFTER_S without an event (10 ms polls: 1.4 s CPU/min idle)
+IDLE_AFTER_S = 1.0
+COALESCE_S = 0.1  # a coalescing view gets at most one message per 100 ms
 QUEUE_SIZE = 500
 
 
@@ -162,15 +167,30 @@ class SocketSubscription:
             self.sock.send(snapshot.frame(self.with_content))
 
 
+@dataclass
+class Batch:
+    """A coalescing view's events since its last message, and what that
+    message left on its pages (`shown`, the view's own record; None: unknown)."""
+
+    events: list[dict] = field(default_factory=list)
+    sent_at: float = 0.0  # time.monotonic() of the last message
+    shown: Any = None
+    subs: frozenset = frozenset()  # who got the last message
+
+
 class Hub:
-    """Views are hashable objects with `.key`, `.wants(event)`; `render(view,
-    event)` returns the HTML fragment for that view. A subscription is any
+    """Views are hashable objects with `.key`, `.wants(event)`, and either
+    `render_event(db, event)` (the fragment for one event: one message per
+    event) or, with `.coalesce` true, `render_batch(db, events, shown)` (one
+    message for many events, see `send_batches`). `call(method, *args)` runs
+    a view's method with the database inside the app. A subscription is any
     object with `.view`, `.transport`, `.put(message)` and `.flush()` (after
     each poll's messages); both run in the tailer and must never block."""
 
-    def __init__(self, db_path: str, render: Callable[[Any, dict], str]):
+    def __init__(self, db_path: str, call: Callable[..., Any]):
         self.db_path = db_path
-        self.render = render
+        self.call = call
+        self._batches: dict[Hashable, Batch] = {}  # coalescing views' pending events
         self._views: dict[Hashable, set] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -214,19 +234,25 @@ class Hub:
                 self._thread.start()
 
     def _tail(self, db) -> None:
-        version = None
+        version, event_at = None, time.monotonic()
         while True:
             try:
                 current = db.execute("PRAGMA data_version").fetchone()[0]
                 if current != version:
                     version = current
-                    while self.poll_once(db):
-                        pass
+                    if self.poll_once(db):
+                        # More may wait (500 at a time): look again next round,
+                        # after the sleep below lets handshakes and sockets run.
+                        # Back off on events, not commits: a worker's heartbeat
+                        # commits every second and brings none.
+                        version, event_at = None, time.monotonic()
+                self.send_batches()
             except Exception as exc:  # a locked or briefly missing database
                 print(f"stepline: event tailer: {exc}", file=sys.stderr)
                 version = None
                 time.sleep(0.5)
-            time.sleep(POLL_S)
+            idle = time.monotonic() - event_at > IDLE_AFTER_S and not self._batches_due()
+            time.sleep(IDLE_POLL_S if idle else POLL_S)
 
     def poll_once(self, db) -> int:
         """Dispatch the events committed since the last poll, then let every
@@ -244,15 +270,19 @@ class Hub:
         return len(events)
 
     def dispatch(self, event: dict) -> list:
-        """Hand one event to every subscriber whose view wants it; returns them."""
+        """Hand one event to every subscriber whose view wants it; returns them.
+        A coalescing view only collects it for its next batch."""
         with self._lock:
             targets = [(subs, next(iter(subs)).view) for subs in self._views.values() if subs]
         reached = []
         for subs, view in targets:
             if not view.wants(event):
                 continue
+            if getattr(view, "coalesce", False):
+                self._batches.setdefault(view.key, Batch()).events.append(event)
+                continue
             try:
-                content = self.render(view, event)
+                content = self.call(view.render_event, event)
             except Exception as exc:  # never let one bad render stop the stream
                 print(f"stepline: render {view.key} seq {event['seq']}: {exc}",
                       file=sys.stderr)
@@ -262,3 +292,40 @@ class Hub:
                 sub.put(message)
                 reached.append(sub)
         return reached
+
+    def _batches_due(self) -> bool:
+        return any(batch.events for batch in self._batches.values())
+
+    def send_batches(self) -> None:
+        """Send each coalescing view whose last message is COALESCE_S old ONE
+        message for all its events since: the first event after a quiet spell
+        goes out at once, a burst at 10 messages a second whatever its rate."""
+        now = time.monotonic()
+        for key, batch in list(self._batches.items()):
+            with self._lock:
+                subs = set(self._views.get(key, ()))
+            if not subs:
+                del self._batches[key]
+                continue
+            if not batch.events or now - batch.sent_at < COALESCE_S:
+                continue
+            events, batch.events, batch.sent_at = batch.events, [], now
+            view = next(iter(subs)).view
+            # A page opened since the last message shows its own snapshot, not
+            # what `shown` records: send it the whole list once.
+            shown = batch.shown if subs <= batch.subs else None
+            try:
+                fields, content, batch.shown = self.call(view.render_batch, events, shown)
+            except Exception as exc:  # never let one bad render stop the stream
+                print(f"stepline: render {key} seq {events[-1]['seq']}: {exc}",
+                      file=sys.stderr)
+                batch.shown = None
+                continue
+            # One that fell behind resyncs from a snapshot of its own: it too
+            # gets the whole list once it is back.
+            batch.subs = frozenset(sub for sub in subs if not (
+                getattr(sub, "behind", False) or getattr(sub, "lagging", False)))
+            message = Message(fields["seq"], fields, content)
+            for sub in subs:
+                sub.put(message)
+                sub.flush()

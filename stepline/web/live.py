@@ -25,14 +25,15 @@ SNAPSHOT_CACHE_SIZE = 64
 
 
 def render_for_hub(app, store):
-    """The Hub's render callable: runs outside any request, inside the app
-    (templates build links with `render.path_builder`, which needs no request)."""
+    """The Hub's `call`: runs a view's render method with the database,
+    outside any request, inside the app (templates build links with
+    `render.path_builder`, which needs no request)."""
 
-    def render_view_event(view, event: dict) -> str:
+    def call_view(method, *args):
         with app.app_context():
-            return view.render_event(store.db, event)
+            return method(store.db, *args)
 
-    return render_view_event
+    return call_view
 
 
 def snapshot_message(view) -> Message:

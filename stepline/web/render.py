@@ -35,6 +35,14 @@ def render_job_list(jobs: list[dict], total: int, filters, oob: bool = False) ->
                            pages=page_count(total), oob=oob)
 
 
+def render_job_changes(rows: list[dict], left: list[str], total: int, filters,
+                       pager: bool) -> str:
+    """The rows that changed or entered a page (upserted in order), deletes
+    for those that left it, and the pager when the page's jobs or total changed."""
+    return render_template("job_changes.html", rows=rows, left=left, total=total,
+                           filters=filters, pages=page_count(total), pager=pager)
+
+
 def render_metrics(counts: dict[str, int], oob: bool = False) -> str:
     return render_template("metrics.html", counts=counts, oob=oob)
 

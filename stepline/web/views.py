@@ -6,6 +6,7 @@ the same templates for their first load.
 """
 
 from dataclasses import dataclass
+from typing import ClassVar
 from urllib.parse import urlencode
 
 from stepline.store import reads
@@ -25,8 +26,21 @@ class JobsFilters:
 
 
 @dataclass(frozen=True)
+class PageShown:
+    """What a jobs view's last message left on its pages."""
+
+    ids: tuple[str, ...]
+    total: int
+
+
+@dataclass(frozen=True)
 class JobsView:
+    """One page of the jobs list. It coalesces: at 10 jobs/s a list re-rendered
+    per event was 50 messages/s of 7.6 KB and 94 % of the browser's main
+    thread, so the hub asks it for one message per 100 ms (`render_batch`)."""
+
     filters: JobsFilters
+    coalesce: ClassVar[bool] = True
 
     @property
     def key(self):
@@ -46,10 +60,49 @@ class JobsView:
         return html + render.render_job_list(jobs, total, self.filters, oob=True), jobs
 
     def render_event(self, db, event: dict) -> str:
+        """One event's fragment (SSE replay after a reconnect)."""
         if event["context"] == "job":  # membership or order may change: the whole page
             return self.metrics_and_list(db)[0]
         job = reads.get_job(db, event["job_id"])
         return render.render_job_row(job, oob=True) if job else ""
+
+    def render_batch(self, db, events: list[dict], shown: PageShown | None
+                     ) -> tuple[dict, str, PageShown]:
+        """ONE message for every event since the last one, given what that
+        left on the page (`shown`; None: unknown). Its fields: `seq` is the
+        last event's, `context` "job", `job_id`/`step_id`/`status`/`version`
+        null (it may cover many jobs), `events` how many events it covers,
+        `jobs` [{job_id, status, version}] of the rows it carries, `list`
+        whether it replaces the whole list. Its content, from the database
+        as it is now, so every page converges to what GET / renders:
+        - the rows on this page that had an event, and the rows that entered
+          it (a new job, a status that now matches the filter, a job moved
+          up by a deletion), upserted in order (`data-order`);
+        - a delete for each row that left the page, and the pager;
+        - the whole list instead when `shown` is unknown or a page was or
+          becomes empty (the "No jobs" row);
+        - the counters when a job-level event (a status change, a new or
+          deleted job) is among the events."""
+        jobs, total = self.page_of_jobs(db)
+        now = PageShown(tuple(j["id"] for j in jobs), total)
+        whole = shown is None or not shown.ids or not now.ids
+        if whole:
+            rows = jobs
+            content = render.render_job_list(jobs, total, self.filters, oob=True)
+        else:
+            touched = {e["job_id"] for e in events} | (set(now.ids) - set(shown.ids))
+            rows = [j for j in jobs if j["id"] in touched]
+            left = [i for i in shown.ids if i not in set(now.ids)]
+            content = render.render_job_changes(rows, left, total, self.filters,
+                                                pager=now != shown)
+        if whole or any(e["context"] == "job" for e in events):
+            content += render.render_metrics(reads.status_counts(db), oob=True)
+        fields = {"seq": events[-1]["seq"], "context": "job", "job_id": None, "step_id": None,
+                  "status": None, "log_refresh": False, "log_count": None, "version": None,
+                  "events": len(events), "list": whole,
+                  "jobs": [{"job_id": j["id"], "status": j["status"], "version": j["version"]}
+                           for j in rows]}
+        return fields, content, now
 
     def snapshot(self, db) -> tuple[dict, str]:
         seq = reads.last_seq(db)
@@ -64,6 +117,7 @@ class JobsView:
 @dataclass(frozen=True)
 class JobView:
     job_id: str
+    coalesce: ClassVar[bool] = False  # one message per event: a job page shows each step
 
     @property
     def key(self):
