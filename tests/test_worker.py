@@ -2,11 +2,13 @@
 
 import os
 import signal
+import threading
 import time
 
 from stepline.store import reads
+from stepline.store.changes import CommitWatch
 from stepline.store.check import violations
-from stepline.store.writes import storable_text
+from stepline.store.writes import Store, storable_text
 
 from .conftest import log_messages, make_definition, steps_by_name, wait_for, wait_job
 
@@ -223,6 +225,24 @@ while [ ! -e {ready} ]; do sleep 0.01; done; echo from-main"
     assert step["log_count"] == len(lines)
     wait_for(lambda: not _alive(int(pidfile.read_text())), timeout=5,
              what="the background process to be stopped")
+
+
+def test_commit_watch_wakes_on_other_connections_commits_only(store):
+    """The worker's watchdog waits on this for new jobs and cancel requests:
+    a commit by any other connection wakes it, its own writes (heartbeats)
+    do not."""
+    definition = make_definition('[step.a]\ntype = "shell"\nrun = "true"\n')
+    watch = CommitWatch(store.path, lambda: store.db)
+    try:
+        assert watch.wait(0) is True  # the first call sees "a change": nothing seen yet
+        assert watch.wait(0.3) is False
+        store.create_job(definition, {})  # the watcher's own connection
+        assert watch.wait(0.3) is False
+        other = Store(store.path)  # another connection, as another process has
+        threading.Timer(0.2, other.create_job, (definition, {})).start()
+        assert watch.wait(30) is True
+    finally:
+        watch.close()
 
 
 def test_cancel_pending_job_is_immediate(store):

@@ -34,6 +34,9 @@ class CommitWatch:
         self._version: int | None = None
         self._follow_until = 0.0
         self._fd = _inotify(os.path.dirname(os.path.abspath(path)))
+        self._poll = select.poll()  # not select(): no limit on the fd's number
+        if self._fd is not None:
+            self._poll.register(self._fd, select.POLLIN)
 
     def wait(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -61,8 +64,7 @@ class CommitWatch:
     def _written(self, timeout: float) -> bool:
         """Block until a file in the directory is written (then read away
         every queued event), or the timeout passes."""
-        ready, _, _ = select.select([self._fd], [], [], timeout)
-        if not ready:
+        if not self._poll.poll(timeout * 1000):
             return False
         try:
             while os.read(self._fd, 65536):
