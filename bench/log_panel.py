@@ -63,7 +63,7 @@ def one_run(browser, lines: int, pause: float) -> dict:
             page.goto(f"{server.url}/jobs/{job_id}")
             wait_for(lambda: page.evaluate("document.getElementById('live').dataset.opened"),
                      15)
-            page.click(f"#toggle-{step_id}")
+            page.click(f"#step-{step_id} .toggle")
             page.locator(f"#logs-{step_id}").wait_for(state="attached")
             page.evaluate(f"window.__watchLast('{step_id}', {lines})")
             cdp = context.new_cdp_session(page)

@@ -17,9 +17,15 @@ pytestmark = pytest.mark.browser
 LOADS = ["idle", "cpu_saturated"]
 
 
+@pytest.fixture
+def server(live_server):
+    return live_server()
+
+
 @pytest.fixture(params=LOADS)
-def load(request) -> str:
-    """Race-prone tests run twice: on an idle machine and with every core busy."""
+def load(request, server) -> str:
+    """Race-prone tests run twice: on an idle machine and with every core busy
+    (the busy loops start once the server is up: its start has a time limit)."""
     if request.param == "cpu_saturated":
         request.getfixturevalue("cpu_saturated")
     return request.param
@@ -42,7 +48,7 @@ def open_job(tab, server, job_id: str) -> None:
 
 
 def expand(tab, step_id: str) -> None:
-    tab.click(f"#toggle-{step_id}")
+    tab.click(f"#step-{step_id} .toggle")
     tab.locator(f"#logs-{step_id}").wait_for(state="attached")
 
 
@@ -79,12 +85,11 @@ def follow_until_done(tab, store, job_id: str, step_id: str, timeout: float) -> 
     return {"worst_answer": worst_answer, "most_rows": most_rows}
 
 
-def test_open_panel_catches_up_with_a_bursty_log(page, live_server, store,  # noqa: F811
+def test_open_panel_catches_up_with_a_bursty_log(page, server, store,  # noqa: F811
                                                  start_worker, load):
     """#9: a panel on a 40,000-line step logging in bursts of 2,000 stopped at
     line 4,000 (one fetch per refresh, 2,000 lines per fetch)."""
     total = 40_000
-    server = live_server()
     job_id, step_id = bursts_job(store, total, 2_000, 0.2)
     open_job(page, server, job_id)
     start_worker()
@@ -101,11 +106,10 @@ def test_open_panel_catches_up_with_a_bursty_log(page, live_server, store,  # no
     assert len(numbers) <= WINDOW_LINES
 
 
-def test_light_log_always_ends_at_its_last_line(page, live_server, store, start_worker,  # noqa: F811
+def test_light_log_always_ends_at_its_last_line(page, server, store, start_worker,  # noqa: F811
                                                 load):
     """#9: 600 lines with the panel open and the page idle ended at line 400
     in 1 of 4 runs: a refresh was lost."""
-    server = live_server()
     start_worker()
     for _ in range(4):
         job_id, step_id = bursts_job(store, 600, 20, 0.05)
@@ -118,12 +122,11 @@ def test_light_log_always_ends_at_its_last_line(page, live_server, store, start_
         assert shown_numbers(page, step_id) == list(range(1, 601))
 
 
-def test_following_a_long_log_keeps_a_bounded_window(page, live_server, store,  # noqa: F811
+def test_following_a_long_log_keeps_a_bounded_window(page, server, store,  # noqa: F811
                                                      start_worker, soak):
     """A million-line log (200,000 here; --soak: 1,000,000) keeps at most
     WINDOW_LINES lines in the DOM; 'load earlier' brings older ones back."""
     total = 1_000_000 if soak else 200_000
-    server = live_server()
     job_id, step_id = bursts_job(store, total, 2_000, 0.0)
     open_job(page, server, job_id)
     expand(page, step_id)
@@ -141,17 +144,16 @@ def test_following_a_long_log_keeps_a_bounded_window(page, live_server, store,  
     assert_contiguous_tail(shown_numbers(page, step_id), total)
 
 
-def test_toggle_of_a_logging_step_takes_the_click(page, live_server, store,  # noqa: F811
+def test_toggle_of_a_logging_step_takes_the_click(page, server, store,  # noqa: F811
                                                   start_worker):
     """#9: rows re-rendered on every log flush replaced the toggle between
     the press and the release of a click, which was then lost."""
-    server = live_server()
     job_id, step_id = bursts_job(store, 100_000, 10, 0.05)
     open_job(page, server, job_id)
     start_worker()
     wait_for(lambda: page.get_attribute(f"#step-{step_id}", "data-status") == "running", 30,
              what="the step to run")
-    box = page.locator(f"#toggle-{step_id}").bounding_box()
+    box = page.locator(f"#step-{step_id} .toggle").bounding_box()
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     version = page.get_attribute(f"#step-{step_id}", "data-version")
     page.mouse.down()
