@@ -2,15 +2,17 @@
 worker): they always catch up with the stored log, however bursty, keep a
 bounded number of lines in the DOM, and never stall the tab (#9)."""
 
+import re
 import time
 
 import pytest
+import requests
 
 from stepline.engine.states import TERMINAL
 from stepline.store import reads
-from stepline.web.render import TAIL_LINES, WINDOW_LINES
+from stepline.web.render import FOLLOW_LINES, TAIL_LINES, WINDOW_LINES
 
-from .conftest import make_definition, wait_for
+from .conftest import make_definition, wait_for, wait_job
 from .test_browser import browser, page  # noqa: F401  (the Chromium fixtures)
 
 pytestmark = pytest.mark.browser
@@ -162,3 +164,32 @@ def test_toggle_of_a_logging_step_takes_the_click(page, server, store,  # noqa: 
     page.mouse.up()
     page.locator(f"#logs-{step_id}").wait_for(state="attached", timeout=10_000)
     store.request_cancel(job_id)
+
+
+def test_lines_bring_the_next_fetch_or_jump_to_the_tail(server, store, start_worker):
+    """The server side of the panel's loop: a full page carries the trigger of
+    the next fetch; a panel further behind than its window gets the newest
+    lines to replace its own."""
+    job_id = store.create_job(make_definition(
+        '[step.s]\ntype = "shell"\nrun = "seq 1 12000"\n'), {})
+    start_worker()
+    wait_job(store, job_id, timeout=60)
+    step_id = reads.job_steps(store.db, job_id)[0]["id"]
+    url = f"{server.url}/jobs/{job_id}/steps/{step_id}/lines"
+
+    def fetch(after: int) -> tuple[str, str | None]:
+        r = requests.get(url, params={"after": after}, timeout=10)
+        r.raise_for_status()
+        return r.text, r.headers.get("HX-Reswap")
+
+    body, reswap = fetch(10_000 - FOLLOW_LINES)  # within the window: a full page
+    assert reswap is None and f"-L{10_000}\"" in body and f"-L{10_001}\"" not in body
+    assert f'id="logs-{step_id}-trigger"' in body
+    body, reswap = fetch(11_000)  # the last 1,000: no next fetch
+    assert reswap is None and f"-L{12_000}\"" in body
+    assert f'id="logs-{step_id}-trigger"' not in body
+    body, reswap = fetch(0)  # 12,000 behind: the newest lines instead
+    assert reswap == "innerHTML"
+    assert f"-L{12_000 - FOLLOW_LINES + 1}\"" in body and f"-L{12_000 - FOLLOW_LINES}\"" not in body
+    earlier = re.search(f'<button[^>]*id="logs-{step_id}-earlier"[^>]*>', body)
+    assert earlier and " hidden" not in earlier.group(0)
