@@ -71,7 +71,10 @@ htmx.registerExtension("stepline-logs", {
 // blocks of 100; whole blocks go first, then the oldest rows of the next.
 // Dropped lines come back through "load earlier".
 function trimWindow(box) {
-  let extra = box.querySelectorAll(".ll").length - parseInt(box.dataset.window);
+  // Counted per block: selecting 7,000 rows on every swap showed in profiles.
+  let shown = 0;
+  for (const block of box.children) shown += block.childElementCount;
+  let extra = shown - parseInt(box.dataset.window);
   if (extra <= 0) return;
   while (box.firstElementChild.childElementCount <= extra) {
     extra -= box.firstElementChild.childElementCount;
