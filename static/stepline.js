@@ -32,20 +32,63 @@ document.addEventListener("htmx:ws:close", (e) => {
   htmx.process(sse);
 });
 
-// Follow mode: stick to the bottom only while the reader is at the bottom.
-document.addEventListener("htmx:before:swap", (e) => {
-  const box = e.detail?.ctx?.target;
-  if (box?.classList?.contains("log-lines")) {
-    box.dataset.atBottom = box.scrollTop + box.clientHeight >= box.scrollHeight - 8 ? "1" : "";
-  }
+// Log panels, as an htmx extension: its hooks see every request, even one
+// whose trigger span a newer log_refresh has replaced (events of a detached
+// element never reach a document listener).
+const lineOf = (row) => row && parseInt(row.id.slice(row.id.lastIndexOf("L") + 1));
+const logBox = (ctx) => ctx?.target?.classList?.contains("log-lines") ? ctx.target : null;
+htmx.registerExtension("stepline-logs", {
+  // A request takes its line number from the panel when it is sent, not when
+  // it was triggered: a queued request (hx-sync "queue last") was built
+  // earlier, and its `after` would fetch lines the panel already holds.
+  htmx_before_request: (elt, {ctx}) => {
+    const box = logBox(ctx);
+    if (!box) return;
+    const url = new URL(ctx.request.action, location.href);
+    if (url.searchParams.has("before")) {
+      url.searchParams.set("before", lineOf(box.querySelector(".ll")) || 1);
+    } else {
+      url.searchParams.set("after", document.querySelector(`#${box.id}-cursor [name=after]`).value);
+    }
+    ctx.request.action = url.pathname + url.search;
+  },
+  // Follow mode: stick to the bottom only while the reader is at the bottom.
+  htmx_before_swap: (elt, {ctx}) => {
+    const box = logBox(ctx);
+    if (box) box.dataset.atBottom = box.scrollTop + box.clientHeight >= box.scrollHeight - 8 ? "1" : "";
+  },
+  htmx_after_swap: (elt, {ctx}) => {
+    const box = logBox(ctx);
+    if (!box) return;
+    if (ctx.swap?.startsWith("beforeend")) trimWindow(box);
+    const follow = box.closest(".log-panel")?.querySelector(".follow");
+    if (follow?.checked && box.dataset.atBottom) box.scrollTop = box.scrollHeight;
+  },
 });
-document.addEventListener("htmx:after:swap", (e) => {
-  const box = e.detail?.ctx?.target;
-  const follow = box?.closest?.(".log-panel")?.querySelector(".follow");
-  if (box?.classList?.contains("log-lines") && follow?.checked && box.dataset.atBottom) {
-    box.scrollTop = box.scrollHeight;
+
+// A panel keeps its newest `data-window` lines in the DOM: following a
+// million-line log stays as fast as following a short one. Lines come in
+// blocks of 100; whole blocks go first, then the oldest rows of the next.
+// Dropped lines come back through "load earlier".
+function trimWindow(box) {
+  // Counted per block: selecting 7,000 rows on every swap showed in profiles.
+  let shown = 0;
+  for (const block of box.children) shown += block.childElementCount;
+  let extra = shown - parseInt(box.dataset.window);
+  if (extra <= 0) return;
+  while (box.firstElementChild.childElementCount <= extra) {
+    extra -= box.firstElementChild.childElementCount;
+    box.firstElementChild.remove();
   }
-});
+  if (extra > 0) {
+    const block = box.firstElementChild;
+    const range = document.createRange();
+    range.setStart(block, 0);
+    range.setEndBefore(block.children[extra]);
+    range.deleteContents();
+  }
+  document.getElementById(`${box.id}-earlier`).hidden = false;
+}
 
 // Running durations tick locally from the server's start time.
 setInterval(() => {

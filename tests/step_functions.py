@@ -94,3 +94,12 @@ def tolerate_failures(ctx, items: int = 4) -> None:
             raise RuntimeError(f"task {i} broke")
 
     ctx.spawn(range(items), task, concurrency=2)
+
+
+def log_bursts(ctx, lines: int = 40_000, burst: int = 2_000, pause: float = 0.1) -> None:
+    """`line 1` .. `line <lines>`, `burst` lines at a time as fast as the log
+    writer takes them, `pause` seconds apart: the bursty logging of #9."""
+    for n in range(1, lines + 1):
+        ctx.log(f"line {n}")
+        if n % burst == 0 and pause and ctx.wait(pause):
+            raise StepFailed(ctx.stop_reason or "stopped")

@@ -104,7 +104,7 @@ def test_ws_html_content_and_cancel_message(store, live_server, start_worker):
     running = collect(ws, lambda m: m["context"] == "job_step" and m["status"] == "running")
     row = running[-1]["content"]
     assert row.startswith(f'<tr id="step-{running[-1]["step_id"]}"')
-    assert 'hx-swap-oob="true"' in row and 'data-status="running"' in row
+    assert 'hx-swap-oob="outerMorph"' in row and 'data-status="running"' in row
     assert requests.post(server.url + f"/api/jobs/{job_id}/cancel", json={}).json() == {
         "job_id": job_id, "status": "cancelling"}
     final = collect(ws, job_done(job_id))

@@ -76,9 +76,18 @@ def log_lines(job_id: str, step_id: str):
         lines = reads.log_lines(db, step_id, before=before, limit=render.TAIL_LINES,
                                   **filters)
         return render.render_log_lines(step, lines, filters, "before")
-    lines = reads.log_lines(db, step_id, after=int_arg(args, "after", 0),
-                              limit=render.TAIL_LINES * 4, **filters)
-    return render.render_log_lines(step, lines, filters, "after")
+    after = int_arg(args, "after", 0)
+    if not (filters["level"] or filters["q"]) and step["log_count"] - after > render.WINDOW_LINES:
+        # Further behind than the panel keeps in view: the lines in between
+        # would be dropped as soon as they were shown, so the panel starts
+        # again from the newest lines (one fetch instead of hundreds).
+        lines = reads.log_lines(db, step_id, limit=render.FOLLOW_LINES, tail=True)
+        return (render.render_log_lines(step, lines, filters, "tail"),
+                {"HX-Reswap": "innerHTML"})
+    lines = reads.log_lines(db, step_id, after=after, limit=render.FOLLOW_LINES, **filters)
+    # A full page may not be the end: the panel fetches again from its new cursor.
+    more = len(lines) == render.FOLLOW_LINES
+    return render.render_log_lines(step, lines, filters, "after", more)
 
 
 # -- buttons ----------------------------------------------------------------------

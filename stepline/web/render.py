@@ -12,7 +12,9 @@ from markupsafe import Markup
 from stepline.engine.states import LOG_LEVELS, TERMINAL, Status
 from stepline.web.ansi import ansi_to_html
 
-TAIL_LINES = 500
+TAIL_LINES = 500      # lines an opened panel starts with, and per "load earlier"
+FOLLOW_LINES = 2_000  # at most this many new lines per fetch; a full page fetches again
+WINDOW_LINES = 5_000  # lines a panel keeps in the DOM (stepline.js drops the oldest)
 PAGE_SIZE = 25
 
 
@@ -60,21 +62,24 @@ def render_step_row(step: dict, oob: bool = False) -> str:
 
 
 def render_log_trigger(step: dict) -> str:
-    return render_template("log_trigger.html", step=step)
+    return render_template("log_trigger.html", step=step, oob=True)
 
 
 def render_log_panel(step: dict, lines: list[dict], filters: dict,
                      matches: int | None) -> str:
     """`matches` is None when there are more than one page of matching lines."""
     return render_template("log_panel.html", step=step, lines=lines, filters=filters,
-                           matches=matches)
+                           matches=matches, window_lines=WINDOW_LINES)
 
 
-def render_log_lines(step: dict, lines: list[dict], filters: dict, mode: str) -> str:
-    """mode: 'after' (new lines; moves the cursor) or 'before' (earlier lines;
-    moves the 'load earlier' button)."""
+def render_log_lines(step: dict, lines: list[dict], filters: dict, mode: str,
+                     more: bool = False) -> str:
+    """mode: 'after' (new lines; moves the cursor), 'before' (earlier lines;
+    moves the 'load earlier' button) or 'tail' (the newest lines, replacing
+    the panel's; moves both). `more`: there may be lines after these, so the
+    response carries the trigger of the panel's next fetch."""
     return render_template("log_lines.html", step=step, lines=lines, filters=filters,
-                           mode=mode)
+                           mode=mode, more=more)
 
 
 # -- template helpers -----------------------------------------------------------
