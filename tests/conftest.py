@@ -73,6 +73,20 @@ def start_worker(db_path):
         worker.stop(signal.SIGKILL)
 
 
+@pytest.fixture
+def cpu_saturated():
+    """One busy-loop process per core for the test's duration, so the server,
+    the workers and the test's own clients compete for CPU as on a busy
+    machine. Not niced: the load must compete. Yields how many run."""
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+             for _ in range(os.cpu_count() or 1)]
+    yield len(loops)
+    for loop in loops:
+        loop.kill()
+    for loop in loops:
+        loop.wait()
+
+
 def stepline(db_path: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """The `stepline` command as a user runs it, on the test's database."""
     env = {**os.environ, "STEPLINE_DB": db_path, "PYTHONPATH": str(ROOT)}
