@@ -94,11 +94,12 @@ def socket_count(pid: int) -> int:
     return count
 
 
-def ws_connect(port: int, path: str, rcvbuf: int | None = None) -> socket.socket:
+def ws_connect(port: int, path: str, rcvbuf: int | None = None,
+               timeout: float = 10) -> socket.socket:
     sock = socket.socket()
     if rcvbuf:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.settimeout(10)
+    sock.settimeout(timeout)
     sock.connect(("127.0.0.1", port))
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
@@ -175,11 +176,11 @@ class FrameReader:
         return opcode, data[pos:pos + length]
 
 
-def sse_connect(port: int, path: str) -> socket.socket:
+def sse_connect(port: int, path: str, timeout: float = 10) -> socket.socket:
     """A raw `text/event-stream` request. HTTP/1.0, so the body is not
     chunked: the bytes after the response head are the stream itself."""
     sock = socket.socket()
-    sock.settimeout(10)
+    sock.settimeout(timeout)
     sock.connect(("127.0.0.1", port))
     sock.sendall(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
     while b"\r\n\r\n" not in (peeked := sock.recv(65536, socket.MSG_PEEK)):
