@@ -94,11 +94,12 @@ def socket_count(pid: int) -> int:
     return count
 
 
-def ws_connect(port: int, path: str, rcvbuf: int | None = None) -> socket.socket:
+def ws_connect(port: int, path: str, rcvbuf: int | None = None,
+               timeout: float = 10) -> socket.socket:
     sock = socket.socket()
     if rcvbuf:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.settimeout(10)
+    sock.settimeout(timeout)
     sock.connect(("127.0.0.1", port))
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
@@ -130,3 +131,98 @@ def read_frames(sock: socket.socket) -> list[tuple[int, bytes]]:
         frames.append((opcode, data[pos:pos + length]))
         pos += length
     return frames
+
+
+class FrameReader:
+    """A raw WebSocket's server frames one at a time as they arrive
+    (read_frames waits for the connection to end)."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.buffer = b""
+
+    def next(self, timeout: float) -> tuple[int, bytes] | None:
+        """The next whole frame as (opcode, payload); None when none completes
+        within `timeout`; (0x8, b"") when the server closed the connection."""
+        deadline = time.monotonic() + timeout
+        while (frame := self._take()) is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self.sock.settimeout(remaining)
+            try:
+                chunk = self.sock.recv(65536)
+            except TimeoutError:
+                return None
+            if not chunk:
+                return 0x8, b""
+            self.buffer += chunk
+        return frame
+
+    def _take(self) -> tuple[int, bytes] | None:
+        data = self.buffer
+        if len(data) < 2:
+            return None
+        opcode, length, pos = data[0] & 0x0F, data[1] & 0x7F, 2
+        if length in (126, 127):
+            size = 2 if length == 126 else 8
+            if len(data) < pos + size:
+                return None
+            length = int.from_bytes(data[pos:pos + size], "big")
+            pos += size
+        if len(data) < pos + length:
+            return None
+        self.buffer = data[pos + length:]
+        return opcode, data[pos:pos + length]
+
+
+def sse_connect(port: int, path: str, timeout: float = 10) -> socket.socket:
+    """A raw `text/event-stream` request. HTTP/1.0, so the body is not
+    chunked: the bytes after the response head are the stream itself."""
+    sock = socket.socket()
+    sock.settimeout(timeout)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+    while b"\r\n\r\n" not in (peeked := sock.recv(65536, socket.MSG_PEEK)):
+        assert peeked, "server closed before the response head"
+        time.sleep(0.01)
+    head = sock.recv(peeked.index(b"\r\n\r\n") + 4)
+    assert b" 200 " in head.split(b"\r\n", 1)[0], head[:200]
+    assert b"text/event-stream" in head, head[:400]
+    return sock
+
+
+class SseReader:
+    """Server-Sent Events from a raw socket, one message at a time."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.buffer = b""
+
+    def next(self, timeout: float) -> tuple[int | None, str] | None:
+        """The next message as (id, data); comments (keepalives) are skipped.
+        None when none completes within `timeout`; raises EOFError when the
+        server closed the stream."""
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\n\n" in self.buffer:
+                block, self.buffer = self.buffer.split(b"\n\n", 1)
+                event_id, data = None, []
+                for line in block.decode().split("\n"):
+                    if line.startswith("id:"):
+                        event_id = int(line[3:].strip())
+                    elif line.startswith("data:"):
+                        data.append(line[5:].removeprefix(" "))
+                if data or event_id is not None:
+                    return event_id, "\n".join(data)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self.sock.settimeout(remaining)
+            try:
+                chunk = self.sock.recv(65536)
+            except TimeoutError:
+                return None
+            if not chunk:
+                raise EOFError("the server closed the event stream")
+            self.buffer += chunk
