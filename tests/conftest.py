@@ -134,15 +134,3 @@ def live_server(db_path):
     yield start
     for server in servers:
         server.stop()
-
-
-@pytest.fixture
-def cpu_saturated():
-    """One busy-loop process per core, killed at teardown: race-prone live
-    tests must also be right on a saturated machine."""
-    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
-             for _ in range(os.cpu_count() or 1)]
-    yield
-    for proc in procs:
-        proc.kill()
-        proc.wait()

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 import pytest
 import requests
 
-from jobs import queries
-from jobs.states import TERMINAL
+from stepline.engine.states import TERMINAL
+from stepline.store import reads
 
 from .conftest import make_definition, wait_for
 from .live_server import FrameReader, SseReader, sse_connect, ws_connect
@@ -378,10 +378,10 @@ def test_no_connection_misses_an_event_under_load(store, server, start_worker, c
             reply = requests.post(server.url + f"/api/jobs/{created[i]}/cancel", json={},
                                   timeout=30)
             assert reply.status_code in (200, 409), reply.text  # 409: it already ended
-    wait_for(lambda: all(queries.get_job(store.db, job_id)["status"] in TERMINAL
+    wait_for(lambda: all(reads.get_job(store.db, job_id)["status"] in TERMINAL
                          for job_id in created), timeout=60, what="every job to end")
 
-    events = queries.events_after(store.db, 0, 10**7)
+    events = reads.events_after(store.db, 0, 10**7)
     targets: dict[str | None, int] = {None: events[-1]["seq"]}
     for event in events:
         targets[event["job_id"]] = event["seq"]
