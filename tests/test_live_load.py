@@ -160,6 +160,7 @@ class Watch:
     steps: dict[str, tuple[str, int]] = field(default_factory=dict)
     jobs: dict[str, tuple[str, int]] = field(default_factory=dict)  # the jobs list's
     ended: dict[str, str] = field(default_factory=dict)  # job -> terminal status seen
+    batched: int = 0  # the jobs list: events its coalesced messages say they cover
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -177,17 +178,17 @@ class Watch:
             self.problems.append(f"first message is not a snapshot: {m}")
         if self.stream and (seq < self.last_seq or seq == self.last_seq and not snapshot):
             self.problems.append(f"seq went from {self.last_seq} to {seq}")
-        self.stream.append(("snapshot" if snapshot else "event", seq))
-        if self.job_id is None:  # the jobs list: jobs' statuses only
-            for j in m.get("jobs", []) if snapshot else []:
+        if self.job_id is None:  # the jobs list: jobs' statuses only, coalesced
+            # Each message after the snapshot covers every event since the
+            # one before (`events` of them) and carries the rows that changed.
+            self.stream.append(("snapshot" if snapshot else "batch", seq))
+            self.batched += 0 if snapshot else m["events"]
+            for j in m.get("jobs", []):
                 self.jobs[j["job_id"]] = (j["status"], j["version"])
-                if j["status"] in TERMINAL and len(self.stream) > 1:  # a resync
+                if j["status"] in TERMINAL and len(self.stream) > 1:
                     self.ended[j["job_id"]] = j["status"]
-            if not snapshot and m["context"] == "job":
-                self.jobs[m["job_id"]] = (m["status"], m["version"])
-                if m["status"] in TERMINAL:
-                    self.ended[m["job_id"]] = m["status"]
             return
+        self.stream.append(("snapshot" if snapshot else "event", seq))
         if snapshot:
             self.steps = {s["step_id"]: (s["status"], s["version"]) for s in m["steps"]}
         if m["context"] == "job" and m.get("status"):
@@ -300,10 +301,17 @@ def verdict(watch: Watch, structures: dict[str, dict], events: list[dict],
     if watch.job_id is not None:
         events = [e for e in events if e["job_id"] == watch.job_id]
     received = {seq for what, seq in watch.stream[1:] if what == "event"}
-    covered = []  # a resync snapshot stands in for the events since the last message
+    covered = []  # a resync snapshot, or a coalesced batch, stands in for the events since
     for i, (what, seq) in enumerate(watch.stream[1:], 1):
-        if what == "snapshot":
+        if what in ("snapshot", "batch"):
             covered.append((watch.stream[i - 1][1], seq))
+    if watch.job_id is None and all(what == "batch" for what, _ in watch.stream[1:]):
+        # a batch is the view's, shared: its first may count events older than
+        # this connection's snapshot, never fewer than the table has after it
+        between = sum(watch.snapshot_seq < e["seq"] <= watch.last_seq for e in events)
+        if watch.batched < between:
+            problems.append(f"its messages cover {watch.batched} events, the table has "
+                            f"{between} between seq {watch.snapshot_seq} and {watch.last_seq}")
     expected = {e["seq"] for e in events if watch.snapshot_seq < e["seq"] <= target}
     missed = sorted(s for s in expected - received
                     if not any(low < s <= high for low, high in covered))
