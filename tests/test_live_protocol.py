@@ -72,11 +72,13 @@ def test_ws_snapshot_then_one_message_per_event_in_order(store, live_server, sta
     expected = [e["seq"] for e in reads.events_after(store.db, snapshot["seq"], 10**6,
                                                        job_id=job_id)]
     assert seqs == expected  # every event of this job, none missing, none repeated
-    for m in messages:
-        assert set(m) == {"seq", "context", "job_id", "step_id", "status", "log_refresh",
-                          "log_count", "version"}
-
     names = {s["id"]: s["name"] for s in reads.job_steps(store.db, job_id)}
+    assert [(s["step_id"], s["name"]) for s in snapshot["steps"]] == list(names.items())
+    for m in messages:
+        assert set(m) == {"seq", "context", "job_id", "step_id", "step_name", "status",
+                          "log_refresh", "log_count", "version"}
+        assert m["step_name"] == (names[m["step_id"]] if m["context"] == "job_step" else None)
+
     history: dict[str, list[str]] = {}
     for m in messages:
         key = names.get(m["step_id"], "job")

@@ -210,6 +210,13 @@ def last_seq(db: Database) -> int:
     return next(db.query("SELECT coalesce(max(seq), 0) AS s FROM events"))["s"]
 
 
+def kept_seqs(db: Database) -> tuple[int, int]:
+    """(oldest, newest) seq in the events table; (0, 0) when it is empty."""
+    row = next(db.query("SELECT coalesce(min(seq), 0) AS lo, coalesce(max(seq), 0) AS hi"
+                        " FROM events"))
+    return row["lo"], row["hi"]
+
+
 def cancel_requested(db: Database, worker_id: str) -> list[str]:
     return [r["id"] for r in db.query(
         "SELECT id FROM jobs WHERE worker_id = ? AND status = ?"

@@ -57,14 +57,6 @@ SCHEMA: dict[str, tuple[dict[str, type], str | tuple[str, ...], dict[str, object
         "id",
         {"attempts": 0},
     ),
-    "events": (
-        {
-            "seq": int, "ts": float, "context": str, "job_id": str, "step_id": str,
-            "status": str, "log_refresh": int, "log_count": int, "version": int,
-        },
-        "seq",
-        {"log_refresh": 0},
-    ),
     "meta": ({"key": str, "value": str}, "key", {}),
     "workers": (
         {"id": str, "pid": int, "hostname": str, "started": float, "heartbeat": float},
@@ -85,6 +77,20 @@ CREATE TABLE IF NOT EXISTS logs (
     ts REAL NOT NULL, level TEXT NOT NULL, message TEXT NOT NULL,
     PRIMARY KEY (step_id, line)
 ) WITHOUT ROWID
+"""
+
+# The events outbox. AUTOINCREMENT: a seq is never handed out twice, also
+# after prune or delete removed the highest ones; without it SQLite reuses
+# max(seq) + 1, and tailers that already passed that number skip the new
+# events for good. (sqlite-utils cannot declare AUTOINCREMENT: plain SQL.)
+EVENTS_COLUMNS = ("seq", "ts", "context", "job_id", "step_id", "step_name", "status",
+                  "log_refresh", "log_count", "version")
+EVENTS_DDL = """
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL, context TEXT, job_id TEXT,
+    step_id TEXT, step_name TEXT, status TEXT, log_refresh INTEGER DEFAULT 0,
+    log_count INTEGER, version INTEGER
+)
 """
 
 # One index per query the UI and the worker make.
@@ -114,6 +120,7 @@ def ensure_schema(db: sqlite_utils.Database) -> None:
     if db.journal_mode != "wal":
         db.enable_wal()
     with transaction(db):
+        ensure_events_table(db)
         for name, (columns, pk, defaults) in SCHEMA.items():
             table = db.table(name)
             if not table.exists():
@@ -122,9 +129,31 @@ def ensure_schema(db: sqlite_utils.Database) -> None:
                 for column, kind in columns.items():
                     if column not in table.columns_dict:
                         table.add_column(column, kind, not_null_default=defaults.get(column))
-            for cols in INDEXES.get(name, []):
-                table.create_index(cols, if_not_exists=True)
+        for name, indexes in INDEXES.items():
+            for cols in indexes:
+                db.table(name).create_index(cols, if_not_exists=True)
         db.execute(LOGS_DDL)
+
+
+def ensure_events_table(db: sqlite_utils.Database) -> None:
+    """Create the events table, or rebuild one from before AUTOINCREMENT (and
+    before step_name): rows keep their seq, and SQLite sets sqlite_sequence
+    to the highest one copied, so new events continue past it. Runs inside
+    ensure_schema's write transaction: of several processes starting at once,
+    the first rebuilds and the others see the new table."""
+    row = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'events'"
+                     ).fetchone()
+    if row is None:
+        db.execute(EVENTS_DDL)
+        return
+    if "AUTOINCREMENT" in row[0].upper():
+        return
+    kept = ", ".join(c for c in EVENTS_COLUMNS if c in db.table("events").columns_dict)
+    db.execute("ALTER TABLE events RENAME TO events_before_autoincrement")
+    db.execute(EVENTS_DDL)
+    db.execute(f"INSERT INTO events ({kept}) SELECT {kept} FROM events_before_autoincrement"
+               " ORDER BY seq")
+    db.execute("DROP TABLE events_before_autoincrement")
 
 
 @contextmanager

@@ -125,19 +125,21 @@ class Tx:
         return self._insert_event("job", job_id, None, status, False, None, version)
 
     def _write_step_event(self, step_id: str, log_refresh: bool) -> int:
-        job_id, status, log_count, version = self.conn.execute(
-            "SELECT job_id, status, log_count, version FROM steps WHERE id = ?", (step_id,)
+        job_id, name, status, log_count, version = self.conn.execute(
+            "SELECT job_id, name, status, log_count, version FROM steps WHERE id = ?",
+            (step_id,),
         ).fetchone()
         return self._insert_event(
-            "job_step", job_id, step_id, status, log_refresh, log_count, version
+            "job_step", job_id, step_id, status, log_refresh, log_count, version, name
         )
 
-    def _insert_event(self, context, job_id, step_id, status, log_refresh, log_count, version):
+    def _insert_event(self, context, job_id, step_id, status, log_refresh, log_count, version,
+                      step_name=None):
         cur = self.conn.execute(
-            "INSERT INTO events (ts, context, job_id, step_id, status, log_refresh,"
-            " log_count, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (dbmod.now(), context, job_id, step_id, status, int(log_refresh), log_count,
-             version),
+            "INSERT INTO events (ts, context, job_id, step_id, step_name, status, log_refresh,"
+            " log_count, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (dbmod.now(), context, job_id, step_id, step_name, status, int(log_refresh),
+             log_count, version),
         )
         return cur.lastrowid
 

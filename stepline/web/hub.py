@@ -65,7 +65,8 @@ class Message:
 def event_fields(event: dict) -> dict[str, Any]:
     return {
         "seq": event["seq"], "context": event["context"], "job_id": event["job_id"],
-        "step_id": event["step_id"], "status": event["status"],
+        "step_id": event["step_id"], "step_name": event["step_name"],
+        "status": event["status"],
         "log_refresh": bool(event["log_refresh"]), "log_count": event["log_count"],
         "version": event["version"],
     }
@@ -104,32 +105,59 @@ class SocketSubscription:
     collected for this socket in one non-blocking send; only when the socket
     is full do they wait in a short list for this connection's own greenlet
     to write, and past MAX_WAITING writes they are dropped for one fresh
-    snapshot. A healthy connection costs no greenlet switch and no queue."""
+    snapshot. A healthy connection costs no greenlet switch and no queue.
+
+    Why no event can fall between a snapshot and the live messages (DESIGN
+    invariant 5), however the greenlets interleave: the subscription starts
+    out (and goes back, when it fell behind) with `held` set, and while it is
+    set the tailer keeps every message for it there. The snapshot is read
+    only after that, so its seq S is at least every seq the tailer had passed
+    when holding began; every later event therefore reaches `held` (or the
+    live path, once holding ends). `go_live` then, under the lock the tailer
+    takes to hold, sends the snapshot followed by the held messages newer
+    than S, and ends holding. Yields anywhere in between (a lock, a socket,
+    Thread.is_alive under gevent) only make `held` longer."""
 
     MAX_WAITING = 200  # parked writes (each one poll's frames)
+    MAX_HELD = 1000  # messages kept while a snapshot is read; past it, read another
 
-    def __init__(self, view, sock: WholeFrames, with_content: bool, first: Message,
+    def __init__(self, view, sock: WholeFrames, with_content: bool,
                  snapshot: Callable[[Any], Message]):
         self.view = view
         self.snapshot = snapshot  # builds a fresh snapshot Message for a view
         self.transport = "ws"
         self.sock = sock
         self.with_content = with_content
-        self.sent = first.seq  # highest seq handed to the socket
+        self.sent = 0  # highest seq handed to the socket
         self.batch: list[bytes] = []  # this poll's frames, not yet written
-        self.waiting: list[bytes] = [first.frame(with_content)]
-        self.behind = False  # frames were dropped: a snapshot is due
+        self.waiting: list[bytes] = []
+        self.held: list[Message] | None = []  # not None: a snapshot is due (see above)
+        self.dropped = 0  # highest seq dropped from a full `held`
+        self.lock = threading.Lock()  # between holding (tailer) and go_live (connection)
         self.closed = False
         self.wake = threading.Event()
         self.wake.set()
 
     def put(self, message: Message) -> None:
         """Called by the tailer for each event: collect its frame."""
-        if message.seq <= self.sent or self.closed:
+        if self.closed:
+            return
+        if self.held is not None:
+            with self.lock:
+                if self.held is not None:
+                    self._hold(message)
+                    return
+        if message.seq <= self.sent:
             return
         self.sent = message.seq
-        if not self.behind:  # when behind, the coming snapshot includes it
-            self.batch.append(message.frame(self.with_content))
+        self.batch.append(message.frame(self.with_content))
+
+    def _hold(self, message: Message) -> None:
+        if len(self.held) >= self.MAX_HELD:
+            self.held.clear()
+            self.dropped = message.seq
+        else:
+            self.held.append(message)
 
     def flush(self) -> None:
         """Called by the tailer after each poll: write the frames collected,
@@ -146,25 +174,41 @@ class SocketSubscription:
         except OSError:  # reset by the peer: the connection's greenlet cleans up
             self.closed = True
         if len(self.waiting) >= self.MAX_WAITING:
-            self.waiting.clear()
-            self.behind = True
+            with self.lock:  # too far behind: hold from here, and resync
+                self.waiting.clear()
+                self.held = []
         else:
             self.waiting.append(data)
         self.wake.set()
 
     def write_waiting(self) -> None:
-        """Run by the connection's greenlet: finish a begun frame, write what
-        waits, and resync with a snapshot where frames were dropped."""
+        """Run by the connection's greenlet: finish a begun frame, send a
+        snapshot where one is due, then write what waits."""
         self.sock.send(b"")
-        while self.waiting or self.behind:
-            if self.waiting:
-                self.sock.send(self.waiting.pop(0))
+        while True:
+            if self.held is not None:
+                self.go_live(self.snapshot(self.view))
                 continue
-            snapshot = self.snapshot(self.view)
-            # Nothing yields between the read and here: no event slips through.
+            if not self.waiting:
+                return
+            self.sock.send(self.waiting.pop(0))
+
+    def go_live(self, snapshot: Message) -> None:
+        """Queue the snapshot and the held messages after it, and stop holding.
+        If `held` overflowed with events newer than this snapshot, keep
+        holding: the caller reads another."""
+        with self.lock:
+            if self.dropped > snapshot.seq:
+                return
+            held, self.held, self.dropped = self.held, None, 0
+            # Frames still waiting were dispatched before holding began, so
+            # they are older than the snapshot: it replaces them.
+            self.waiting = [snapshot.frame(self.with_content)]
             self.sent = max(self.sent, snapshot.seq)
-            self.behind = False
-            self.sock.send(snapshot.frame(self.with_content))
+            for message in held:
+                if message.seq > self.sent:
+                    self.waiting.append(message.frame(self.with_content))
+                    self.sent = message.seq
 
 
 @dataclass
@@ -200,6 +244,10 @@ class Hub:
     # -- subscriptions -----------------------------------------------------------
 
     def subscribe(self, sub):
+        """Register `sub` for its view's events: every event the tailer
+        dispatches from here on reaches it. The caller reads its snapshot
+        after this call (DESIGN invariant 5); the tailer is started first, so
+        the snapshot's seq can never be behind where the tailer begins."""
         self._ensure_running()
         with self._lock:
             self._views.setdefault(sub.view.key, set()).add(sub)
@@ -228,7 +276,8 @@ class Hub:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 db = dbmod.connect(self.db_path)
-                self.last_seq = reads.last_seq(db)
+                if self._thread is None:  # a restarted tailer goes on where it stopped
+                    self.last_seq = reads.last_seq(db)
                 self._thread = threading.Thread(target=self._tail, args=(db,), daemon=True,
                                                 name="event-tailer")
                 self._thread.start()

@@ -52,13 +52,13 @@ def snapshot_message(view) -> Message:
 
 
 def websocket(ws) -> None:
-    """`WS /ws?job=<id>` or `?view=jobs`: a snapshot, then one message per event."""
+    """`WS /ws?job=<id>` or `?view=jobs`: a snapshot, then one message per event.
+    Subscribed before the snapshot is read (see SocketSubscription): the
+    first write_waiting sends it, then whatever the tailer held meanwhile."""
     try:
         view = view_from_args(request.args)
-        first = snapshot_message(view)
     except ApiError as exc:
-        ws.send(json.dumps({"error": exc.message}))
-        ws.close(reason=1008, message=exc.message)
+        refuse(ws, exc)
         return
     # A small kernel send buffer: a client that stops reading fills it soon,
     # and resyncs from a snapshot instead of the kernel holding megabytes of
@@ -67,7 +67,7 @@ def websocket(ws) -> None:
     ws.sock = WholeFrames(ws.sock)
     hub = app_state().hub
     sub = hub.subscribe(SocketSubscription(view, ws.sock, request.args.get("format") != "json",
-                                           first, snapshot_message))
+                                           snapshot_message))
     try:
         while ws.connected and not sub.closed:
             if sub.wake.wait(timeout=1.0):
@@ -75,11 +75,16 @@ def websocket(ws) -> None:
                 sub.write_waiting()
     except (ConnectionClosed, OSError):
         pass
-    except ApiError as exc:  # the job was deleted while this client was behind
-        ws.close(reason=1008, message=exc.message)
+    except ApiError as exc:  # an unknown job, or one deleted while this client was behind
+        refuse(ws, exc)
     finally:
         sub.closed = True
         hub.unsubscribe(sub)
+
+
+def refuse(ws, exc: ApiError) -> None:
+    ws.send(json.dumps({"error": exc.message}))
+    ws.close(reason=1008, message=exc.message)
 
 
 def follow(view, sub: QueueSubscription, sent: int, timeout: float
@@ -115,7 +120,7 @@ def server_sent_events():
     def stream():
         try:
             sent = None
-            if last_id.isdigit():
+            if last_id.isdigit() and can_replay_from(store.db, int(last_id)):
                 job_id = view.job_id if isinstance(view, JobView) else None
                 missed = reads.events_after(store.db, int(last_id), REPLAY_LIMIT, job_id)
                 if len(missed) < REPLAY_LIMIT:
@@ -137,6 +142,15 @@ def server_sent_events():
 
     return Response(stream_with_context(stream()), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def can_replay_from(db, seq: int) -> bool:
+    """Whether the table still holds every event after `seq`. A seq ahead of
+    the newest (a restored or replaced database) would leave the stream
+    silent until the table caught up; one before the oldest kept has lost
+    events to prune. Both get a snapshot instead."""
+    oldest, newest = reads.kept_seqs(db)
+    return newest > 0 and oldest - 1 <= seq <= newest
 
 
 def sse_message(seq: int, html: str) -> str:

@@ -3,6 +3,15 @@
 A view decides which events concern it and renders the fragment for each;
 the hub calls that once per event and shares the result. The pages render
 the same templates for their first load.
+
+Status vs content: a message's `status`, `version`, `log_count` are the
+event's own (what the row was when the event was written); its `content` is
+rendered from the row as it is NOW, which may already be newer, and carries
+its own `data-status`/`data-version`. The DOM converges because every
+`content` is the latest state and messages arrive in seq order; JSON clients
+apply the event fields in seq order and end at the same state. Snapshots
+likewise read their seq first and the rows after, so they may be newer than
+their seq, never older (README, "Live protocol notes").
 """
 
 from dataclasses import dataclass
@@ -151,7 +160,7 @@ class JobView:
             render.render_job_header(job, oob=True))
         fields = {"seq": seq, "context": "job", "job_id": job["id"], "step_id": None,
                   "status": job["status"], "version": job["version"], "snapshot": True,
-                  "steps": [{"step_id": s["id"], "status": s["status"],
+                  "steps": [{"step_id": s["id"], "name": s["name"], "status": s["status"],
                              "log_count": s["log_count"], "version": s["version"]}
                             for s in steps]}
         return fields, content
