@@ -152,6 +152,12 @@ class SocketSubscription:
         self.sent = message.seq
         self.batch.append(message.frame(self.with_content))
 
+    @property
+    def behind(self) -> bool:
+        """A snapshot is due (new, or fell behind): the hub's coalescing views
+        then send this connection their whole list once it is live."""
+        return self.held is not None
+
     def _hold(self, message: Message) -> None:
         if len(self.held) >= self.MAX_HELD:
             self.held.clear()
