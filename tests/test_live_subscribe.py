@@ -4,7 +4,6 @@ of the job after the snapshot's seq, none missing, none repeated, in order.
 Real gunicorn (gevent), a real worker, raw sockets."""
 
 import json
-import os
 import threading
 import time
 
@@ -14,7 +13,7 @@ import requests
 from stepline.store import reads
 
 from .conftest import make_definition
-from .live_server import ws_connect
+from .live_server import FrameReader, ws_connect
 
 ONE_STEP = '[step.busy]\ntype = "shell"\nrun = "true"\n'
 BURSTS = 10
@@ -22,59 +21,18 @@ CONNECTIONS_PER_BURST = 5  # of each kind
 WATCH_S = 60  # a connection that missed the last event gives up after this
 
 
-class FrameReader:
-    """Reads whole WebSocket text frames from a raw socket, one at a time."""
-
-    def __init__(self, sock):
-        self.sock, self.data = sock, b""
-
-    def _need(self, n: int) -> None:
-        while len(self.data) < n:
-            chunk = self.sock.recv(65536)
-            assert chunk, "server closed the WebSocket"
-            self.data += chunk
-
-    def message(self) -> dict:
-        while True:
-            opcode, payload = self.frame()
-            if opcode == 0x1:
-                return json.loads(payload)
-            assert opcode == 0x9, f"frame opcode {opcode:#x}: {payload[:200]!r}"
-            self.pong(payload)
-
-    def pong(self, payload: bytes) -> None:
-        """Answer the server's keepalive ping (client frames are masked)."""
-        mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.sock.sendall(bytes([0x8A, 0x80 | len(payload)]) + mask + masked)
-
-    def frame(self) -> tuple[int, bytes]:
-        self._need(2)
-        opcode = self.data[0] & 0x0F
-        length, pos = self.data[1] & 0x7F, 2
-        if length in (126, 127):
-            size = 2 if length == 126 else 8
-            self._need(2 + size)
-            length = int.from_bytes(self.data[2:2 + size], "big")
-            pos += size
-        self._need(pos + length)
-        payload, self.data = self.data[pos:pos + length], self.data[pos + length:]
-        return opcode, payload
-
-
 def watch_ws(port: int, job_id: str, final: list, out: list) -> None:
     """(seq, is_snapshot) of each message until the job's last event, or
     until the deadline."""
     sock = ws_connect(port, f"/ws?job={job_id}&format=json")
-    sock.settimeout(1)
     reader, got = FrameReader(sock), []
     deadline = time.monotonic() + WATCH_S
     try:
         while time.monotonic() < deadline and not (final and got and got[-1][0] >= final[0]):
-            try:
-                message = reader.message()
-            except TimeoutError:  # partial frames stay in the reader
+            frame = reader.next(timeout=1)  # a partial frame stays in the reader
+            if frame is None or frame[0] != 0x1:  # nothing yet, or a ping
                 continue
+            message = json.loads(frame[1])
             got.append((message["seq"], bool(message.get("snapshot"))))
     finally:
         sock.close()
