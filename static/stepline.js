@@ -14,20 +14,37 @@ window.stepline = {
   },
 };
 
+// The indicator says "offline" the moment the connection drops (htmx keeps
+// reconnecting), and "live" again once a message (the snapshot) arrives.
+function setLive(el, live) {
+  if (el.id !== "live") return;
+  el.classList.toggle("offline", !live);
+  el.textContent = live ? "live" : "offline \u2014 reconnecting";
+}
+for (const name of ["ws:after:message:incoming", "sse:after:message"]) {
+  document.addEventListener(`htmx:${name}`, (e) => setLive(e.target, true));
+}
+for (const name of ["ws:close", "sse:error", "sse:close"]) {
+  document.addEventListener(`htmx:${name}`, (e) => setLive(e.target, false));
+}
+// An SSE stream that ends cleanly fires no error: its next attempt says so.
+document.addEventListener("htmx:sse:before:connection", (e) => {
+  if (e.target.dataset.opened) setLive(e.target, false);
+  e.target.dataset.opened = "1";
+});
+
 // Fall back to SSE when the WebSocket never opens.
 document.addEventListener("htmx:ws:after:connection", (e) => {
   e.target.dataset.opened = "1";
-  e.target.classList.remove("offline");
 });
 document.addEventListener("htmx:ws:close", (e) => {
   const el = e.target;
-  el.classList.add("offline");
   if (el.dataset.opened || !el.dataset.sseUrl) return;
   const sse = document.createElement("span");
   sse.id = el.id;
   sse.className = "live";
   sse.setAttribute("hx-sse:connect", el.dataset.sseUrl);
-  sse.textContent = el.textContent;
+  sse.textContent = "live";
   el.replaceWith(sse);
   htmx.process(sse);
 });
@@ -90,11 +107,17 @@ function trimWindow(box) {
   document.getElementById(`${box.id}-earlier`).hidden = false;
 }
 
-// Running durations tick locally from the server's start time.
+// Running durations tick locally from the server's start time, in the
+// format of the server's duration() (stepline/web/render.py).
+stepline.duration = (s) => {
+  if (s < 60) return s < 10 ? s.toFixed(1) + "s" : s.toFixed(0) + "s";
+  const pad = (n) => String(n).padStart(2, "0");
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m}m ${pad(Math.floor(s % 60))}s`;
+  return `${Math.floor(m / 60)}h ${pad(m % 60)}m`;
+};
 setInterval(() => {
   for (const el of document.querySelectorAll("[data-since]")) {
-    const s = Date.now() / 1000 - parseFloat(el.dataset.since);
-    el.textContent = s < 10 ? s.toFixed(1) + "s" : s < 60 ? Math.floor(s) + "s"
-      : Math.floor(s / 60) + "m " + String(Math.floor(s % 60)).padStart(2, "0") + "s";
+    el.textContent = stepline.duration(Date.now() / 1000 - parseFloat(el.dataset.since));
   }
 }, 1000);

@@ -1,10 +1,16 @@
 """What a person does with a definition, in Chromium: look at its steps and
 its runs, run it, then re-run a finished job with one param changed."""
 
+import os
+import time
+
+import pytest
 import requests
 
+from stepline.web.render import duration
+
 from .conftest import wait_for
-from .test_browser import OUTPUT, browser, page, server  # noqa: F401 - fixtures
+from .test_browser import DEFS, OUTPUT, browser, page, server  # noqa: F401 - fixtures
 
 DEF = "slow_pipeline"
 
@@ -104,3 +110,82 @@ def test_cancel_a_job_and_see_its_cleanup_run(page, server, start_worker):
     assert status == {"long": "cancelled", "after": "cancelled", "cleanup": "completed"}
     assert rows["long"].locator(".error").inner_text() == "cancelled by user"
     assert rows["after"].locator(".error").count() == 0
+
+
+# A step whose one line (~1,000 characters) is wider than any phone.
+LONG_LINE = """
+name = "long_line"
+[step.talk]
+type = "shell"
+run = "echo short; yes long-line-word | head -n 70 | tr '\\n' ' '; echo; echo done"
+"""
+PHONE = {"width": 390, "height": 844}
+
+
+def page_width(page) -> int:
+    return page.evaluate("document.documentElement.scrollWidth")
+
+
+def test_a_job_on_a_390px_phone(browser, live_server, start_worker, tmp_path):
+    """A person on a phone: no page scrolls sideways, the log toolbar fits on
+    the screen, the expand toggle is finger-sized and a long log line scrolls
+    inside its panel, not the page."""
+    (tmp_path / "long_line.toml").write_text(LONG_LINE)
+    server = live_server(env={"STEPLINE_DEFINITIONS": f"{DEFS}{os.pathsep}{tmp_path}"})
+    context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    start_worker()
+    page.goto(f"{server.url}/definitions")
+    assert page_width(page) <= PHONE["width"]
+    page.tap("#run-long_line button[type=submit]")
+    page.wait_for_url(f"{server.url}/jobs/*")
+    page.locator(".job-header[data-status=completed]").wait_for(timeout=60_000)
+    page.goto(f"{server.url}/")
+    assert page_width(page) <= PHONE["width"]
+
+    page.go_back()
+    toggle = page.locator("tr.step-row .toggle").first
+    box = toggle.bounding_box()
+    assert box["width"] >= 32 and box["height"] >= 32
+    toggle.tap()
+    lines = page.locator(".log-panel .log-lines")
+    wait_for(lambda: lines.locator(".ll").count() == 3, 15, what="the log lines")
+    assert page_width(page) <= PHONE["width"]
+    for control in page.locator(".log-tools > *").all():
+        box = control.bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], control.inner_html()
+    # the long line scrolls inside the panel, which itself fits the screen
+    assert lines.evaluate("e => e.scrollWidth > e.clientWidth")
+    assert lines.bounding_box()["x"] + lines.bounding_box()["width"] <= PHONE["width"]
+    OUTPUT.mkdir(exist_ok=True)
+    page.screenshot(path=str(OUTPUT / "job-page-390px.png"), full_page=True)
+
+    for path in ("/definitions", "/definitions/slow_pipeline"):
+        page.goto(f"{server.url}{path}")
+        assert page_width(page) <= PHONE["width"], path
+    context.close()
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse"])
+def test_live_indicator_says_offline_at_once_and_live_again(page, server, live_server,
+                                                            transport):
+    page.goto(f"{server.url}/?transport={transport}")
+    live = page.locator("#live")
+    wait_for(lambda: page.evaluate("document.getElementById('live').dataset.opened"),
+             what="the live connection")
+    wait_for(lambda: live.inner_text() == "live", 10, what="the first snapshot")
+    assert live.inner_text() == "live"
+    server.stop()  # returns once gunicorn has exited: its sockets are closed
+    wait_for(lambda: "live" != live.inner_text(), 2, what="the offline indicator")
+    assert "offline" in live.inner_text()
+    live_server(port=server.port, env={"STEPLINE_DEFINITIONS": str(DEFS)})
+    wait_for(lambda: live.inner_text() == "live", 30, what="live again after the restart")
+
+
+def test_running_durations_tick_in_the_servers_format(page, server):
+    page.goto(f"{server.url}/")
+    for seconds in (0.4, 9.5, 42, 65, 3599, 3725, 90061):
+        started = time.time() - seconds
+        assert page.evaluate("s => stepline.duration(s)", seconds) == duration(
+            started, started + seconds), seconds
+    assert page.evaluate("stepline.duration(3725)") == "1h 02m"
