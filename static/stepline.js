@@ -121,3 +121,13 @@ setInterval(() => {
     el.textContent = stepline.duration(Date.now() / 1000 - parseFloat(el.dataset.since));
   }
 }, 1000);
+
+// The view toggles (timestamps, follow) change the view only: their input
+// and change events must never reach the panel's filter form, which would
+// reload the panel and reset them. Stopped on the way down; the box still
+// toggles.
+for (const type of ["input", "change"]) {
+  document.addEventListener(type, (event) => {
+    if (event.target.matches(".ts-toggle, .follow")) event.stopPropagation();
+  }, true);
+}

@@ -237,8 +237,7 @@ def follow_job(store: Store, job_id: str) -> int:
             key = event["step_id"] or "job"
             if event["status"] != shown.get(key):
                 shown[key] = event["status"]
-                step = reads.get_step(store.db, event["step_id"]) if event["step_id"] else None
-                name = f"step {step['name']}" if step else "job"
+                name = f"step {event['step_name']}" if event["step_id"] else "job"
                 clear = "\r\033[K" if on_tty and progress_shown else ""
                 progress_shown = "" if clear else progress_shown
                 print(f"{clear}{time.strftime('%H:%M:%S')} {name}: {event['status']}", flush=True)
@@ -274,7 +273,7 @@ def progress_line(steps: list[dict]) -> str:
     """`code_map: 12/40 tasks, 1 failed, 830 lines | report: 3 lines`."""
     parts = []
     for step in steps:
-        if step["status"] != "running":
+        if step["status"] != Status.RUNNING:
             continue
         t = step["tasks"]
         total = sum(t.values())

@@ -5,7 +5,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 from stepline.cli import build_parser
 
@@ -38,12 +37,10 @@ def test_serve_on_a_busy_port_says_so_in_one_line(db_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        started = time.monotonic()
         result = stepline(db_path, "serve", "--port", str(port), timeout=30)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [
         f"stepline: cannot listen on 127.0.0.1:{port}: Address already in use (pass --port)"]
-    assert time.monotonic() - started < 10  # not gunicorn's 5 s of retries
 
 
 def test_global_options_go_before_or_after_the_command(tmp_path, db_path):

@@ -5,7 +5,6 @@ far fewer messages than there were events."""
 
 import re
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -13,9 +12,9 @@ import requests
 from stepline.store import reads
 
 from .conftest import wait_for
+from .test_browser import browser  # noqa: F401 - the shared Chromium fixture
 
 pytestmark = pytest.mark.browser
-CHROMIUM = "/usr/bin/chromium"
 JOBS = 100
 RATE = 20  # jobs/s submitted through the API
 PAGES = ["/", "/?status=completed", "/?page=2", "/?transport=sse"]
@@ -50,21 +49,6 @@ def fresh_state(url: str) -> dict:
     return {"rows": [[i, s, v] for i, s, v in ROW.findall(rows)],
             "counts": {label: n for n, label in COUNT.findall(html)},
             "pager": PAGER.search(html).group(1)}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (.ci/run does)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"])
-        yield browser
-        browser.close()
 
 
 def burst_then_compare(browser, store, live_server, start_worker, tmp_path) -> None:

@@ -189,3 +189,22 @@ def test_running_durations_tick_in_the_servers_format(page, server):
         assert page.evaluate("s => stepline.duration(s)", seconds) == duration(
             started, started + seconds), seconds
     assert page.evaluate("stepline.duration(3725)") == "1h 02m"
+
+
+def test_view_toggles_stay_as_the_person_left_them(page, server, start_worker):
+    """Tick "timestamps", untick "follow", look again 2 s later: both stay as
+    set and the times show (they used to reload the panel and reset)."""
+    start_worker()
+    page.goto(f"{server.url}/definitions")
+    page.click(f"#run-{DEF} button[type=submit]")
+    page.wait_for_url(f"{server.url}/jobs/*")
+    job_id = page.url.rsplit("/", 1)[1]
+    wait_for(lambda: job_status(server, job_id) == "completed", timeout=60, what="the job")
+    page.locator("tr.step-row button.toggle").first.click()
+    page.wait_for_selector(".log-panel .ts-toggle")
+    page.check(".log-panel .ts-toggle")
+    page.uncheck(".log-panel .follow")
+    page.wait_for_timeout(2000)
+    assert page.is_checked(".log-panel .ts-toggle")
+    assert not page.is_checked(".log-panel .follow")
+    assert page.locator(".log-panel .ll .ts").first.is_visible()

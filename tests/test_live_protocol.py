@@ -145,8 +145,8 @@ def test_ws_jobs_view_coalesces_every_event_into_few_messages(store, live_server
     assert sum(m["events"] for m in messages) == last - snapshot["seq"] == 200
     assert len(messages) < 50  # 200 events, coalesced
     for m in messages:
-        assert set(m) == {"seq", "context", "job_id", "step_id", "status", "log_refresh",
-                          "log_count", "version", "events", "list", "jobs"}
+        assert set(m) == {"seq", "context", "job_id", "step_id", "step_name", "status",
+                          "log_refresh", "log_count", "version", "events", "list", "jobs"}
     shown = reads.list_jobs(store.db, limit=25)[0]
     assert messages[-1]["jobs"][0]["job_id"] == shown[0]["id"]  # the newest job, on top
 

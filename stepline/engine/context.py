@@ -111,6 +111,9 @@ class StepContext:
                     if attempt < self.retries and not self.cancelled:
                         self.writer.task(task_id, Status.PENDING, error)
                         continue
+                    if self.cancelled:  # stopped, not broken: the step says why
+                        self.writer.task(task_id, Status.CANCELLED)
+                        break
                     self.writer.task(task_id, Status.FAILED, error)
                     with lock:
                         failed.append((index, error))

@@ -180,8 +180,9 @@ class JobRun:
     def stop(self, reason: StopReason) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
-        if self.ctx is not None and not self._runs_anyway(self.ctx_always_run):
-            self.ctx.stop(reason)
+        ctx = self.ctx  # once: the job's own thread may clear it meanwhile
+        if ctx is not None and not self._runs_anyway(self.ctx_always_run):
+            ctx.stop(reason)
 
     def _runs_anyway(self, always_run: bool) -> bool:
         """An always_run step (a cleanup) runs to its end when the job is
@@ -192,8 +193,8 @@ class JobRun:
         now = time.time()
         if self.job_deadline and now > self.job_deadline:
             self.stop(StopReason.JOB_TIMEOUT)
-        elif self.step_deadline and now > self.step_deadline and self.ctx is not None:
-            self.ctx.stop(StopReason.STEP_TIMEOUT)
+        elif self.step_deadline and now > self.step_deadline and (ctx := self.ctx) is not None:
+            ctx.stop(StopReason.STEP_TIMEOUT)
 
     def run(self) -> None:
         try:

@@ -122,8 +122,8 @@ def get_step(db: Database, step_id: str) -> dict | None:
 
 def step_tasks(db: Database, step_id: str, status: str | None = None, offset: int = 0,
                limit: int = 50) -> tuple[list[dict], int]:
-    """One page of a step's tasks in index order (failed ones only, with a
-    status), and how many there are in all."""
+    """One page of a step's tasks in index order (filtered by `status` when
+    given), and how many there are in all."""
     where, args = "step_id = ?" + (" AND status = ?" if status else ""), [step_id]
     args += [status] if status else []
     total = db.execute(f"SELECT count(*) FROM tasks WHERE {where}", args).fetchone()[0]

@@ -92,8 +92,9 @@ class Tx:
         if kind == "task":
             self._move_task_counter(entity_id, current, to)
         elif kind == "step":
-            self._touched.pop(str(entity_id), None)
-            self._write_step_event(str(entity_id), log_refresh=False)
+            # lines appended earlier in this transaction still need their refresh
+            refresh = bool(self._touched.pop(str(entity_id), False))
+            self._write_step_event(str(entity_id), log_refresh=refresh)
         else:
             self.write_job_event(str(entity_id))
 

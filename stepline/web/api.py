@@ -101,7 +101,8 @@ def logs_txt(job_id: str, step_id: str):
             when = datetime.fromtimestamp(row["ts"], UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
             yield f"{row['line']} {when[:-3]}Z {row['level']:<5} {row['message']}\n"
 
-    filename = f"{job_id}-{step['name']}.log".replace('"', "")
+    # ids only: a step name may hold any character, a header may not
+    filename = f"{job_id}-{step['id']}.log"
     return Response(stream_with_context(lines()), mimetype="text/plain",
                     headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 

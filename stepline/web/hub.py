@@ -86,9 +86,15 @@ class QueueSubscription:
         try:
             self.inbox.put_nowait(message)
         except queue.Full:
-            self.lagging = True  # the reader resyncs from a snapshot
-            while not self.inbox.empty():
-                self.inbox.get_nowait()
+            self.resync()
+
+    def resync(self) -> None:
+        """Drop the backlog; the reader sends a snapshot at once (the None
+        wakes it: no later event may come to do that)."""
+        self.lagging = True
+        while not self.inbox.empty():
+            self.inbox.get_nowait()
+        self.inbox.put_nowait(None)
 
     def get(self, timeout: float) -> Message | None:
         try:
@@ -151,6 +157,13 @@ class SocketSubscription:
             return
         self.sent = message.seq
         self.batch.append(message.frame(self.with_content))
+
+    def resync(self) -> None:
+        """Drop what waits and send a fresh snapshot (a message was lost)."""
+        with self.lock:
+            self.waiting.clear()
+            self.held = []
+        self.wake.set()
 
     @property
     def behind(self) -> bool:
@@ -338,9 +351,11 @@ class Hub:
                 continue
             try:
                 content = self.call(view.render_event, event)
-            except Exception as exc:  # never let one bad render stop the stream
+            except Exception as exc:  # never let one bad render stop the stream...
                 print(f"stepline: render {view.key} seq {event['seq']}: {exc}",
                       file=sys.stderr)
+                for sub in list(subs):  # ...nor leave its watchers an event short
+                    sub.resync()
                 continue
             message = Message(event["seq"], event_fields(event), content)
             for sub in list(subs):
@@ -375,6 +390,8 @@ class Hub:
                 print(f"stepline: render {key} seq {events[-1]['seq']}: {exc}",
                       file=sys.stderr)
                 batch.shown = None
+                for sub in subs:  # their pages missed these events: fresh snapshots
+                    sub.resync()
                 continue
             # One that fell behind resyncs from a snapshot of its own: it too
             # gets the whole list once it is back.

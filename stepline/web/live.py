@@ -115,9 +115,11 @@ def server_sent_events():
     if isinstance(view, JobView) and reads.get_job(store.db, view.job_id) is None:
         raise ApiError(404, f"job {view.job_id} not found")  # while a status can still say so
     last_id = request.headers.get("Last-Event-ID", "")
-    sub = hub.subscribe(QueueSubscription(view, "sse"))  # before reading: nothing falls between
 
     def stream():
+        # Subscribed here, inside the generator, so its `finally` always
+        # unsubscribes; and before reading: nothing falls between.
+        sub = hub.subscribe(QueueSubscription(view, "sse"))
         try:
             sent = None
             if last_id.isdigit() and can_replay_from(store.db, int(last_id)):

@@ -24,6 +24,8 @@ ERRORS = {str(code): _json(_ref("Error"), text) for code, text in
           ((400, "Bad request"), (401, "Authentication required"), (404, "Not found"),
            (409, "Conflict with the job's state"),
            (503, "Database unavailable (locked, full): nothing changed; retry"))}
+# A request line over gunicorn's limit (4,094 bytes) is refused before Stepline sees it.
+ERRORS["414"] = {"description": "URI too long (answered by gunicorn, not JSON)"}
 # A POST that is neither JSON nor bearer-authenticated could come from a foreign page.
 POST_ERRORS = {**ERRORS, "403": _json(_ref("Error"), "Missing CSRF token: send JSON or a"
                                                      " bearer token")}

@@ -87,7 +87,11 @@ def render_log_lines(step: dict, lines: list[dict], filters: dict, mode: str,
 def duration(started: float | None, finished: float | None) -> str:
     if not started:
         return ""
-    seconds = (finished or time.time()) - started
+    return span((finished or time.time()) - started)
+
+
+def span(seconds: float) -> str:
+    """`4.2s`, `12s`, `3m 05s`, `1h 02m`."""
     if seconds < 60:
         return f"{seconds:.1f}s" if seconds < 10 else f"{seconds:.0f}s"
     minutes, secs = divmod(int(seconds), 60)
@@ -127,7 +131,7 @@ def register(app: Flask) -> None:
     app.jinja_env.trim_blocks = True
     app.jinja_env.lstrip_blocks = True
     app.jinja_env.filters.update(
-        ansi=ansi_to_html, duration=duration, clock=clock, datetime=datetime_text,
+        ansi=ansi_to_html, duration=duration, span=span, clock=clock, datetime=datetime_text,
         items=lambda mapping: list(mapping.items()),
         item=lambda mapping, key, default=None: mapping.get(key, default),
     )

@@ -23,6 +23,13 @@ from stepline.web import render
 from stepline.web.http import ApiError, page_arg, status_arg
 
 
+def message_fields(seq: int, **known) -> dict:
+    """Every key DESIGN's live message has, null where a message (a snapshot,
+    a coalesced batch) has no one event to describe."""
+    return {"seq": seq, "context": "job", "job_id": None, "step_id": None, "step_name": None,
+            "status": None, "log_refresh": False, "log_count": None, "version": None, **known}
+
+
 @dataclass(frozen=True)
 class JobsFilters:
     status: str | None = None
@@ -106,9 +113,7 @@ class JobsView:
                                                 pager=now != shown)
         if whole or any(e["context"] == "job" for e in events):
             content += render.render_metrics(reads.status_counts(db), oob=True)
-        fields = {"seq": events[-1]["seq"], "context": "job", "job_id": None, "step_id": None,
-                  "status": None, "log_refresh": False, "log_count": None, "version": None,
-                  "events": len(events), "list": whole,
+        fields = {**message_fields(events[-1]["seq"]), "events": len(events), "list": whole,
                   "jobs": [{"job_id": j["id"], "status": j["status"], "version": j["version"]}
                            for j in rows]}
         return fields, content, now
@@ -116,8 +121,7 @@ class JobsView:
     def snapshot(self, db) -> tuple[dict, str]:
         seq = reads.last_seq(db)
         content, jobs = self.metrics_and_list(db)
-        fields = {"seq": seq, "context": "job", "job_id": None, "step_id": None,
-                  "snapshot": True,
+        fields = {**message_fields(seq), "snapshot": True,
                   "jobs": [{"job_id": j["id"], "status": j["status"], "version": j["version"]}
                            for j in jobs]}
         return fields, content
@@ -158,8 +162,8 @@ class JobView:
         # anything after them still parses, anything before would drop them.
         content = "".join(render.render_step_row(s, oob=True) for s in steps) + (
             render.render_job_header(job, oob=True))
-        fields = {"seq": seq, "context": "job", "job_id": job["id"], "step_id": None,
-                  "status": job["status"], "version": job["version"], "snapshot": True,
+        fields = {**message_fields(seq, job_id=job["id"], status=job["status"],
+                                   version=job["version"]), "snapshot": True,
                   "steps": [{"step_id": s["id"], "name": s["name"], "status": s["status"],
                              "log_count": s["log_count"], "version": s["version"]}
                             for s in steps]}
