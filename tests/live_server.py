@@ -133,6 +133,19 @@ def read_frames(sock: socket.socket) -> list[tuple[int, bytes]]:
     return frames
 
 
+def recv_until(sock: socket.socket, deadline: float) -> bytes | None:
+    """What the socket has before `deadline` (monotonic): None if nothing came,
+    b"" if the peer closed."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        return None
+    sock.settimeout(remaining)
+    try:
+        return sock.recv(65536)
+    except TimeoutError:
+        return None
+
+
 class FrameReader:
     """A raw WebSocket's server frames one at a time as they arrive
     (read_frames waits for the connection to end)."""
@@ -146,13 +159,8 @@ class FrameReader:
         within `timeout`; (0x8, b"") when the server closed the connection."""
         deadline = time.monotonic() + timeout
         while (frame := self._take()) is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            self.sock.settimeout(remaining)
-            try:
-                chunk = self.sock.recv(65536)
-            except TimeoutError:
+            chunk = recv_until(self.sock, deadline)
+            if chunk is None:
                 return None
             if not chunk:
                 return 0x8, b""
@@ -215,13 +223,8 @@ class SseReader:
                         data.append(line[5:].removeprefix(" "))
                 if data or event_id is not None:
                     return event_id, "\n".join(data)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            self.sock.settimeout(remaining)
-            try:
-                chunk = self.sock.recv(65536)
-            except TimeoutError:
+            chunk = recv_until(self.sock, deadline)
+            if chunk is None:
                 return None
             if not chunk:
                 raise EOFError("the server closed the event stream")
