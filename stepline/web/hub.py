@@ -5,11 +5,9 @@ each event out to the connections watching an affected view.
 A fragment is rendered once per event and view, encoded once, and the same
 bytes go to every subscriber. A coalescing view (the jobs list) instead gets
 one message per COALESCE_S for all its events since the last (see
-`Hub.send_batches` and `JobsView.render_batch`). A connection that falls behind gets a fresh
-snapshot instead of an unbounded backlog. Under gunicorn's gevent worker
-`threading`, `queue` and `time` are monkey-patched, so the tailer is a
-greenlet and the queues are gevent-friendly; under a plain server they are
-real threads.
+`Hub.send_batches`, `JobsView.render_batch`). One that falls behind gets a
+fresh snapshot instead of an unbounded backlog. Under gevent (monkey-patched)
+the tailer is a greenlet; under a plain server, a thread.
 
 SSE connections take messages from a bounded queue; WebSocket connections
 are written to by the tailer itself without blocking (see
@@ -62,14 +60,13 @@ class Message:
         return self._frames[with_content]
 
 
+# Every live message's fields (DESIGN "HTTP and live protocol"): one event's row.
+EVENT_KEYS = ("seq", "context", "job_id", "step_id", "step_name", "status", "log_refresh",
+              "log_count", "version")
+
+
 def event_fields(event: dict) -> dict[str, Any]:
-    return {
-        "seq": event["seq"], "context": event["context"], "job_id": event["job_id"],
-        "step_id": event["step_id"], "step_name": event["step_name"],
-        "status": event["status"],
-        "log_refresh": bool(event["log_refresh"]), "log_count": event["log_count"],
-        "version": event["version"],
-    }
+    return {**{key: event[key] for key in EVENT_KEYS}, "log_refresh": bool(event["log_refresh"])}
 
 
 @dataclass(eq=False)

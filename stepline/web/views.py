@@ -21,13 +21,14 @@ from urllib.parse import urlencode
 from stepline.store import reads
 from stepline.web import render
 from stepline.web.http import ApiError, page_arg, status_arg
+from stepline.web.hub import EVENT_KEYS
 
 
 def message_fields(seq: int, **known) -> dict:
     """Every key DESIGN's live message has, null where a message (a snapshot,
     a coalesced batch) has no one event to describe."""
-    return {"seq": seq, "context": "job", "job_id": None, "step_id": None, "step_name": None,
-            "status": None, "log_refresh": False, "log_count": None, "version": None, **known}
+    return {**dict.fromkeys(EVENT_KEYS), "seq": seq, "context": "job", "log_refresh": False,
+            **known}
 
 
 @dataclass(frozen=True)
