@@ -254,15 +254,17 @@ def follow_job(store: Store, job_id: str) -> int:
                       f"{tasks}){error}")
             print(f"job {job_id} {job['status']}" + (f": {job['error']}" if job["error"] else ""))
             return 0 if job["status"] == Status.COMPLETED else 1
-        progress = progress_line(reads.job_steps(store.db, job_id))
-        if on_tty and progress != progress_shown:
-            width = shutil.get_terminal_size().columns - 1
-            print(f"\r\033[K{progress[:width]}", end="", flush=True)
-            progress_shown = progress
-        elif (not on_tty and progress and progress != progress_shown
-              and time.monotonic() - progress_at >= PROGRESS_EVERY_S):
-            print(f"{time.strftime('%H:%M:%S')} {progress}", flush=True)
-            progress_shown, progress_at = progress, time.monotonic()
+        if on_tty:
+            progress = progress_line(reads.job_steps(store.db, job_id))
+            if progress != progress_shown:
+                width = shutil.get_terminal_size().columns - 1
+                print(f"\r\033[K{progress[:width]}", end="", flush=True)
+                progress_shown = progress
+        elif time.monotonic() - progress_at >= PROGRESS_EVERY_S:  # read only when due
+            progress = progress_line(reads.job_steps(store.db, job_id))
+            if progress and progress != progress_shown:
+                print(f"{time.strftime('%H:%M:%S')} {progress}", flush=True)
+                progress_shown, progress_at = progress, time.monotonic()
         time.sleep(0.2)
 
 

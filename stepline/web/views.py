@@ -24,6 +24,11 @@ from stepline.web.http import ApiError, page_arg, status_arg
 from stepline.web.hub import EVENT_KEYS
 
 
+def job_states(jobs: list[dict]) -> list[dict]:
+    """The `jobs` field of a jobs-list message: each row's status and version."""
+    return [{"job_id": j["id"], "status": j["status"], "version": j["version"]} for j in jobs]
+
+
 def message_fields(seq: int, **known) -> dict:
     """Every key DESIGN's live message has, null where a message (a snapshot,
     a coalesced batch) has no one event to describe."""
@@ -109,22 +114,20 @@ class JobsView:
         else:
             touched = {e["job_id"] for e in events} | (set(now.ids) - set(shown.ids))
             rows = [j for j in jobs if j["id"] in touched]
-            left = [i for i in shown.ids if i not in set(now.ids)]
+            still = set(now.ids)
+            left = [i for i in shown.ids if i not in still]
             content = render.render_job_changes(rows, left, total, self.filters,
                                                 pager=now != shown)
         if whole or any(e["context"] == "job" for e in events):
             content += render.render_metrics(reads.status_counts(db), oob=True)
         fields = {**message_fields(events[-1]["seq"]), "events": len(events), "list": whole,
-                  "jobs": [{"job_id": j["id"], "status": j["status"], "version": j["version"]}
-                           for j in rows]}
+                  "jobs": job_states(rows)}
         return fields, content, now
 
     def snapshot(self, db) -> tuple[dict, str]:
         seq = reads.last_seq(db)
         content, jobs = self.metrics_and_list(db)
-        fields = {**message_fields(seq), "snapshot": True,
-                  "jobs": [{"job_id": j["id"], "status": j["status"], "version": j["version"]}
-                           for j in jobs]}
+        fields = {**message_fields(seq), "snapshot": True, "jobs": job_states(jobs)}
         return fields, content
 
 
