@@ -9,6 +9,7 @@ from stepline.store import reads
 from stepline.web.http import (
     ApiError,
     app_state,
+    current_db,
     int_arg,
     job_or_404,
     level_arg,
@@ -19,10 +20,6 @@ from stepline.web.http import definitions as loaded_definitions
 from stepline.web.openapi import SPEC
 
 bp = Blueprint("api", __name__)
-
-
-def _db():
-    return app_state().store.db
 
 
 def job_json(job: dict) -> dict:
@@ -57,7 +54,7 @@ def list_jobs():
     args = request.args
     limit = int_arg(args, "limit", 50, low=1, high=500)
     offset = int_arg(args, "offset", 0)
-    jobs, total = reads.list_jobs(_db(), status=status_arg(args), q=args.get("q") or None,
+    jobs, total = reads.list_jobs(current_db(), status=status_arg(args), q=args.get("q") or None,
                                     limit=limit, offset=offset)
     return jsonify(jobs=[job_json(j) for j in jobs], total=total, limit=limit, offset=offset)
 
@@ -66,12 +63,12 @@ def list_jobs():
 def get_job(job_id: str):
     job = job_or_404(job_id)
     return jsonify({**job_json(job),
-                    "steps": [step_json(s) for s in reads.job_steps(_db(), job_id)]})
+                    "steps": [step_json(s) for s in reads.job_steps(current_db(), job_id)]})
 
 
 @bp.get("/api/jobs/<job_id>/structure")
 def structure(job_id: str):
-    body = reads.structure_json(_db(), job_id)
+    body = reads.structure_json(current_db(), job_id)
     if body is None:
         raise ApiError(404, f"job {job_id} not found")
     return Response(body, mimetype="application/json")
@@ -84,9 +81,9 @@ def logs(job_id: str, step_id: str):
     after = int_arg(args, "after", 0)
     limit = int_arg(args, "limit", 1000, low=1, high=10_000)
     filters = {"level": level_arg(args), "q": args.get("q") or None}
-    lines = reads.log_lines(_db(), step_id, after=after, limit=limit, **filters)
+    lines = reads.log_lines(current_db(), step_id, after=after, limit=limit, **filters)
     return jsonify(lines=lines, next_after=lines[-1]["line"] if lines else after,
-                   total=reads.count_log_lines(_db(), step_id, **filters))
+                   total=reads.count_log_lines(current_db(), step_id, **filters))
 
 
 @bp.get("/api/jobs/<job_id>/steps/<step_id>/logs.txt")
@@ -111,7 +108,7 @@ def logs_txt(job_id: str, step_id: str):
 def tasks(job_id: str, step_id: str):
     step_or_404(job_id, step_id)
     args = request.args
-    rows, total = reads.step_tasks(_db(), step_id, status=status_arg(args),
+    rows, total = reads.step_tasks(current_db(), step_id, status=status_arg(args),
                                    offset=int_arg(args, "offset", 0),
                                    limit=int_arg(args, "limit", 50, low=1, high=1000))
     return jsonify(tasks=rows, total=total)
@@ -158,13 +155,13 @@ def delete(job_id: str):
 
 @bp.get("/healthz")
 def healthz():
-    reads.last_seq(_db())
+    reads.last_seq(current_db())
     return jsonify(ok=True)
 
 
 @bp.get("/metrics")
 def metrics():
-    db = _db()
+    db = current_db()
     lines = ["# HELP stepline_jobs Jobs by status.", "# TYPE stepline_jobs gauge"]
     lines += [f'stepline_jobs{{status="{s}"}} {n}' for s, n in reads.status_counts(db).items()]
     lines += ["# HELP stepline_running_steps Steps running now.",

@@ -26,8 +26,13 @@ def app_state() -> "Stepline":
     return current_app.extensions["stepline"]
 
 
+def current_db():
+    """This process's store connection (one per OS thread, see store.sqlite)."""
+    return app_state().store.db
+
+
 def job_or_404(job_id: str) -> dict:
-    job = reads.get_job(app_state().store.db, job_id)
+    job = reads.get_job(current_db(), job_id)
     if job is None:
         raise ApiError(404, f"job {job_id} not found")
     return job
@@ -35,7 +40,7 @@ def job_or_404(job_id: str) -> dict:
 
 def step_or_404(job_id: str, step_id: str) -> dict:
     """One query: a step of another job (or of no job) is not found either."""
-    step = reads.get_step(app_state().store.db, step_id)
+    step = reads.get_step(current_db(), step_id)
     if step is None or step["job_id"] != job_id:
         raise ApiError(404, f"step {step_id} not found in job {job_id}")
     return step

@@ -14,6 +14,7 @@ from stepline.web import charts, render
 from stepline.web.http import (
     ApiError,
     app_state,
+    current_db,
     definitions,
     int_arg,
     job_or_404,
@@ -36,7 +37,7 @@ def jobs_page():
     # the jobs list, whatever else the query holds (?job= and ?view= are for /ws, /events)
     filters = jobs_filters(request.args)
     view = JobsView(filters)
-    db = app_state().store.db
+    db = current_db()
     jobs, total = view.page_of_jobs(db)
     return render_template("jobs.html", jobs=jobs, total=total,
                            pages=render.page_count(total), filters=filters,
@@ -47,7 +48,7 @@ def jobs_page():
 @bp.get("/jobs/<job_id>")
 def job_page(job_id: str):
     job = job_or_404(job_id)
-    steps = reads.job_steps(app_state().store.db, job_id)
+    steps = reads.job_steps(current_db(), job_id)
     return render_template("job.html", job=job, steps=steps, oob=False,
                            **_live(f"job={job_id}"))
 
@@ -57,7 +58,7 @@ def log_panel(job_id: str, step_id: str):
     """Expanding a step: its log tail (filtered when asked), as one fragment."""
     step = step_or_404(job_id, step_id)
     filters = {"level": level_arg(request.args), "q": request.args.get("q") or None}
-    db = app_state().store.db
+    db = current_db()
     lines = reads.log_lines(db, step_id, limit=render.TAIL_LINES, tail=True, **filters)
     # Fewer than a full page means the scan saw every match: no second scan to count.
     matches = len(lines) if len(lines) < render.TAIL_LINES else None
@@ -70,7 +71,7 @@ def log_lines(job_id: str, step_id: str):
     step = step_or_404(job_id, step_id)
     args = request.args
     filters = {"level": level_arg(args), "q": args.get("q") or None}
-    db = app_state().store.db
+    db = current_db()
     if args.get("before"):
         before = int_arg(args, "before", 0)
         lines = reads.log_lines(db, step_id, before=before, limit=render.TAIL_LINES,
@@ -130,7 +131,7 @@ def definition_page(name: str):
     if request.args.get("from"):
         job = job_or_404(request.args["from"])
         values = {k: v for k, v in job["params"].items() if k in definition.params}
-    runs = reads.definition_runs(app_state().store.db, name, limit=HISTORY_RUNS)
+    runs = reads.definition_runs(current_db(), name, limit=HISTORY_RUNS)
     return render_template(
         "definition.html", d=definition, source=Path(definition.path).read_text("utf-8"),
         graph=charts.dependency_graph(definition), history=charts.run_history(runs, time.time()),
