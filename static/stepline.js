@@ -8,11 +8,58 @@ window.stepline = {
       body.replaceChildren();
       button.setAttribute("aria-expanded", "false");
     } else {
-      button.setAttribute("aria-expanded", "true");
-      htmx.ajax("GET", button.dataset.panelUrl, {target: body, swap: "innerHTML"});
+      openPanel(button, body, button.dataset.panelUrl);
     }
   },
 };
+
+function openPanel(button, body, url) {
+  button.setAttribute("aria-expanded", "true");
+  htmx.ajax("GET", url, {target: body, swap: "innerHTML"}).then(() => place(body));
+}
+
+// Where an opened panel starts: at its marked line (a failed step's first
+// error, a linked line), else at its last line, with no scrolling left to do.
+function place(body) {
+  const box = body.querySelector(".log-lines");
+  if (!box) return;
+  const at = box.querySelector(".ll.at");
+  if (at) at.scrollIntoView({block: "center"});
+  else scrollToEnd(box);
+}
+function scrollToEnd(box, frames = 2) {
+  box.scrollTop = box.scrollHeight;
+  // Blocks get their real height once laid out in view (content-visibility):
+  // the height changes once or twice more.
+  if (frames) requestAnimationFrame(() => scrollToEnd(box, frames - 1));
+}
+
+// A link to a line (#log-<step>-L<n>): the line is marked; a line not on the
+// page opens its step's panel around it. A click on a line number is such a
+// link (the browser puts it in the URL).
+function openLink() {
+  const link = location.hash.match(/^#log-(.+)-L(\d+)$/);
+  if (!link) return;
+  const line = document.getElementById(location.hash.slice(1));
+  if (line) {
+    for (const old of line.parentElement.parentElement.querySelectorAll(".ll.at")) {
+      old.classList.remove("at");
+    }
+    line.classList.add("at");
+    return;
+  }
+  const button = document.getElementById(`toggle-${link[1]}`);
+  if (!button) return;
+  const url = new URL(button.dataset.panelUrl, location.href);
+  url.searchParams.set("at", link[2]);
+  openPanel(button, document.getElementById(`panel-body-${link[1]}`), url.pathname + url.search);
+}
+window.addEventListener("hashchange", openLink);
+document.addEventListener("DOMContentLoaded", () => {
+  // a failed job's page comes with its failed step open (server-rendered)
+  for (const panel of document.querySelectorAll(".log-panel")) place(panel.parentElement);
+  openLink();
+});
 
 // The indicator says "offline" the moment the connection drops (htmx keeps
 // reconnecting), and "live" again once a message (the snapshot) arrives.
@@ -54,32 +101,46 @@ document.addEventListener("htmx:ws:close", (e) => {
 // element never reach a document listener).
 const lineOf = (row) => row && parseInt(row.id.slice(row.id.lastIndexOf("L") + 1));
 const logBox = (ctx) => ctx?.target?.classList?.contains("log-lines") ? ctx.target : null;
+const cursorOf = (box) => document.getElementById(`${box.id}-cursor`);
 htmx.registerExtension("stepline-logs", {
-  // A request takes its line number from the panel when it is sent, not when
-  // it was triggered: a queued request (hx-sync "queue last") was built
-  // earlier, and its `after` would fetch lines the panel already holds.
+  // A request takes the panel's state (its cursor: last line, filter, match
+  // count) when it is sent, not when it was triggered: a queued request
+  // (hx-sync "queue last") was built earlier, and its `after` would fetch
+  // lines the panel already holds. A new filter (`tail`) sends the form's.
   htmx_before_request: (elt, {ctx}) => {
     const box = logBox(ctx);
     if (!box) return;
     const url = new URL(ctx.request.action, location.href);
+    if (url.searchParams.has("tail")) return;
+    for (const input of cursorOf(box).querySelectorAll("input")) {
+      url.searchParams.set(input.name, input.value);
+    }
     if (url.searchParams.has("before")) {
       url.searchParams.set("before", lineOf(box.querySelector(".ll")) || 1);
-    } else {
-      url.searchParams.set("after", document.querySelector(`#${box.id}-cursor [name=after]`).value);
     }
     ctx.request.action = url.pathname + url.search;
   },
-  // Follow mode: stick to the bottom only while the reader is at the bottom.
   htmx_before_swap: (elt, {ctx}) => {
     const box = logBox(ctx);
-    if (box) box.dataset.atBottom = box.scrollTop + box.clientHeight >= box.scrollHeight - 8 ? "1" : "";
+    if (!box) return;
+    // An answer for another filter than the panel now shows is dropped.
+    const url = new URL(ctx.request.action, location.href);
+    const cursor = cursorOf(box);
+    if (!url.searchParams.has("tail") && ["level", "q"].some(
+      (name) => (url.searchParams.get(name) ?? "") !== cursor.querySelector(`[name=${name}]`).value)) {
+      return false;
+    }
+    // Follow mode: stick to the bottom only while the reader is at the bottom.
+    box.dataset.atBottom = box.scrollTop + box.clientHeight >= box.scrollHeight - 8 ? "1" : "";
   },
   htmx_after_swap: (elt, {ctx}) => {
     const box = logBox(ctx);
     if (!box) return;
     if (ctx.swap?.startsWith("beforeend")) trimWindow(box);
     const follow = box.closest(".log-panel")?.querySelector(".follow");
-    if (follow?.checked && box.dataset.atBottom) box.scrollTop = box.scrollHeight;
+    // New lines in place of the panel's (a new filter): shown from the end.
+    if (ctx.swap === "innerHTML") scrollToEnd(box);
+    else if (follow?.checked && box.dataset.atBottom) box.scrollTop = box.scrollHeight;
   },
 });
 

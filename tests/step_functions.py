@@ -103,3 +103,12 @@ def log_bursts(ctx, lines: int = 40_000, burst: int = 2_000, pause: float = 0.1)
         ctx.log(f"line {n}")
         if n % burst == 0 and pause and ctx.wait(pause):
             raise StepFailed(ctx.stop_reason or "stopped")
+
+
+def numbered_log(ctx, lines: int = 2300, errors: tuple = (), fail: bool = False) -> None:
+    """`lines` lines "line <n>: hello world <n>", those in `errors` at level
+    error; fails at the end when asked (which logs the failure, also an error)."""
+    for n in range(1, lines + 1):
+        ctx.log(f"line {n}: hello world {n}", "error" if n in errors else "info")
+    if fail:
+        raise StepFailed(f"{len(errors)} errors")

@@ -6,6 +6,7 @@ import pytest
 from app import create_app
 from stepline.engine.states import JOB_STATUSES, Status
 from stepline.web import render
+from stepline.web.render import LogPage
 from stepline.web.views import JobsFilters
 
 T0 = 1_700_000_000.0  # fixed clock for every timestamp and "now"
@@ -103,18 +104,44 @@ def test_job_deleted(app, snapshot):
 def test_log_fragments(app, snapshot):
     s = step("running")
     assert render.render_log_trigger(s) == snapshot
-    assert render.render_log_panel(s, LINES, {"level": None, "q": None}, 1234) == snapshot
-    assert render.render_log_panel(s, LINES[:1], {"level": "warn", "q": "red"}, 7) == snapshot
-    assert render.render_log_lines(s, LINES, {"level": None, "q": None}, "after") == snapshot
-    assert render.render_log_lines(s, LINES, {"level": None, "q": None}, "before") == snapshot
+    assert render.render_log_panel(s, LogPage(LINES, cursor=43, more_before=True)) == snapshot
+    assert render.render_log_panel(s, LogPage(LINES[:1], {"level": "warn", "q": "red"},
+                                              cursor=1234, matches=7)) == snapshot
+    assert render.render_log_lines(s, LogPage(LINES, cursor=43), "after") == snapshot
+    assert render.render_log_lines(s, LogPage(LINES, more_before=True), "before") == snapshot
 
 
 def test_log_lines_escape_and_colour(app):
-    html = render.render_log_lines(step("running"), LINES, {"level": None, "q": None}, "after")
+    html = render.render_log_lines(step("running"), LogPage(LINES, cursor=43), "after")
     assert "<script>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;&#34;&amp;" in html
     assert '<span class="ansi-bold ansi-fg-red">red bold</span> ok' in html
     assert 'name="after" value="43"' in html
+
+
+def test_log_filter_and_line_fragments(app, snapshot):
+    s = step("failed")
+    search = {"level": None, "q": "<SCRIPT>"}
+    # a new filter: its lines, count and cursor; no matching line at all
+    assert render.render_log_lines(s, LogPage(LINES[2:], search, cursor=43, matches=1),
+                                   "tail") == snapshot
+    assert render.render_log_lines(s, LogPage([], search, cursor=43), "tail") == snapshot
+    # a panel opened at line 42 of a longer log, and its next page
+    assert render.render_log_panel(s, LogPage(LINES, cursor=43, more_before=True,
+                                              more_after=True, at=42)) == snapshot
+    assert render.render_log_lines(s, LogPage(LINES, cursor=43, more_after=True),
+                                   "later") == snapshot
+
+
+def test_log_search_marks_matches_as_text(app):
+    """Both the query and the line are untrusted: a match is marked, escaped."""
+    search = {"level": None, "q": "<script>"}
+    html = render.render_log_lines(step("running"), LogPage(LINES[2:], search, matches=1),
+                                   "after")
+    assert "<mark>&lt;script&gt;</mark>alert(1)&lt;/script&gt;" in html
+    assert ">1 matching line</span>" in html
+    html = render.render_log_lines(step("running"), LogPage(LINES, search, matches=3), "after")
+    assert ">3 matching lines</span>" in html
 
 
 def test_definition_graph_and_run_history(app, snapshot):

@@ -18,7 +18,7 @@ from stepline.store import reads
 WEB_DIR = Path(__file__).resolve().parent.parent / "stepline" / "web"
 # Every query parameter a route reads (test_the_list_is_complete keeps it so).
 PARAMS = ["status", "q", "page", "job", "view", "after", "before", "limit", "level", "offset",
-          "transport", "format", "next", "from"]
+          "transport", "format", "next", "from", "tail", "later", "matches", "over", "at"]
 JUNK = ["", "x", "-1", "0", "1e3", "99999999999999999999999999", "ü日本\u202e", "\x00",
         "%", "a" * 5000]
 JUNK_IDS = ["x", "-1", "ü日本", "\x00", "a" * 500]

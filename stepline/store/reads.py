@@ -185,6 +185,14 @@ def count_log_lines(db: Database, step_id: str, level: str | None = None,
         f"SELECT count(*) AS n FROM logs WHERE {' AND '.join(where)}", args))["n"]
 
 
+def first_log_line(db: Database, step_id: str, level: str) -> int | None:
+    """The first line of one level (a failed step opens at its first error):
+    walks the step's lines in order and stops at the first hit."""
+    row = db.execute("SELECT line FROM logs WHERE step_id = ? AND level = ? ORDER BY line LIMIT 1",
+                     [step_id, level]).fetchone()
+    return row[0] if row else None
+
+
 def iter_log_lines(db: Database, step_id: str, batch: int = 5000):
     """All lines of a step in order, a batch at a time (for streamed downloads)."""
     after = 0

@@ -1,6 +1,7 @@
 """ANSI colour codes in log lines, rendered as escaped HTML spans."""
 
 import re
+from functools import lru_cache
 
 from markupsafe import Markup, escape
 
@@ -31,17 +32,19 @@ def _classes(codes: list[int], current: set[str]) -> set[str]:
     return current
 
 
-def ansi_to_html(text: str) -> Markup:
+def ansi_to_html(text: str, highlight: str | None = None) -> Markup:
     """Split the line at its SGR colour codes, which become spans with fixed
     class names; every piece of text between them has any other escape
     sequence dropped and is then HTML-escaped, so no terminal trick and no
-    markup in the log reaches the page as markup."""
+    markup in the log reaches the page as markup. Each occurrence of
+    `highlight` (a search) within a piece is wrapped in <mark>."""
+    mark = _search(highlight) if highlight else None
     out: list[str] = []
     classes: set[str] = set()
     pos = 0
     open_span = False
     for match in SGR.finditer(text):
-        out.append(_plain(text[pos:match.start()]))
+        out.append(_plain(text[pos:match.start()], mark))
         pos = match.end()
         codes = [int(c) for c in match.group(1).split(";") if c.isdigit()]
         classes = _classes(codes, classes)
@@ -51,15 +54,29 @@ def ansi_to_html(text: str) -> Markup:
         if classes:
             out.append(f'<span class="{" ".join(sorted(classes))}">')
             open_span = True
-    out.append(_plain(text[pos:]))
+    out.append(_plain(text[pos:], mark))
     if open_span:
         out.append("</span>")
     return Markup("".join(out))
 
 
-def _plain(text: str) -> str:
-    escaped = str(escape(OTHER_ESCAPES.sub("", text).replace("\x1b", "")))
-    return BIDI_CONTROLS.sub(_bidi_marker, escaped)
+@lru_cache(maxsize=64)
+def _search(query: str) -> re.Pattern:
+    """What the log search matches: SQLite's LIKE ignores case for ASCII only."""
+    return re.compile(f"({re.escape(query)})", re.IGNORECASE | re.ASCII)
+
+
+def _plain(text: str, mark: re.Pattern | None = None) -> str:
+    text = OTHER_ESCAPES.sub("", text).replace("\x1b", "")
+    if mark is None:
+        return _escaped(text)
+    # split() with one group: the matches are at the odd positions
+    return "".join(f"<mark>{_escaped(part)}</mark>" if i % 2 else _escaped(part)
+                   for i, part in enumerate(mark.split(text)) if part)
+
+
+def _escaped(text: str) -> str:
+    return BIDI_CONTROLS.sub(_bidi_marker, str(escape(text)))
 
 
 def _bidi_marker(match: re.Match) -> str:

@@ -8,9 +8,9 @@ from flask import Blueprint, Response, render_template, request, url_for
 
 from stepline.engine import actions
 from stepline.engine.definitions import ParamError
-from stepline.engine.states import JOB_STATUSES
+from stepline.engine.states import JOB_STATUSES, Status
 from stepline.store import reads
-from stepline.web import charts, render
+from stepline.web import charts, logview, render
 from stepline.web.http import (
     ApiError,
     app_state,
@@ -48,47 +48,60 @@ def jobs_page():
 @bp.get("/jobs/<job_id>")
 def job_page(job_id: str):
     job = job_or_404(job_id)
-    steps = reads.job_steps(current_db(), job_id)
-    return render_template("job.html", job=job, steps=steps, oob=False,
+    db = current_db()
+    steps = reads.job_steps(db, job_id)
+    # Failures first: the first failed step comes already open at its first
+    # error line, rendered with the page (no script racing the page load).
+    failed = next((s for s in steps if s["status"] == Status.FAILED), None)
+    open_log = (failed["id"], logview.panel(db, failed, logview.NO_FILTER)) if failed else None
+    return render_template("job.html", job=job, steps=steps, oob=False, open_log=open_log,
                            **_live(f"job={job_id}"))
+
+
+def _log_filters(args) -> dict:
+    return {"level": level_arg(args), "q": args.get("q") or None}
 
 
 @bp.get("/jobs/<job_id>/steps/<step_id>/panel")
 def log_panel(job_id: str, step_id: str):
-    """Expanding a step: its log tail (filtered when asked), as one fragment."""
+    """Expanding a step: its log tail (filtered when asked), a failed step at
+    its first error, or (?at=<line>, a link to a line) around that line."""
     step = step_or_404(job_id, step_id)
-    filters = {"level": level_arg(request.args), "q": request.args.get("q") or None}
-    db = current_db()
-    lines = reads.log_lines(db, step_id, limit=render.TAIL_LINES, tail=True, **filters)
-    # Fewer than a full page means the scan saw every match: no second scan to count.
-    matches = len(lines) if len(lines) < render.TAIL_LINES else None
-    return render.render_log_panel(step, lines, filters, matches)
+    at = int_arg(request.args, "at", 0) or None
+    log = logview.panel(current_db(), step, _log_filters(request.args), at)
+    return render.render_log_panel(step, log)
 
 
 @bp.get("/jobs/<job_id>/steps/<step_id>/lines")
 def log_lines(job_id: str, step_id: str):
-    """New lines after the panel's cursor, or a page of earlier lines."""
+    """New lines after the panel's cursor, a page of earlier (?before=) or
+    later (?later=1) lines, or (?tail=1) the newest lines for a new filter."""
     step = step_or_404(job_id, step_id)
     args = request.args
-    filters = {"level": level_arg(args), "q": args.get("q") or None}
+    filters = _log_filters(args)
     db = current_db()
+    if args.get("tail"):
+        return _tail(db, step, filters)
     if args.get("before"):
-        before = int_arg(args, "before", 0)
-        lines = reads.log_lines(db, step_id, before=before, limit=render.TAIL_LINES,
-                                  **filters)
-        return render.render_log_lines(step, lines, filters, "before")
+        log = logview.before(db, step, filters, int_arg(args, "before", 0))
+        return render.render_log_lines(step, log, "before")
     after = int_arg(args, "after", 0)
-    if not (filters["level"] or filters["q"]) and step["log_count"] - after > render.WINDOW_LINES:
+    if args.get("later"):
+        return render.render_log_lines(step, logview.later(db, step, filters, after), "later")
+    if filters == logview.NO_FILTER and step["log_count"] - after > render.WINDOW_LINES:
         # Further behind than the panel keeps in view: the lines in between
         # would be dropped as soon as they were shown, so the panel starts
         # again from the newest lines (one fetch instead of hundreds).
-        lines = reads.log_lines(db, step_id, limit=render.FOLLOW_LINES, tail=True)
-        return (render.render_log_lines(step, lines, filters, "tail"),
-                {"HX-Reswap": "innerHTML"})
-    lines = reads.log_lines(db, step_id, after=after, limit=render.FOLLOW_LINES, **filters)
-    # A full page may not be the end: the panel fetches again from its new cursor.
-    more = len(lines) == render.FOLLOW_LINES
-    return render.render_log_lines(step, lines, filters, "after", more)
+        return _tail(db, step, filters, render.FOLLOW_LINES)
+    log = logview.after(db, step, filters, after, int_arg(args, "matches", 0),
+                        bool(args.get("over")))
+    return render.render_log_lines(step, log, "after")
+
+
+def _tail(db, step: dict, filters: dict, limit: int = render.TAIL_LINES):
+    """The panel's lines replaced by the newest (matching) ones."""
+    return (render.render_log_lines(step, logview.tail(db, step, filters, limit), "tail"),
+            {"HX-Reswap": "innerHTML"})
 
 
 # -- buttons ----------------------------------------------------------------------

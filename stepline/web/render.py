@@ -3,6 +3,7 @@ and the live stream pushes what these return, so there is no second copy of
 any markup."""
 
 import time
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 from flask import Flask, current_app, render_template
@@ -65,21 +66,32 @@ def render_log_trigger(step: dict) -> str:
     return render_template("log_trigger.html", step=step, oob=True)
 
 
-def render_log_panel(step: dict, lines: list[dict], filters: dict,
-                     matches: int | None) -> str:
-    """`matches` is None when there are more than one page of matching lines."""
-    return render_template("log_panel.html", step=step, lines=lines, filters=filters,
-                           matches=matches, window_lines=WINDOW_LINES)
+@dataclass
+class LogPage:
+    """What a log template shows: some lines of one step, and what the panel
+    knows around them. Built by stepline/web/logview.py."""
+
+    lines: list[dict]
+    filters: dict = field(default_factory=lambda: {"level": None, "q": None})
+    cursor: int = 0            # the last line seen: the panel's next fetch starts after it
+    matches: int = 0           # matching lines counted so far (a filtered panel)
+    over: bool = False         # ... and there are more than that
+    more_before: bool = False  # earlier lines exist ("load earlier lines")
+    more_after: bool = False   # later lines exist that no live fetch brings ("load later lines")
+    more: bool = False         # a full page of new lines: the panel fetches again at once
+    at: int | None = None      # the line the panel opened at (marked)
 
 
-def render_log_lines(step: dict, lines: list[dict], filters: dict, mode: str,
-                     more: bool = False) -> str:
-    """mode: 'after' (new lines; moves the cursor), 'before' (earlier lines;
-    moves the 'load earlier' button) or 'tail' (the newest lines, replacing
-    the panel's; moves both). `more`: there may be lines after these, so the
-    response carries the trigger of the panel's next fetch."""
-    return render_template("log_lines.html", step=step, lines=lines, filters=filters,
-                           mode=mode, more=more)
+def render_log_panel(step: dict, log: LogPage) -> str:
+    return render_template("log_panel.html", step=step, log=log)
+
+
+def render_log_lines(step: dict, log: LogPage, mode: str) -> str:
+    """mode: 'after' (new lines; moves the cursor and the match count),
+    'before' (earlier lines; moves the 'load earlier' button), 'later' (the
+    next page after a panel opened at a line) or 'tail' (the newest lines,
+    replacing the panel's: a new filter, or a panel too far behind)."""
+    return render_template("log_lines.html", step=step, log=log, mode=mode)
 
 
 # -- template helpers -----------------------------------------------------------
@@ -136,6 +148,7 @@ def register(app: Flask) -> None:
         item=lambda mapping, key, default=None: mapping.get(key, default),
     )
     app.jinja_env.globals.update(TERMINAL=TERMINAL, LOG_LEVELS=LOG_LEVELS, PAGE_SIZE=PAGE_SIZE,
+                                 WINDOW_LINES=WINDOW_LINES,
                                  icon=lambda status: Markup(ICONS.get(status, "")))
     app.jinja_env.globals["url_for"] = path_builder(app)
 
