@@ -17,7 +17,7 @@ def panel(db: Database, step: dict, filters: dict, at: int | None = None) -> Log
     """An opened panel: around line `at` when asked, a failed step around its
     first error line, any other step at its end (filtered when asked)."""
     if not at and filters == NO_FILTER and step["status"] == Status.FAILED:
-        at = reads.first_log_line(db, step["id"], "error")
+        at = reads.first_error_line(db, step["id"])
     if at:
         return around(db, step, at)
     return tail(db, step, filters)
