@@ -1,7 +1,8 @@
 // Stepline's few lines of browser code. The browser keeps no job or step
 // status: everything below is view state (open panels, scrolling, clocks).
 window.stepline = {
-  // Expand: fetch the step's log tail. Collapse: drop the lines from the DOM.
+  // Expand: fetch the step's log (its end; a failed step's first error).
+  // Collapse: drop the lines from the DOM.
   toggle(button) {
     const body = document.getElementById(button.getAttribute("aria-controls").replace("panel-", "panel-body-"));
     if (body.firstElementChild) {
@@ -42,7 +43,7 @@ function openLink() {
   if (!link) return;
   const line = document.getElementById(location.hash.slice(1));
   if (line) {
-    for (const old of line.parentElement.parentElement.querySelectorAll(".ll.at")) {
+    for (const old of line.closest(".log-lines").querySelectorAll(".ll.at")) {
       old.classList.remove("at");
     }
     line.classList.add("at");
