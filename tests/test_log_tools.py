@@ -208,6 +208,8 @@ def test_finished_step_opens_at_its_end(page, server, store, start_worker):  # n
     page.wait_for_timeout(500)
     assert in_view(page, f"#log-{step_id}-L2300")
     assert not in_view(page, f"#log-{step_id}-L1801")
+    # its lines laid out only once in view never widen the page (they made it 1,764 px)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
     assert page.locator(f"#logs-{step_id}-earlier").is_visible()
 
     short_job, short_step = numbered_job(store, start_worker, lines=12)
