@@ -279,3 +279,39 @@ def test_link_to_a_line_opens_the_panel_there(browser, server, store, start_work
     OUTPUT.mkdir(exist_ok=True)
     other.screenshot(path=str(OUTPUT / f"log-line-link-{viewport['width']}px.png"))
     context.close()
+
+
+def test_the_lines_a_panel_gets(server, store, start_worker):  # noqa: F811
+    """The server side of the tools: a new filter's count and cursor, live
+    fetches adding to the count, a panel opened at a line and its next page."""
+    job_id, step_id = numbered_job(store, start_worker)
+    base = f"{server.url}/jobs/{job_id}/steps/{step_id}"
+
+    def get(path: str, **params) -> str:
+        r = requests.get(base + path, params=params, timeout=10)
+        r.raise_for_status()
+        return r.text
+
+    def numbers(html: str) -> list[int]:
+        return [int(n) for n in re.findall(rf'id="log-{step_id}-L(\d+)"', html)]
+
+    # "world 23": lines 23, 230-239 and 2300 of 2,300
+    html = get("/lines", tail=1, q="world 23")
+    assert numbers(html) == [23, *range(230, 240), 2300]
+    assert ">12 matching lines</span>" in html and 'name="after" value="2300"' in html
+    # a live fetch adds what it finds; its cursor passes the lines it scanned
+    html = get("/lines", after=100, q="world 23", matches=2)
+    assert numbers(html) == [*range(230, 240), 2300] and ">13 matching lines</span>" in html
+    html = get("/lines", after=2300, q="world 23", matches=12)
+    assert numbers(html) == [] and ">12 matching lines</span>" in html
+    # opened at line 150: a page from line 50, "load later lines" for the rest
+    html = get("/panel", at=150)
+    assert numbers(html) == list(range(50, 550))
+    assert re.search(rf'class="ll lvl-info at" id="log-{step_id}-L150"', html)
+    later = re.search(r'<button[^>]*class="later"[^>]*>', html).group(0)
+    assert " hidden" not in later
+    html = get("/lines", later=1, after=549)
+    assert numbers(html) == list(range(550, 1050))
+    html = get("/lines", later=1, after=2000)
+    assert numbers(html) == list(range(2001, 2301))
+    assert " hidden" in re.search(r'<button[^>]*class="later"[^>]*>', html).group(0)
