@@ -131,3 +131,18 @@ for (const type of ["input", "change"]) {
     if (event.target.matches(".ts-toggle, .follow")) event.stopPropagation();
   }, true);
 }
+
+// An open task table's live refresh (task_trigger.html) fetches what the
+// table shows when the request is sent, not when it was queued: a refresh
+// queued before a click on "next" must not bring the old page back. A table
+// closed meanwhile is not reopened.
+htmx.registerExtension("stepline-tasks", {
+  htmx_before_request: (elt, {ctx}) => {
+    const id = ctx.sourceElement?.dataset?.refresh;
+    if (!id) return;
+    const table = document.getElementById(id);
+    if (!table) return false;
+    const url = new URL(ctx.request.action, location.href);
+    ctx.request.action = `${url.pathname}?${table.dataset.query}`;
+  },
+});

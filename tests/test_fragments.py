@@ -139,3 +139,29 @@ def test_definition_graph_and_run_history(app, snapshot):
     assert history == snapshot(name="history")
     assert render_template("run_history.html", history=charts.run_history([], T0)
                            ) == snapshot(name="history-empty")
+
+
+TASKS = [
+    {"task_id": 7, "idx": 0, "status": "failed", "attempts": 2, "worker": "host-1234-ab",
+     "error": "ValueError: <b>bad</b> & worse\n  in chunk 0", "started_at": T0 + 3,
+     "finished_at": T0 + 4.5},
+    {"task_id": 8, "idx": 1, "status": "running", "attempts": 1, "worker": "host-1234-ab",
+     "error": None, "started_at": T0 + 5, "finished_at": None},
+    {"task_id": 9, "idx": 2, "status": "pending", "attempts": 0, "worker": None,
+     "error": None, "started_at": None, "finished_at": None},
+]
+
+
+def test_task_table_and_its_trigger(app, snapshot):
+    s = step("running", tasks={"pending": 1, "running": 1, "completed": 0, "failed": 1})
+    first = render.render_task_table(s, TASKS, 120, None, 0)
+    assert "1&ndash;3 of 120 tasks" in first and "task-next" in first
+    assert "task-prev" not in first and 'data-query=""' in first
+    assert "&lt;b&gt;bad&lt;/b&gt; &amp; worse" in first and "<b>" not in first
+    assert first == snapshot(name="first page")
+    failed = render.render_task_table(s, TASKS[:1], 51, "failed", 50)
+    assert 'data-query="status=failed&amp;offset=50"' in failed and "task-next" not in failed
+    assert "offset=0&amp;status=failed" in failed or "status=failed&amp;offset=0" in failed
+    assert failed == snapshot(name="failed only, second page")
+    assert render.render_task_table(s, [], 0, "failed", 0) == snapshot(name="none")
+    assert render.render_task_trigger(s) == snapshot(name="trigger")

@@ -3,7 +3,7 @@ and the live stream pushes what these return, so there is no second copy of
 any markup."""
 
 import time
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from flask import Flask, current_app, render_template
 from flask.templating import Environment
@@ -16,6 +16,7 @@ TAIL_LINES = 500      # lines an opened panel starts with, and per "load earlier
 FOLLOW_LINES = 2_000  # at most this many new lines per fetch; a full page fetches again
 WINDOW_LINES = 5_000  # lines a panel keeps in the DOM (stepline.js drops the oldest)
 PAGE_SIZE = 25
+TASK_PAGE = 50        # rows of an open task table
 
 
 def _macro(template: str):
@@ -80,6 +81,18 @@ def render_log_lines(step: dict, lines: list[dict], filters: dict, mode: str,
     response carries the trigger of the panel's next fetch."""
     return render_template("log_lines.html", step=step, lines=lines, filters=filters,
                            mode=mode, more=more)
+
+
+def render_task_table(step: dict, tasks: list[dict], total: int, status: str | None,
+                      offset: int) -> str:
+    """One page of a step's tasks: `total` of them match `status` (None: all)."""
+    query = urlencode({k: v for k, v in (("status", status), ("offset", offset)) if v})
+    return render_template("task_table.html", step=step, tasks=tasks, total=total,
+                           status=status, offset=offset, page_size=TASK_PAGE, query=query)
+
+
+def render_task_trigger(step: dict) -> str:
+    return render_template("task_trigger.html", step=step)
 
 
 # -- template helpers -----------------------------------------------------------

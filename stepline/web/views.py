@@ -154,6 +154,10 @@ class JobView:
         html = render.render_step_row(step, oob=True)
         if event["log_refresh"]:
             html += render.render_log_trigger(step)
+        if any(step["tasks"].values()) or not event["log_refresh"]:
+            # tasks moved, or the step changed (a retry clears its tasks):
+            # an open task table re-fetches; a closed one has no such id
+            html += render.render_task_trigger(step)
         return html
 
     def snapshot(self, db) -> tuple[dict, str]:

@@ -1,0 +1,107 @@
+"""What a person does with a step's tasks, in Chromium: open a failed step's
+task table, page through it, keep only the failures and read why each one
+failed; watch the table of a running step change by itself."""
+
+import pytest
+
+from .conftest import wait_for
+from .test_browser import OUTPUT, browser, page, server  # noqa: F401 - fixtures
+from .test_journeys import job_status
+
+DEF = "task_failures"  # tests/browser_defs: every third of `items` tasks fails
+
+
+def error_of(i: int) -> str:
+    """What tests.step_functions.flaky_tasks raises for task i, as stored."""
+    return f"ValueError: row {i} has <b>no</b> id & cannot be parsed\n  in chunk {i // 10}"
+
+
+def run_job(page, server, **params) -> str:
+    page.goto(f"{server.url}/definitions/{DEF}")
+    for name, value in params.items():
+        page.fill(f"#run-{DEF} input[name='param.{name}']", str(value))
+    page.click(f"#run-{DEF} button[type=submit]")
+    page.wait_for_url(f"{server.url}/jobs/*")
+    return page.url.rsplit("/", 1)[1]
+
+
+def step_row(page, name: str):
+    return page.locator("tr.step-row", has=page.locator(f"td.name:has-text('{name} python')"))
+
+
+def test_read_why_each_task_of_a_failed_step_failed(page, server, start_worker):
+    start_worker()
+    job_id = run_job(page, server)
+    wait_for(lambda: job_status(server, job_id) == "failed", 60, what="the job to fail")
+    page.locator(".job-header[data-status=failed]").wait_for()
+    fan = step_row(page, "fan")
+    fan.locator(".toggle").click()  # the log, as before
+    page.locator(".log-panel").wait_for()
+
+    fan.locator(".tasks-toggle").click()
+    table = page.locator(".task-table")
+    table.wait_for()
+    assert table.locator(".task-range").inner_text() == "1–50 of 60 tasks"
+    assert table.locator("tbody tr").count() == 50
+    first = table.locator("tbody tr").first
+    assert first.locator("td").nth(0).inner_text() == "#0"
+    assert "failed" in first.locator(".badge").inner_text()
+    assert first.locator("td").nth(2).inner_text() == "1"  # attempts
+    assert first.locator(".worker").inner_text().strip() != ""  # the worker that ran it
+
+    table.locator("button.task-next").click()
+    wait_for(lambda: table.locator(".task-range").inner_text() == "51–60 of 60 tasks", 10,
+             what="the second page")
+    assert table.locator("tbody tr").count() == 10
+
+    table.locator("input[name=status]").check()  # failed only
+    wait_for(lambda: table.locator(".task-range").inner_text() == "1–20 of 20 failed tasks",
+             10, what="the failed tasks")
+    rows = table.locator("tbody tr")
+    assert rows.count() == 20
+    assert set(rows.evaluate_all("rs => rs.map(r => r.dataset.status)")) == {"failed"}
+    # each error in full, markup shown as text
+    assert rows.locator("pre.error").all_inner_texts() == [error_of(i) for i in range(0, 60, 3)]
+    assert page.locator(".task-table b").count() == 0
+    page.wait_for_timeout(2000)  # look again: still the failures, still ticked
+    assert table.locator("input[name=status]").is_checked()
+    assert rows.count() == 20
+    OUTPUT.mkdir(exist_ok=True)
+    page.screenshot(path=str(OUTPUT / "job-page-failed-tasks.png"), full_page=True)
+
+    fan.locator(".tasks-toggle").click()  # closed: gone from the page
+    assert page.locator(".task-table").count() == 0
+
+
+@pytest.mark.parametrize("load", ["idle", "cpu_saturated"])
+def test_an_open_task_table_follows_the_running_step(page, server, start_worker, request,
+                                                    load):
+    if load == "cpu_saturated":
+        request.getfixturevalue("cpu_saturated")
+    start_worker()
+    job_id = run_job(page, server, items=24, pause=0.8)  # 4 at a time: ~5 s
+    fan = step_row(page, "fan")
+    fan.locator(".tasks-toggle").wait_for(timeout=30_000)  # once it has tasks
+    page.evaluate("window.__same_page = true")
+    fan.locator(".tasks-toggle").click()
+    table = page.locator(".task-table")
+    table.wait_for()
+    statuses = lambda: table.locator("tbody tr").evaluate_all(  # noqa: E731
+        "rs => rs.map(r => r.dataset.status)")
+    wait_for(lambda: "running" in statuses(), 30, what="a running task in the table")
+    # closed, it costs nothing: no fetch while tasks keep changing
+    fetched = []
+    page.on("request", lambda r: "/tasks" in r.url and fetched.append(r.url))
+    fan.locator(".tasks-toggle").click()
+    page.wait_for_timeout(1500)
+    assert page.locator(".task-table").count() == 0 and fetched == []
+    assert job_status(server, job_id) == "running"
+    fan.locator(".tasks-toggle").click()  # and open again
+    table.wait_for()
+    # nothing clicked: the table changes by itself until every task is done
+    wait_for(lambda: statuses().count("failed") == 8 and statuses().count("completed") == 16,
+             60, what="every task finished in the open table")
+    assert table.locator(".task-range").inner_text() == "1–24 of 24 tasks"
+    assert "8 failed" in fan.locator("td.tasks").inner_text()
+    assert page.evaluate("window.__same_page") is True  # no reload
+    wait_for(lambda: job_status(server, job_id) == "failed", 60, what="the job")
