@@ -165,3 +165,34 @@ def test_task_table_and_its_trigger(app, snapshot):
     assert failed == snapshot(name="failed only, second page")
     assert render.render_task_table(s, [], 0, "failed", 0) == snapshot(name="none")
     assert render.render_task_trigger(s) == snapshot(name="trigger")
+
+
+def test_step_timeline(app, snapshot):
+    from stepline.web import charts
+
+    steps = [{"name": "prepare", "status": "completed", "started": T0, "finished": T0 + 20},
+             {"name": "fan <b>out</b>", "status": "failed", "started": T0 + 20,
+              "finished": T0 + 90},
+             {"name": "a_very_long_step_name_that_needs_cutting", "status": "running",
+              "started": T0 + 90, "finished": None},
+             {"name": "never", "status": "skipped", "started": None, "finished": None}]
+    timeline = charts.timeline(steps, now=T0 + 125)
+    assert [(s.name, s.x, s.width) for s in timeline.spans] == [
+        ("prepare", 180, 86.4), ("fan <b>out</b>", 266.4, 302.4),
+        ("a_very_long_step_name_that_needs_cutting", 568.8, 151.2)]
+    html = render.render_timeline(timeline)
+    assert "fan &lt;b&gt;out&lt;/b&gt;" in html and "<b>" not in html
+    assert html == snapshot(name="three started steps")
+    assert render.render_timeline(charts.timeline(steps[3:], T0)) == snapshot(name="none")
+
+
+def test_step_timeline_draws_at_most_its_cap(app):
+    from stepline.web import charts
+
+    steps = [{"name": f"s{i}", "status": "completed", "started": T0 + i, "finished": T0 + i + 1}
+             for i in range(1000)]
+    timeline = charts.timeline(steps, now=T0 + 1001)
+    assert len(timeline.spans) == charts.TIMELINE_MAX_BARS
+    assert timeline.hidden == 1000 - charts.TIMELINE_MAX_BARS
+    assert timeline.seconds == 1000  # the axis still spans the whole job
+    assert f"{timeline.hidden} more are in the table" in render.render_timeline(timeline)

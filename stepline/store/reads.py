@@ -115,6 +115,12 @@ def structure_json(db: Database, job_id: str) -> str | None:
     return row[0] if row else None
 
 
+def step_times(db: Database, job_id: str) -> list[dict]:
+    """What the step timeline draws of each step, in step order."""
+    return list(db.query("SELECT name, status, started, finished FROM steps WHERE job_id = ?"
+                         " ORDER BY idx", [job_id]))
+
+
 def get_step(db: Database, step_id: str) -> dict | None:
     rows = list(db.query("SELECT * FROM steps WHERE id = ?", [step_id]))
     return _step(rows[0]) if rows else None

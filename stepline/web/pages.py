@@ -50,6 +50,7 @@ def job_page(job_id: str):
     job = job_or_404(job_id)
     steps = reads.job_steps(current_db(), job_id)
     return render_template("job.html", job=job, steps=steps, oob=False,
+                           timeline=charts.timeline(steps, time.time()),
                            **_live(f"job={job_id}"))
 
 

@@ -2,11 +2,13 @@
 while a person has it open) and the step timeline. Each is one template that
 the full page includes too."""
 
+import time
+
 from flask import Blueprint, request
 
 from stepline.store import reads
-from stepline.web import render
-from stepline.web.http import current_db, int_arg, status_arg, step_or_404
+from stepline.web import charts, render
+from stepline.web.http import current_db, int_arg, job_or_404, status_arg, step_or_404
 
 bp = Blueprint("parts", __name__)
 
@@ -20,3 +22,11 @@ def task_table(job_id: str, step_id: str):
     tasks, total = reads.step_tasks(current_db(), step_id, status=status, offset=offset,
                                     limit=render.TASK_PAGE)
     return render.render_task_table(step, tasks, total, status, offset)
+
+
+@bp.get("/jobs/<job_id>/timeline")
+def timeline(job_id: str):
+    """The step timeline, as job_page draws it."""
+    job_or_404(job_id)
+    return render.render_timeline(charts.timeline(reads.step_times(current_db(), job_id),
+                                                  time.time()))

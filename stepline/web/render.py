@@ -9,6 +9,7 @@ from flask import Flask, current_app, render_template
 from flask.templating import Environment
 from markupsafe import Markup
 
+from stepline.engine.definitions import FAN_OUT_TYPES
 from stepline.engine.states import LOG_LEVELS, TERMINAL, Status
 from stepline.web.ansi import ansi_to_html
 
@@ -95,6 +96,10 @@ def render_task_trigger(step: dict) -> str:
     return render_template("task_trigger.html", step=step)
 
 
+def render_timeline(timeline) -> str:
+    return render_template("job_timeline.html", timeline=timeline)
+
+
 # -- template helpers -----------------------------------------------------------
 
 def duration(started: float | None, finished: float | None) -> str:
@@ -149,6 +154,7 @@ def register(app: Flask) -> None:
         item=lambda mapping, key, default=None: mapping.get(key, default),
     )
     app.jinja_env.globals.update(TERMINAL=TERMINAL, LOG_LEVELS=LOG_LEVELS, PAGE_SIZE=PAGE_SIZE,
+                                 FAN_OUT_TYPES=FAN_OUT_TYPES,
                                  icon=lambda status: Markup(ICONS.get(status, "")))
     app.jinja_env.globals["url_for"] = path_builder(app)
 

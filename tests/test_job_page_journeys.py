@@ -1,6 +1,9 @@
-"""What a person does with a step's tasks, in Chromium: open a failed step's
-task table, page through it, keep only the failures and read why each one
-failed; watch the table of a running step change by itself."""
+"""What a person sees on a job page, in Chromium: a failed step's task table
+(page through it, keep only the failures, read why each one failed); the
+table of a running step changing by itself; the step timeline growing while
+the job runs."""
+
+import time
 
 import pytest
 
@@ -31,7 +34,7 @@ def step_row(page, name: str):
 
 def test_read_why_each_task_of_a_failed_step_failed(page, server, start_worker):
     start_worker()
-    job_id = run_job(page, server)
+    job_id = run_job(page, server, pause=0.05)
     wait_for(lambda: job_status(server, job_id) == "failed", 60, what="the job to fail")
     page.locator(".job-header[data-status=failed]").wait_for()
     fan = step_row(page, "fan")
@@ -105,3 +108,39 @@ def test_an_open_task_table_follows_the_running_step(page, server, start_worker,
     assert "8 failed" in fan.locator("td.tasks").inner_text()
     assert page.evaluate("window.__same_page") is True  # no reload
     wait_for(lambda: job_status(server, job_id) == "failed", 60, what="the job")
+
+
+def bars(page) -> dict[str, str]:
+    return dict(page.locator("svg.timeline g.span").evaluate_all(
+        "gs => gs.map(g => [g.dataset.step, g.getAttribute('class').split('status-')[1]])"))
+
+
+@pytest.mark.parametrize("load", ["idle", "cpu_saturated"])
+def test_the_timeline_grows_while_the_job_runs(page, server, start_worker, request, load):
+    if load == "cpu_saturated":
+        request.getfixturevalue("cpu_saturated")
+    start_worker()
+    page.goto(f"{server.url}/definitions/slow_pipeline")
+    fetches = []
+    page.on("request", lambda r: "/timeline" in r.url and fetches.append(time.monotonic()))
+    page.click("#run-slow_pipeline button[type=submit]")
+    page.wait_for_url(f"{server.url}/jobs/*")
+    job_id = page.url.rsplit("/", 1)[1]
+    opened = time.monotonic()
+    page.evaluate("window.__same_page = true")
+    wait_for(lambda: bars(page).get("prepare") == "running", 30, what="a bar for 'prepare'")
+    assert "finish" not in bars(page)  # pending: no bar
+    wait_for(lambda: bars(page).get("fan") == "running", 30, what="a bar for 'fan'")
+    assert bars(page)["prepare"] == "completed"
+    wait_for(lambda: bars(page) == dict.fromkeys(["prepare", "fan", "finish"], "completed"),
+             60, what="every bar completed")
+    assert job_status(server, job_id) == "completed"
+    assert page.evaluate("window.__same_page") is True
+    # each bar's title says its duration; the bars follow one another in time
+    spans = page.locator("svg.timeline g.span")
+    assert spans.locator("title").all_text_contents()[0].startswith("prepare · completed · ")
+    xs = spans.locator("rect").evaluate_all("rs => rs.map(r => parseFloat(r.getAttribute('x')))")
+    assert xs == sorted(xs) and xs[0] < xs[-1]
+    # coalesced: live messages came many times a second, fetches at most ~1 a second
+    elapsed = time.monotonic() - opened
+    assert 2 <= len(fetches) <= elapsed + 2, (len(fetches), elapsed)
