@@ -116,9 +116,22 @@ stepline.duration = (s) => {
   if (m < 60) return `${m}m ${pad(Math.floor(s % 60))}s`;
   return `${Math.floor(m / 60)}h ${pad(m % 60)}m`;
 };
+// How long ago, in the format of the server's ago() (render.py): <time data-at>.
+stepline.ago = (s) => {
+  if (s < 10) return "just now";
+  if (s < 60) return `${Math.floor(s)} s ago`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
+  const days = Math.floor(s / 86400);
+  return `${days} day${days > 1 ? "s" : ""} ago`;
+};
 setInterval(() => {
+  const now = Date.now() / 1000;
   for (const el of document.querySelectorAll("[data-since]")) {
-    el.textContent = stepline.duration(Date.now() / 1000 - parseFloat(el.dataset.since));
+    el.textContent = stepline.duration(now - parseFloat(el.dataset.since));
+  }
+  for (const el of document.querySelectorAll("time[data-at]")) {
+    el.textContent = stepline.ago(now - parseFloat(el.dataset.at));
   }
 }, 1000);
 

@@ -196,3 +196,14 @@ def test_step_timeline_draws_at_most_its_cap(app):
     assert timeline.hidden == 1000 - charts.TIMELINE_MAX_BARS
     assert timeline.seconds == 1000  # the axis still spans the whole job
     assert f"{timeline.hidden} more are in the table" in render.render_timeline(timeline)
+
+
+def test_times_say_how_long_ago_with_the_exact_time_on_hover(app):
+    html = render.render_job_row(job("completed"))  # created 125 s before "now"
+    assert ('<time datetime="2023-11-14T22:13:20+00:00" title="2023-11-14 22:13:20 UTC"'
+            f' data-at="{T0}">2 min ago</time>') in html
+    header = render.render_job_header(job("running"))
+    assert "in progress <span data-since" in header
+    assert [render.ago(T0 + 125 - s) for s in (3, 42, 61, 3599, 3600, 86399, 86400, 200000)] \
+        == ["just now", "42 s ago", "1 min ago", "59 min ago", "1 h ago", "23 h ago",
+            "1 day ago", "2 days ago"]

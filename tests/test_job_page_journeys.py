@@ -144,3 +144,25 @@ def test_the_timeline_grows_while_the_job_runs(page, server, start_worker, reque
     # coalesced: live messages came many times a second, fetches at most ~1 a second
     elapsed = time.monotonic() - opened
     assert 2 <= len(fetches) <= elapsed + 2, (len(fetches), elapsed)
+
+
+def test_times_say_how_long_ago_and_stay_current(page, server, store):
+    """Open the jobs list: the new job was created "just now", with the exact
+    time and its timezone on hover; three minutes later, without a reload,
+    it says "3 min ago". The browser words it as the server does."""
+    from stepline.engine.definitions import load_file
+    from stepline.web.render import ago
+
+    from .test_browser import DEFS
+
+    job_id = store.create_job(load_file(DEFS / "slow_pipeline.toml"), {})
+    page.clock.install()
+    page.goto(f"{server.url}/")
+    created = page.locator(f"#job-{job_id} td.when time")
+    assert created.inner_text() == "just now"
+    title = created.get_attribute("title")
+    assert title[:10] == created.get_attribute("datetime")[:10] and title.split()[-1].isalpha()
+    page.clock.fast_forward("03:00")
+    wait_for(lambda: created.inner_text() == "3 min ago", 10, what="the time to move on")
+    for seconds in (3, 42, 61, 3599, 3601, 86399, 90000, 200000):
+        assert page.evaluate("s => stepline.ago(s)", seconds) == ago(time.time() - seconds - .5)

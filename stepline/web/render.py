@@ -3,6 +3,7 @@ and the live stream pushes what these return, so there is no second copy of
 any markup."""
 
 import time
+from datetime import datetime
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from flask import Flask, current_app, render_template
@@ -126,7 +127,32 @@ def clock(ts: float | None) -> str:
 
 
 def datetime_text(ts: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
+    """The absolute time, with the server's timezone: `2026-11-23 22:34:00 UTC`."""
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(ts)) if ts else ""
+
+
+def iso_time(ts: float | None) -> str:
+    """For <time datetime>: `2026-11-23T22:34:00+00:00`."""
+    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds") if ts else ""
+
+
+def ago(ts: float | None) -> str:
+    """How long ago, as stepline.ago() in static/stepline.js says it (the
+    page's ticker keeps it current): `just now`, `42 s ago`, `3 min ago`,
+    `5 h ago`, `2 days ago`."""
+    if not ts:
+        return ""
+    seconds = time.time() - ts
+    if seconds < 10:
+        return "just now"
+    if seconds < 60:
+        return f"{int(seconds)} s ago"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min ago"
+    if seconds < 86400:
+        return f"{int(seconds // 3600)} h ago"
+    days = int(seconds // 86400)
+    return f"{days} day{'s' if days > 1 else ''} ago"
 
 
 class RowEnvironment(Environment):
@@ -150,6 +176,7 @@ def register(app: Flask) -> None:
     app.jinja_env.lstrip_blocks = True
     app.jinja_env.filters.update(
         ansi=ansi_to_html, duration=duration, span=span, clock=clock, datetime=datetime_text,
+        iso=iso_time, ago=ago,
         items=lambda mapping: list(mapping.items()),
         item=lambda mapping, key, default=None: mapping.get(key, default),
     )
