@@ -207,3 +207,26 @@ def test_times_say_how_long_ago_with_the_exact_time_on_hover(app):
     assert [render.ago(T0 + 125 - s) for s in (3, 42, 61, 3599, 3600, 86399, 86400, 200000)] \
         == ["just now", "42 s ago", "1 min ago", "59 min ago", "1 h ago", "23 h ago",
             "1 day ago", "2 days ago"]
+
+
+def test_completed_past_failed_steps_is_marked_everywhere(app, snapshot):
+    """on_error = continue: the row, the header and the run history all say
+    that the completed job had failed steps, the same way."""
+    from flask import render_template
+
+    from stepline.web import charts
+
+    done = job("completed", steps_failed=2)
+    badge = "2 failed steps</span>"
+    assert badge in render.render_job_row(done) and badge in render.render_job_header(done)
+    assert "failed step" not in render.render_job_row(job("completed", steps_failed=0))
+    assert render.render_job_row(done) == snapshot(name="row")
+    runs = [{"id": "job0001", "status": "completed", "created": T0, "started": T0 + 1,
+             "finished": T0 + 21, "steps_failed": 1},
+            {"id": "job0002", "status": "completed", "created": T0 + 60, "started": T0 + 61,
+             "finished": T0 + 71, "steps_failed": 0}]
+    history = render_template("run_history.html", history=charts.run_history(runs, T0 + 100))
+    assert history.count("with-failures") == 2  # the first bar, and its legend swatch
+    assert "completed, 1 failed step" in history
+    assert "completed, but a step failed (on_error = continue)" in history
+    assert history == snapshot(name="history")

@@ -166,3 +166,54 @@ def test_times_say_how_long_ago_and_stay_current(page, server, store):
     wait_for(lambda: created.inner_text() == "3 min ago", 10, what="the time to move on")
     for seconds in (3, 42, 61, 3599, 3601, 86399, 90000, 200000):
         assert page.evaluate("s => stepline.ago(s)", seconds) == ago(time.time() - seconds - .5)
+
+
+CARRY_ON = """
+name = "carry_on"
+description = "A fan-out step fails, the job carries on past it (on_error = continue)."
+[step.fan]
+type = "python"
+call = "tests.step_functions:flaky_tasks"
+config = { items = 6 }
+on_error = "continue"
+[step.report]
+type = "shell"
+depends = ["fan"]
+run = "echo reported"
+"""
+
+
+def test_a_job_completed_past_a_failed_step_says_so_everywhere(browser, live_server,
+                                                              start_worker, tmp_path):
+    """The list row, the job header and the definition's run history all mark
+    a job that completed although a step failed; a clean run has no mark."""
+    import os
+
+    from .test_browser import DEFS
+
+    (tmp_path / "carry_on.toml").write_text(CARRY_ON)
+    server = live_server(env={"STEPLINE_DEFINITIONS": f"{DEFS}{os.pathsep}{tmp_path}"})
+    page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    start_worker()
+    page.goto(f"{server.url}/definitions/carry_on")
+    page.click("#run-carry_on button[type=submit]")
+    page.wait_for_url(f"{server.url}/jobs/*")
+    job_id = page.url.rsplit("/", 1)[1]
+    header = page.locator(".job-header[data-status=completed]")
+    header.wait_for(timeout=60_000)
+    assert header.locator(".with-failures").inner_text() == "1 failed step"
+    assert step_row(page, "fan").get_attribute("data-status") == "failed"
+
+    page.goto(f"{server.url}/")
+    row = page.locator(f"#job-{job_id}")
+    assert row.get_attribute("data-status") == "completed"
+    assert row.locator(".with-failures").inner_text() == "1 failed step"
+
+    page.goto(f"{server.url}/definitions/carry_on")
+    bar = page.locator(f"svg.history a.bar[data-job='{job_id}']")
+    assert "with-failures" in bar.get_attribute("class")
+    assert bar.locator("rect.failures").count() == 1
+    assert "completed, 1 failed step" in bar.locator("title").text_content()
+    assert "completed, but a step failed (on_error = continue)" in page.locator(
+        ".run-history .legend").inner_text()
+    page.context.close()

@@ -141,10 +141,12 @@ def step_tasks(db: Database, step_id: str, status: str | None = None, offset: in
 
 
 def definition_runs(db: Database, name: str, limit: int = 60) -> list[dict]:
-    """The newest runs of one definition (for its history chart)."""
+    """The newest runs of one definition (for its history chart), with how
+    many of each run's steps failed (a completed run may have some)."""
     return list(db.query(
-        "SELECT id, status, created, started, finished FROM jobs WHERE definition = ?"
-        " ORDER BY created DESC LIMIT ?", [name, limit]))
+        "SELECT id, status, created, started, finished, (SELECT count(*) FROM steps"
+        f" WHERE steps.job_id = jobs.id AND steps.status = '{Status.FAILED}') AS steps_failed"
+        " FROM jobs WHERE definition = ? ORDER BY created DESC LIMIT ?", [name, limit]))
 
 
 def running_steps_count(db: Database) -> int:

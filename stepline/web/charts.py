@@ -6,6 +6,7 @@ everything else."""
 from dataclasses import dataclass, field
 
 from stepline.engine.definitions import Definition
+from stepline.engine.states import JOB_STATUSES
 
 NODE_W, NODE_H = 168, 40      # a step box
 COL_GAP, ROW_GAP = 56, 14     # between columns (dependency depth) and rows
@@ -78,6 +79,7 @@ class Bar:
     height: int
     seconds: float | None
     created: float
+    steps_failed: int = 0  # a completed run past failed steps (on_error = continue) has some
 
 
 @dataclass
@@ -87,6 +89,13 @@ class History:
     longest: float  # seconds: the scale's top
     bars: list[Bar] = field(default_factory=list)
 
+    @property
+    def statuses(self) -> list[str]:
+        """The outcomes drawn, for the legend; "with-failures": completed past failed steps."""
+        seen = {("with-failures" if b.status == "completed" and b.steps_failed else b.status)
+                for b in self.bars}
+        return [s for s in (*JOB_STATUSES, "with-failures") if s in seen]
+
 
 def run_history(runs: list[dict], now: float) -> History:
     """One bar per run, oldest left; its height is the run's duration (a
@@ -95,7 +104,8 @@ def run_history(runs: list[dict], now: float) -> History:
     seconds = [((r["finished"] or now) - r["started"]) if r["started"] else None for r in runs]
     longest = max((s for s in seconds if s is not None), default=0.0) or 1.0
     bars = [Bar(r["id"], r["status"], PAD + i * (BAR_W + BAR_GAP),
-                max(2, round(CHART_H * (s or 0) / longest)), s, r["created"])
+                max(2, round(CHART_H * (s or 0) / longest)), s, r["created"],
+                r.get("steps_failed") or 0)
             for i, (r, s) in enumerate(zip(runs, seconds, strict=True))]
     return History(width=PAD * 2 + len(bars) * (BAR_W + BAR_GAP), height=CHART_H + PAD * 2,
                    longest=longest, bars=bars)
