@@ -217,3 +217,35 @@ def test_a_job_completed_past_a_failed_step_says_so_everywhere(browser, live_ser
     assert "completed, but a step failed (on_error = continue)" in page.locator(
         ".run-history .legend").inner_text()
     page.context.close()
+
+
+def test_the_task_table_on_a_390px_phone(browser, server, start_worker):
+    """On a phone: the failed job's task table fits the screen (no sideways
+    page scroll), its controls are finger-sized, and an error is readable."""
+    from .test_journeys import PHONE, page_width
+
+    page = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True).new_page()
+    start_worker()
+    job_id = run_job(page, server)
+    wait_for(lambda: job_status(server, job_id) == "failed", 60, what="the job to fail")
+    page.locator(".job-header[data-status=failed]").wait_for()
+    toggle = step_row(page, "fan").locator(".tasks-toggle")
+    toggle.tap()
+    table = page.locator(".task-table")
+    table.wait_for()
+    table.locator("input[name=status]").tap()
+    wait_for(lambda: table.locator(".task-range").inner_text() == "1–20 of 20 failed tasks",
+             10, what="the failed tasks")
+    assert page_width(page) <= PHONE["width"]
+    for control in (toggle, table.locator("label.opt"), table.locator("button.task-next")
+                    if table.locator("button.task-next").count() else toggle):
+        box = control.bounding_box()
+        assert box["height"] >= 32 and box["width"] >= 32, control
+        assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
+    error = table.locator("pre.error").first
+    box = error.bounding_box()
+    assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
+    assert error.inner_text() == error_of(0)
+    OUTPUT.mkdir(exist_ok=True)
+    page.screenshot(path=str(OUTPUT / "job-page-390px-tasks.png"), full_page=True)
+    page.context.close()
