@@ -168,8 +168,11 @@ class JobView:
         steps = reads.job_steps(db, self.job_id)
         # Rows first: a <template> parses <tr> only at the start (table mode);
         # anything after them still parses, anything before would drop them.
+        # An open task table catches up after a reconnect: its step's trigger
+        # (steps with tasks only; a closed table has no such id).
         content = "".join(render.render_step_row(s, oob=True) for s in steps) + (
-            render.render_job_header(job, oob=True))
+            render.render_job_header(job, oob=True)) + "".join(
+            render.render_task_trigger(s) for s in steps if any(s["tasks"].values()))
         fields = {**message_fields(seq, job_id=job["id"], status=job["status"],
                                    version=job["version"]), "snapshot": True,
                   "steps": [{"step_id": s["id"], "name": s["name"], "status": s["status"],
