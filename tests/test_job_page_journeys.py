@@ -249,3 +249,34 @@ def test_the_task_table_on_a_390px_phone(browser, server, start_worker):
     OUTPUT.mkdir(exist_ok=True)
     page.screenshot(path=str(OUTPUT / "job-page-390px-tasks.png"), full_page=True)
     page.context.close()
+
+
+def test_the_page_and_filter_chosen_stay_while_the_table_refreshes(page, server,
+                                                                   start_worker):
+    """While tasks keep changing: click "next", look 2 s later: still the
+    second page; tick "failed only", look 2 s later: still only failures,
+    and more of them as they fail."""
+    start_worker()
+    job_id = run_job(page, server, items=120, pause=0.25)  # 4 at a time: ~8 s
+    fan = step_row(page, "fan")
+    fan.locator(".tasks-toggle").wait_for(timeout=30_000)
+    fan.locator(".tasks-toggle").click()
+    table = page.locator(".task-table")
+    table.locator("button.task-next").click()
+    wait_for(lambda: table.locator(".task-range").inner_text() == "51–100 of 120 tasks", 10,
+             what="the second page")
+    page.wait_for_timeout(2000)
+    assert job_status(server, job_id) == "running"  # tasks changed meanwhile
+    assert table.locator(".task-range").inner_text() == "51–100 of 120 tasks"
+    assert table.locator("tbody td").first.inner_text() == "#50"
+
+    table.locator("input[name=status]").check()
+    page.wait_for_timeout(2000)
+    assert table.locator("input[name=status]").is_checked()
+    wait_for(lambda: job_status(server, job_id) == "failed", 60, what="the job")
+    wait_for(lambda: table.locator(".task-range").inner_text() == "1–40 of 40 failed tasks",
+             15, what="all 40 failures in the filtered table")
+    page.wait_for_timeout(2000)  # look again: the refreshes after the end changed nothing
+    assert table.locator(".task-range").inner_text() == "1–40 of 40 failed tasks"
+    assert set(table.locator("tbody tr").evaluate_all("rs => rs.map(r => r.dataset.status)")
+               ) == {"failed"}
