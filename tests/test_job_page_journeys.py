@@ -149,6 +149,9 @@ def test_the_timeline_grows_while_the_job_runs(page, server, start_worker, reque
     elapsed = time.monotonic() - opened
     fetched = [t for t in fetches if t >= opened]
     assert 2 <= len(fetched) <= elapsed + 2, (len(fetched), elapsed)
+    if load == "idle":
+        OUTPUT.mkdir(exist_ok=True)
+        page.screenshot(path=str(OUTPUT / "job-page-timeline.png"), full_page=True)
 
 
 def test_times_say_how_long_ago_and_stay_current(page, server, store):
