@@ -67,8 +67,8 @@ def test_task_table_refuses_what_it_cannot_show(client, finished):
 
 
 def test_step_messages_and_snapshots_carry_the_task_trigger(client, finished):
-    """Every live message of a step with tasks (and every non-log one) brings
-    the trigger an open task table refreshes on; a snapshot brings one per
+    """Every live message of a step with tasks brings the trigger an open
+    task table refreshes on (a shell step's never do); a snapshot brings one per
     step with tasks, so an open table catches up after a reconnect."""
     path, job_id, steps = finished
     app = client.application
@@ -82,8 +82,7 @@ def test_step_messages_and_snapshots_carry_the_task_trigger(client, finished):
         events = reads.events_after(db, 0, 10_000, job_id)
         for event in events:
             html = view.render_event(db, event)
-            wanted = event["step_id"] == fan["id"] or (
-                event["context"] == "job_step" and not event["log_refresh"])
+            wanted = event["step_id"] == fan["id"]  # shell steps never have tasks
             assert ("-trigger\" hx-swap-oob=\"true\" hx-get=\"/jobs/" in html
                     and "/tasks\"" in html) == wanted, event
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 from urllib.parse import urlencode
 
+from stepline.engine.definitions import FAN_OUT_TYPES
 from stepline.store import reads
 from stepline.web import render
 from stepline.web.http import ApiError, page_arg, status_arg
@@ -154,7 +155,8 @@ class JobView:
         html = render.render_step_row(step, oob=True)
         if event["log_refresh"]:
             html += render.render_log_trigger(step)
-        if any(step["tasks"].values()) or not event["log_refresh"]:
+        if step["type"] in FAN_OUT_TYPES and (any(step["tasks"].values())
+                                              or not event["log_refresh"]):
             # tasks moved, or the step changed (a retry clears its tasks):
             # an open task table re-fetches; a closed one has no such id
             html += render.render_task_trigger(step)
