@@ -148,14 +148,18 @@ for (const type of ["input", "change"]) {
 // An open task table's live refresh (task_trigger.html) fetches what the
 // table shows when the request is sent, not when it was queued: a refresh
 // queued before a click on "next" must not bring the old page back. A table
-// closed meanwhile is not reopened.
+// closed meanwhile is not reopened, whether its refresh was still waiting
+// or already on its way.
+const refreshed = (ctx) => ctx.sourceElement?.dataset?.refresh;
 htmx.registerExtension("stepline-tasks", {
   htmx_before_request: (elt, {ctx}) => {
-    const id = ctx.sourceElement?.dataset?.refresh;
-    if (!id) return;
-    const table = document.getElementById(id);
+    if (!refreshed(ctx)) return;
+    const table = document.getElementById(refreshed(ctx));
     if (!table) return false;
     const url = new URL(ctx.request.action, location.href);
     ctx.request.action = `${url.pathname}?${table.dataset.query}`;
+  },
+  htmx_before_swap: (elt, {ctx}) => {
+    if (refreshed(ctx) && !document.getElementById(refreshed(ctx))) return false;
   },
 });

@@ -288,3 +288,33 @@ def test_the_page_and_filter_chosen_stay_while_the_table_refreshes(page, server,
     assert table.locator(".task-range").inner_text() == "1–40 of 40 failed tasks"
     assert set(table.locator("tbody tr").evaluate_all("rs => rs.map(r => r.dataset.status)")
                ) == {"failed"}
+
+
+def test_a_closed_task_table_stays_closed_while_tasks_change(page, server, start_worker):
+    """Open and close the table of a busy step: closed, it stays closed, also
+    when a refresh was on its way as the person clicked (the click is made
+    the moment a refresh is sent, which a person does by bad luck)."""
+    start_worker()
+    job_id = run_job(page, server, items=200, pause=0.2)  # ~20 task changes a second
+    fan = step_row(page, "fan")
+    toggle = fan.locator(".tasks-toggle")
+    toggle.wait_for(timeout=30_000)
+    for _ in range(3):
+        toggle.click()
+        page.locator(".task-table").wait_for()
+        page.wait_for_timeout(300)
+        toggle.click()
+        page.wait_for_timeout(500)
+        assert page.locator(".task-table").count() == 0
+
+    toggle.click()
+    page.locator(".task-table").wait_for()
+    page.evaluate("""id => document.addEventListener("htmx:before:request", (e) => {
+        if (!e.detail.ctx.sourceElement.dataset.refresh || window.__closed) return;
+        window.__closed = true;
+        setTimeout(() => document.getElementById(id).click());  // the fetch is under way
+    })""", toggle.get_attribute("id"))
+    wait_for(lambda: page.evaluate("window.__closed"), 10, what="a refresh")
+    page.wait_for_timeout(1000)
+    assert page.locator(".task-table").count() == 0
+    assert job_status(server, job_id) == "running"  # it was busy throughout
