@@ -216,6 +216,8 @@ def test_a_job_completed_past_a_failed_step_says_so_everywhere(browser, live_ser
     row = page.locator(f"#job-{job_id}")
     assert row.get_attribute("data-status") == "completed"
     assert row.locator(".with-failures").inner_text() == "1 failed step"
+    OUTPUT.mkdir(exist_ok=True)
+    page.screenshot(path=str(OUTPUT / "jobs-list-failed-steps.png"))
 
     page.goto(f"{server.url}/definitions/carry_on")
     bar = page.locator(f"svg.history a.bar[data-job='{job_id}']")
@@ -224,6 +226,7 @@ def test_a_job_completed_past_a_failed_step_says_so_everywhere(browser, live_ser
     assert "completed, 1 failed step" in bar.locator("title").text_content()
     assert "completed, but a step failed (on_error = continue)" in page.locator(
         ".run-history .legend").inner_text()
+    page.screenshot(path=str(OUTPUT / "definition-page-failed-steps.png"), full_page=True)
     page.context.close()
 
 
@@ -259,11 +262,15 @@ def test_the_task_table_on_a_390px_phone(browser, server, start_worker):
     page.context.close()
 
 
+@pytest.mark.parametrize("load", ["idle", "cpu_saturated"])
 def test_the_page_and_filter_chosen_stay_while_the_table_refreshes(page, server,
-                                                                   start_worker):
+                                                                   start_worker, request,
+                                                                   load):
     """While tasks keep changing: click "next", look 2 s later: still the
     second page; tick "failed only", look 2 s later: still only failures,
     and more of them as they fail."""
+    if load == "cpu_saturated":
+        request.getfixturevalue("cpu_saturated")
     start_worker()
     job_id = run_job(page, server, items=120, pause=0.25)  # 4 at a time: ~8 s
     fan = step_row(page, "fan")
