@@ -268,7 +268,7 @@ def assert_nothing_ran(page, dialogs: list, requests_seen: list) -> None:
     # the one SVG a job page draws itself: the step timeline (its names are text)
     assert page.evaluate("""() => [...document.querySelectorAll(
         'img, svg, iframe, object, embed, a[href^="javascript:" i], [onerror], [onload]'
-    )].filter(e => !(e.matches('#timeline > .chart-scroll > svg.timeline')
+    )].filter(e => !(e.matches('#timeline > svg.timeline')
                      && !e.querySelector('[onload], [onerror], foreignObject'))).length""") == 0
 
 

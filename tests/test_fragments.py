@@ -177,9 +177,11 @@ def test_step_timeline(app, snapshot):
               "started": T0 + 90, "finished": None},
              {"name": "never", "status": "skipped", "started": None, "finished": None}]
     timeline = charts.timeline(steps, now=T0 + 125)
-    assert [(s.name, s.x, s.width) for s in timeline.spans] == [
-        ("prepare", 180, 86.4), ("fan <b>out</b>", 266.4, 302.4),
-        ("a_very_long_step_name_that_needs_cutting", 568.8, 151.2)]
+    # x and width in % of the page's width; a name over its bar, ending over
+    # its end in the right half
+    assert [(s.name, s.x, s.width, s.label_x, s.anchor) for s in timeline.spans] == [
+        ("prepare", 0, 16, 0, "start"), ("fan <b>out</b>", 16, 56, 16, "start"),
+        ("a_very_long_step_name_that_needs_cutting", 72, 28, 100, "end")]
     html = render.render_timeline(timeline)
     assert "fan &lt;b&gt;out&lt;/b&gt;" in html and "<b>" not in html
     assert html == snapshot(name="three started steps")

@@ -111,8 +111,9 @@ def run_history(runs: list[dict], now: float) -> History:
                    longest=longest, bars=bars)
 
 
-LABEL_W, PLOT_W = 180, 540   # the step names' column, then the time axis
-ROW_H, LANE_H, AXIS_H = 20, 14, 18
+# The timeline is as wide as the page (a phone's too): x and widths are
+# percentages of it; heights and text are pixels.
+ROW_H, AXIS_H = 30, 18       # a row: the step's name and duration, its bar under them
 TIMELINE_MAX_BARS = 100      # a 1,000-step job draws its first 100 started steps
 
 
@@ -120,21 +121,19 @@ TIMELINE_MAX_BARS = 100      # a 1,000-step job draws its first 100 started step
 class Span:
     name: str
     status: str
-    y: int
-    x: float
-    width: float
+    y: int                    # the row's top
+    x: float                  # % of the width
+    width: float              # %
     seconds: float
-    label_x: float            # where the duration text is anchored
-    anchor: str               # "start": after the bar; "end": inside its end, or before it
-    on_bar: bool              # the text sits on the bar (drawn in the background colour)
+    label_x: float            # %: the name sits over the bar's start, or ends over its end
+    anchor: str               # "start" | "end" (bars in the right half)
 
 
 @dataclass
 class Timeline:
-    width: int
     height: int
     seconds: float            # the axis's length: first start to last finish (or now)
-    ticks: list[tuple[float, float]] = field(default_factory=list)  # (x, seconds)
+    ticks: list[tuple[float, float]] = field(default_factory=list)  # (x %, seconds)
     spans: list[Span] = field(default_factory=list)
     hidden: int = 0           # started steps left out (over TIMELINE_MAX_BARS)
 
@@ -146,25 +145,18 @@ def timeline(steps: list[dict], now: float) -> Timeline:
     started = [s for s in steps if s["started"]]
     shown = started[:TIMELINE_MAX_BARS]
     if not shown:
-        return Timeline(width=LABEL_W + PLOT_W + PAD, height=0, seconds=0.0,
-                        hidden=len(started) - len(shown))
+        return Timeline(height=0, seconds=0.0)
     t0 = min(s["started"] for s in started)
-    end = max((s["finished"] or now) for s in started)
-    total = max(end - t0, 0.001)
-    scale = PLOT_W / total
+    total = max(max((s["finished"] or now) for s in started) - t0, 0.001)
     spans = []
     for row, s in enumerate(shown):
         seconds = max(0.0, (s["finished"] or now) - s["started"])
-        x = LABEL_W + (s["started"] - t0) * scale
-        width = max(2.0, seconds * scale)
-        if x + width <= LABEL_W + PLOT_W * 0.85:  # room after the bar
-            label_x, anchor, on_bar = x + width + 4, "start", False
-        elif width >= 64:                          # on the bar's right end
-            label_x, anchor, on_bar = x + width - 4, "end", True
-        else:                                      # before it
-            label_x, anchor, on_bar = x - 4, "end", False
-        spans.append(Span(s["name"], s["status"], AXIS_H + row * ROW_H, round(x, 1),
-                          round(width, 1), seconds, round(label_x, 1), anchor, on_bar))
-    ticks = [(round(LABEL_W + PLOT_W * i / 4, 1), total * i / 4) for i in range(5)]
-    return Timeline(width=LABEL_W + PLOT_W + PAD, height=AXIS_H + len(shown) * ROW_H + PAD,
-                    seconds=total, ticks=ticks, spans=spans, hidden=len(started) - len(shown))
+        x = round(100 * (s["started"] - t0) / total, 2)
+        width = round(max(0.5, 100 * seconds / total), 2)
+        left_half = x <= 50
+        spans.append(Span(s["name"], s["status"], AXIS_H + row * ROW_H, x, width, seconds,
+                          x if left_half else round(x + width, 2),
+                          "start" if left_half else "end"))
+    ticks = [(25.0 * i, total * i / 4) for i in range(5)]
+    return Timeline(height=AXIS_H + len(shown) * ROW_H + PAD, seconds=total, ticks=ticks,
+                    spans=spans, hidden=len(started) - len(shown))
