@@ -1,6 +1,6 @@
 """Parts of the job page fetched on their own: a step's task table (only
-while a person has it open) and the step timeline. Each is one template that
-the full page includes too."""
+while a person has it open: it exists only as this fragment) and the step
+timeline (the template the full page includes, re-fetched while it is live)."""
 
 import time
 
