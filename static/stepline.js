@@ -178,9 +178,22 @@ stepline.duration = (s) => {
   if (m < 60) return `${m}m ${pad(Math.floor(s % 60))}s`;
   return `${Math.floor(m / 60)}h ${pad(m % 60)}m`;
 };
+// How long ago, in the format of the server's ago() (render.py): <time data-at>.
+stepline.ago = (s) => {
+  if (s < 10) return "just now";
+  if (s < 60) return `${Math.floor(s)} s ago`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
+  const days = Math.floor(s / 86400);
+  return `${days} day${days > 1 ? "s" : ""} ago`;
+};
 setInterval(() => {
+  const now = Date.now() / 1000;
   for (const el of document.querySelectorAll("[data-since]")) {
-    el.textContent = stepline.duration(Date.now() / 1000 - parseFloat(el.dataset.since));
+    el.textContent = stepline.duration(now - parseFloat(el.dataset.since));
+  }
+  for (const el of document.querySelectorAll("time[data-at]")) {
+    el.textContent = stepline.ago(now - parseFloat(el.dataset.at));
   }
 }, 1000);
 
@@ -193,3 +206,22 @@ for (const type of ["input", "change"]) {
     if (event.target.matches(".ts-toggle, .follow")) event.stopPropagation();
   }, true);
 }
+
+// An open task table's live refresh (task_trigger.html) fetches what the
+// table shows when the request is sent, not when it was queued: a refresh
+// queued before a click on "next" must not bring the old page back. A table
+// closed meanwhile is not reopened, whether its refresh was still waiting
+// or already on its way.
+const refreshed = (ctx) => ctx.sourceElement?.dataset?.refresh;
+htmx.registerExtension("stepline-tasks", {
+  htmx_before_request: (elt, {ctx}) => {
+    if (!refreshed(ctx)) return;
+    const table = document.getElementById(refreshed(ctx));
+    if (!table) return false;
+    const url = new URL(ctx.request.action, location.href);
+    ctx.request.action = `${url.pathname}?${table.dataset.query}`;
+  },
+  htmx_before_swap: (elt, {ctx}) => {
+    if (refreshed(ctx) && !document.getElementById(refreshed(ctx))) return false;
+  },
+});

@@ -112,3 +112,17 @@ def numbered_log(ctx, lines: int = 2300, errors: tuple = (), fail: bool = False)
         ctx.log(f"line {n}: hello world {n}", "error" if n in errors else "info")
     if fail:
         raise StepFailed(f"{len(errors)} errors")
+
+def flaky_tasks(ctx, items: int = 60, pause: float = 0.0) -> None:
+    """Fans out `items` tasks, each `pause` s long; every third fails with a
+    two-line error that names it and holds markup (shown as text, never run)."""
+
+    def task(i: int) -> None:
+        if pause and ctx.wait(pause):
+            raise StepFailed("stopped")
+        if i % 3 == 0:
+            raise ValueError(f"row {i} has <b>no</b> id & cannot be parsed\n  in chunk {i // 10}")
+
+    result = ctx.spawn(range(items), task, concurrency=4)
+    if result.failed:
+        raise StepFailed(f"{len(result.failed)} of {items} tasks failed")

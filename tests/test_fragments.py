@@ -166,3 +166,96 @@ def test_definition_graph_and_run_history(app, snapshot):
     assert history == snapshot(name="history")
     assert render_template("run_history.html", history=charts.run_history([], T0)
                            ) == snapshot(name="history-empty")
+
+
+TASKS = [
+    {"task_id": 7, "idx": 0, "status": "failed", "attempts": 2, "worker": "host-1234-ab",
+     "error": "ValueError: <b>bad</b> & worse\n  in chunk 0", "started_at": T0 + 3,
+     "finished_at": T0 + 4.5},
+    {"task_id": 8, "idx": 1, "status": "running", "attempts": 1, "worker": "host-1234-ab",
+     "error": None, "started_at": T0 + 5, "finished_at": None},
+    {"task_id": 9, "idx": 2, "status": "pending", "attempts": 0, "worker": None,
+     "error": None, "started_at": None, "finished_at": None},
+]
+
+
+def test_task_table_and_its_trigger(app, snapshot):
+    s = step("running", tasks={"pending": 1, "running": 1, "completed": 0, "failed": 1})
+    first = render.render_task_table(s, TASKS, 120, None, 0)
+    assert "1&ndash;3 of 120 tasks" in first and "task-next" in first
+    assert "task-prev" not in first and 'data-query=""' in first
+    assert "&lt;b&gt;bad&lt;/b&gt; &amp; worse" in first and "<b>" not in first
+    assert first == snapshot(name="first page")
+    failed = render.render_task_table(s, TASKS[:1], 51, "failed", 50)
+    assert 'data-query="status=failed&amp;offset=50"' in failed and "task-next" not in failed
+    assert "offset=0&amp;status=failed" in failed or "status=failed&amp;offset=0" in failed
+    assert failed == snapshot(name="failed only, second page")
+    assert render.render_task_table(s, [], 0, "failed", 0) == snapshot(name="none")
+    assert render.render_task_trigger(s) == snapshot(name="trigger")
+
+
+def test_step_timeline(app, snapshot):
+    from stepline.web import charts
+
+    steps = [{"name": "prepare", "status": "completed", "started": T0, "finished": T0 + 20},
+             {"name": "fan <b>out</b>", "status": "failed", "started": T0 + 20,
+              "finished": T0 + 90},
+             {"name": "a_very_long_step_name_that_needs_cutting", "status": "running",
+              "started": T0 + 90, "finished": None},
+             {"name": "never", "status": "skipped", "started": None, "finished": None}]
+    timeline = charts.timeline(steps, now=T0 + 125)
+    # x and width in % of the page's width; a name over its bar, ending over
+    # its end in the right half
+    assert [(s.name, s.x, s.width, s.label_x, s.anchor) for s in timeline.spans] == [
+        ("prepare", 0, 16, 0, "start"), ("fan <b>out</b>", 16, 56, 16, "start"),
+        ("a_very_long_step_name_that_needs_cutting", 72, 28, 100, "end")]
+    html = render.render_timeline(timeline)
+    assert "fan &lt;b&gt;out&lt;/b&gt;" in html and "<b>" not in html
+    assert html == snapshot(name="three started steps")
+    assert render.render_timeline(charts.timeline(steps[3:], T0)) == snapshot(name="none")
+
+
+def test_step_timeline_draws_at_most_its_cap(app):
+    from stepline.web import charts
+
+    steps = [{"name": f"s{i}", "status": "completed", "started": T0 + i, "finished": T0 + i + 1}
+             for i in range(1000)]
+    timeline = charts.timeline(steps, now=T0 + 1001)
+    assert len(timeline.spans) == charts.TIMELINE_MAX_BARS
+    assert timeline.hidden == 1000 - charts.TIMELINE_MAX_BARS
+    assert timeline.seconds == 1000  # the axis still spans the whole job
+    assert f"{timeline.hidden} more are in the table" in render.render_timeline(timeline)
+
+
+def test_times_say_how_long_ago_with_the_exact_time_on_hover(app):
+    html = render.render_job_row(job("completed"))  # created 125 s before "now"
+    assert ('<time datetime="2023-11-14T22:13:20+00:00" title="2023-11-14 22:13:20 UTC"'
+            f' data-at="{T0}">2 min ago</time>') in html
+    header = render.render_job_header(job("running"))
+    assert "in progress <span data-since" in header
+    assert [render.ago(T0 + 125 - s) for s in (3, 42, 61, 3599, 3600, 86399, 86400, 200000)] \
+        == ["just now", "42 s ago", "1 min ago", "59 min ago", "1 h ago", "23 h ago",
+            "1 day ago", "2 days ago"]
+
+
+def test_completed_past_failed_steps_is_marked_everywhere(app, snapshot):
+    """on_error = continue: the row, the header and the run history all say
+    that the completed job had failed steps, the same way."""
+    from flask import render_template
+
+    from stepline.web import charts
+
+    done = job("completed", steps_failed=2)
+    badge = "2 failed steps</span>"
+    assert badge in render.render_job_row(done) and badge in render.render_job_header(done)
+    assert "failed step" not in render.render_job_row(job("completed", steps_failed=0))
+    assert render.render_job_row(done) == snapshot(name="row")
+    runs = [{"id": "job0001", "status": "completed", "created": T0, "started": T0 + 1,
+             "finished": T0 + 21, "steps_failed": 1},
+            {"id": "job0002", "status": "completed", "created": T0 + 60, "started": T0 + 61,
+             "finished": T0 + 71, "steps_failed": 0}]
+    history = render_template("run_history.html", history=charts.run_history(runs, T0 + 100))
+    assert history.count("with-failures") == 2  # the first bar, and its legend swatch
+    assert "completed, 1 failed step" in history
+    assert "completed, but a step failed (on_error = continue)" in history
+    assert history == snapshot(name="history")

@@ -16,6 +16,7 @@ from typing import Any
 # The built-in demos ship inside the package (in a checkout: a link to ../jobs).
 BUILTIN_DIR = Path(str(files("stepline") / "jobs"))
 STEP_TYPES = ("shell", "python", "generate", "sleep")
+FAN_OUT_TYPES = ("python", "generate")  # the types whose steps may have tasks (ctx.spawn)
 COMMON_KEYS = {"type", "depends", "on_error", "always_run", "timeout", "retries", "description"}
 TYPE_KEYS = {
     "shell": {"run", "env", "cwd"},

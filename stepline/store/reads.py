@@ -115,6 +115,12 @@ def structure_json(db: Database, job_id: str) -> str | None:
     return row[0] if row else None
 
 
+def step_times(db: Database, job_id: str) -> list[dict]:
+    """What the step timeline draws of each step, in step order."""
+    return list(db.query("SELECT name, status, started, finished FROM steps WHERE job_id = ?"
+                         " ORDER BY idx", [job_id]))
+
+
 def get_step(db: Database, step_id: str) -> dict | None:
     rows = list(db.query("SELECT * FROM steps WHERE id = ?", [step_id]))
     return _step(rows[0]) if rows else None
@@ -135,10 +141,12 @@ def step_tasks(db: Database, step_id: str, status: str | None = None, offset: in
 
 
 def definition_runs(db: Database, name: str, limit: int = 60) -> list[dict]:
-    """The newest runs of one definition (for its history chart)."""
+    """The newest runs of one definition (for its history chart), with how
+    many of each run's steps failed (a completed run may have some)."""
     return list(db.query(
-        "SELECT id, status, created, started, finished FROM jobs WHERE definition = ?"
-        " ORDER BY created DESC LIMIT ?", [name, limit]))
+        "SELECT id, status, created, started, finished, (SELECT count(*) FROM steps"
+        f" WHERE steps.job_id = jobs.id AND steps.status = '{Status.FAILED}') AS steps_failed"
+        " FROM jobs WHERE definition = ? ORDER BY created DESC LIMIT ?", [name, limit]))
 
 
 def running_steps_count(db: Database) -> int:

@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException
 from stepline import config
 from stepline.engine.definitions import ParamError
 from stepline.store.writes import Conflict, NotFound, Store
-from stepline.web import api, auth, live, pages, render
+from stepline.web import api, auth, live, pages, parts, render
 from stepline.web.http import ApiError, error_response
 from stepline.web.hub import Hub
 
@@ -51,7 +51,7 @@ def create_app(db_path: str | None = None, definitions_dir: str | None = None,
     render.register(app)
     app.jinja_env.globals["csrf_token"] = auth.csrf_token
     app.before_request(auth.check_request)
-    for blueprint in (auth.bp, pages.bp, api.bp, live.bp):
+    for blueprint in (auth.bp, pages.bp, parts.bp, api.bp, live.bp):
         app.register_blueprint(blueprint)
     Sock(app).route("/ws")(live.websocket)
 

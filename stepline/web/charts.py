@@ -6,6 +6,7 @@ everything else."""
 from dataclasses import dataclass, field
 
 from stepline.engine.definitions import Definition
+from stepline.engine.states import JOB_STATUSES
 
 NODE_W, NODE_H = 168, 40      # a step box
 COL_GAP, ROW_GAP = 56, 14     # between columns (dependency depth) and rows
@@ -78,6 +79,7 @@ class Bar:
     height: int
     seconds: float | None
     created: float
+    steps_failed: int = 0  # a completed run past failed steps (on_error = continue) has some
 
 
 @dataclass
@@ -87,6 +89,13 @@ class History:
     longest: float  # seconds: the scale's top
     bars: list[Bar] = field(default_factory=list)
 
+    @property
+    def statuses(self) -> list[str]:
+        """The outcomes drawn, for the legend; "with-failures": completed past failed steps."""
+        seen = {("with-failures" if b.status == "completed" and b.steps_failed else b.status)
+                for b in self.bars}
+        return [s for s in (*JOB_STATUSES, "with-failures") if s in seen]
+
 
 def run_history(runs: list[dict], now: float) -> History:
     """One bar per run, oldest left; its height is the run's duration (a
@@ -95,7 +104,59 @@ def run_history(runs: list[dict], now: float) -> History:
     seconds = [((r["finished"] or now) - r["started"]) if r["started"] else None for r in runs]
     longest = max((s for s in seconds if s is not None), default=0.0) or 1.0
     bars = [Bar(r["id"], r["status"], PAD + i * (BAR_W + BAR_GAP),
-                max(2, round(CHART_H * (s or 0) / longest)), s, r["created"])
+                max(2, round(CHART_H * (s or 0) / longest)), s, r["created"],
+                r.get("steps_failed") or 0)
             for i, (r, s) in enumerate(zip(runs, seconds, strict=True))]
     return History(width=PAD * 2 + len(bars) * (BAR_W + BAR_GAP), height=CHART_H + PAD * 2,
                    longest=longest, bars=bars)
+
+
+# The timeline is as wide as the page (a phone's too): x and widths are
+# percentages of it; heights and text are pixels.
+ROW_H, AXIS_H = 30, 18       # a row: the step's name and duration, its bar under them
+TIMELINE_MAX_BARS = 100      # a 1,000-step job draws its first 100 started steps
+
+
+@dataclass
+class Span:
+    name: str
+    status: str
+    y: int                    # the row's top
+    x: float                  # % of the width
+    width: float              # %
+    seconds: float
+    label_x: float            # %: the name sits over the bar's start, or ends over its end
+    anchor: str               # "start" | "end" (bars in the right half)
+
+
+@dataclass
+class Timeline:
+    height: int
+    seconds: float            # the axis's length: first start to last finish (or now)
+    ticks: list[tuple[float, float]] = field(default_factory=list)  # (x %, seconds)
+    spans: list[Span] = field(default_factory=list)
+    hidden: int = 0           # started steps left out (over TIMELINE_MAX_BARS)
+
+
+def timeline(steps: list[dict], now: float) -> Timeline:
+    """A Gantt chart: one bar per started step, in step order, from its start
+    to its finish (a running step's to `now`); pending and skipped steps
+    have none. Time runs left to right from the first start."""
+    started = [s for s in steps if s["started"]]
+    shown = started[:TIMELINE_MAX_BARS]
+    if not shown:
+        return Timeline(height=0, seconds=0.0)
+    t0 = min(s["started"] for s in started)
+    total = max(max((s["finished"] or now) for s in started) - t0, 0.001)
+    spans = []
+    for row, s in enumerate(shown):
+        seconds = max(0.0, (s["finished"] or now) - s["started"])
+        x = round(100 * (s["started"] - t0) / total, 2)
+        width = round(max(0.5, 100 * seconds / total), 2)
+        left_half = x <= 50
+        spans.append(Span(s["name"], s["status"], AXIS_H + row * ROW_H, x, width, seconds,
+                          x if left_half else round(x + width, 2),
+                          "start" if left_half else "end"))
+    ticks = [(25.0 * i, total * i / 4) for i in range(5)]
+    return Timeline(height=AXIS_H + len(shown) * ROW_H + PAD, seconds=total, ticks=ticks,
+                    spans=spans, hidden=len(started) - len(shown))

@@ -55,6 +55,7 @@ def job_page(job_id: str):
     failed = next((s for s in steps if s["status"] == Status.FAILED), None)
     open_log = (failed["id"], logview.panel(db, failed, logview.NO_FILTER)) if failed else None
     return render_template("job.html", job=job, steps=steps, oob=False, open_log=open_log,
+                           timeline=charts.timeline(steps, time.time()),
                            **_live(f"job={job_id}"))
 
 

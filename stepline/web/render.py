@@ -4,12 +4,14 @@ any markup."""
 
 import time
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit, urlunsplit
+from datetime import datetime
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from flask import Flask, current_app, render_template
 from flask.templating import Environment
 from markupsafe import Markup
 
+from stepline.engine.definitions import FAN_OUT_TYPES
 from stepline.engine.states import LOG_LEVELS, TERMINAL, Status
 from stepline.web.ansi import ansi_to_html
 
@@ -17,6 +19,7 @@ TAIL_LINES = 500      # lines an opened panel starts with, and per "load earlier
 FOLLOW_LINES = 2_000  # at most this many new lines per fetch; a full page fetches again
 WINDOW_LINES = 5_000  # lines a panel keeps in the DOM (stepline.js drops the oldest)
 PAGE_SIZE = 25
+TASK_PAGE = 50        # rows of an open task table
 
 
 def _macro(template: str):
@@ -94,6 +97,22 @@ def render_log_lines(step: dict, log: LogPage, mode: str) -> str:
     return render_template("log_lines.html", step=step, log=log, mode=mode)
 
 
+def render_task_table(step: dict, tasks: list[dict], total: int, status: str | None,
+                      offset: int) -> str:
+    """One page of a step's tasks: `total` of them match `status` (None: all)."""
+    query = urlencode({k: v for k, v in (("status", status), ("offset", offset)) if v})
+    return render_template("task_table.html", step=step, tasks=tasks, total=total,
+                           status=status, offset=offset, page_size=TASK_PAGE, query=query)
+
+
+def render_task_trigger(step: dict) -> str:
+    return render_template("task_trigger.html", step=step)
+
+
+def render_timeline(timeline) -> str:
+    return render_template("job_timeline.html", timeline=timeline)
+
+
 # -- template helpers -----------------------------------------------------------
 
 def duration(started: float | None, finished: float | None) -> str:
@@ -120,7 +139,32 @@ def clock(ts: float | None) -> str:
 
 
 def datetime_text(ts: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
+    """The absolute time, with the server's timezone: `2026-11-23 22:34:00 UTC`."""
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(ts)) if ts else ""
+
+
+def iso_time(ts: float | None) -> str:
+    """For <time datetime>: `2026-11-23T22:34:00+00:00`."""
+    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds") if ts else ""
+
+
+def ago(ts: float | None) -> str:
+    """How long ago, as stepline.ago() in static/stepline.js says it (the
+    page's ticker keeps it current): `just now`, `42 s ago`, `3 min ago`,
+    `5 h ago`, `2 days ago`."""
+    if not ts:
+        return ""
+    seconds = time.time() - ts
+    if seconds < 10:
+        return "just now"
+    if seconds < 60:
+        return f"{int(seconds)} s ago"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min ago"
+    if seconds < 86400:
+        return f"{int(seconds // 3600)} h ago"
+    days = int(seconds // 86400)
+    return f"{days} day{'s' if days > 1 else ''} ago"
 
 
 class RowEnvironment(Environment):
@@ -144,11 +188,12 @@ def register(app: Flask) -> None:
     app.jinja_env.lstrip_blocks = True
     app.jinja_env.filters.update(
         ansi=ansi_to_html, duration=duration, span=span, clock=clock, datetime=datetime_text,
+        iso=iso_time, ago=ago,
         items=lambda mapping: list(mapping.items()),
         item=lambda mapping, key, default=None: mapping.get(key, default),
     )
     app.jinja_env.globals.update(TERMINAL=TERMINAL, LOG_LEVELS=LOG_LEVELS, PAGE_SIZE=PAGE_SIZE,
-                                 WINDOW_LINES=WINDOW_LINES,
+                                 WINDOW_LINES=WINDOW_LINES, FAN_OUT_TYPES=FAN_OUT_TYPES,
                                  icon=lambda status: Markup(ICONS.get(status, "")))
     app.jinja_env.globals["url_for"] = path_builder(app)
 
