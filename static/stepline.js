@@ -26,7 +26,12 @@ function place(body) {
   if (!box) return;
   const at = box.querySelector(".ll.at");
   if (at) at.scrollIntoView({block: "center"});
-  else scrollToEnd(box);
+  else {
+    scrollToEnd(box);
+    // The whole box on screen (the page moves only as far as needed): its
+    // last line is what the person opened the step for.
+    box.scrollIntoView({block: "nearest"});
+  }
 }
 function scrollToEnd(box, frames = 2) {
   box.scrollTop = box.scrollHeight;

@@ -58,7 +58,7 @@ def in_view(tab, selector: str) -> bool:
       const r = el.getBoundingClientRect();
       const box = el.closest('.log-lines').getBoundingClientRect();
       return r.height > 0 && r.top >= box.top - 1 && r.bottom <= box.bottom + 1
-        && r.top >= 0 && r.bottom <= window.innerHeight;
+        && r.top >= -1 && r.bottom <= window.innerHeight + 1;
     }""", selector)
 
 
