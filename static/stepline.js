@@ -19,7 +19,8 @@ window.stepline = {
 function setLive(el, live) {
   if (el.id !== "live") return;
   el.classList.toggle("offline", !live);
-  el.textContent = live ? "live" : "offline \u2014 reconnecting";
+  const text = live ? "live" : "offline \u2014 reconnecting";
+  if (el.textContent !== text) el.textContent = text;  // not a DOM change per message
 }
 for (const name of ["ws:after:message:incoming", "sse:after:message"]) {
   document.addEventListener(`htmx:${name}`, (e) => setLive(e.target, true));
