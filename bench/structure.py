@@ -9,7 +9,7 @@ import requests
 
 from bench.harness import Store, definition, median, print_table, temp_db, web
 from stepline.store import reads
-from stepline.web.hub import Message
+from stepline.web.frames import Message
 
 STEPS = 1000
 

@@ -259,3 +259,20 @@ def test_completed_past_failed_steps_is_marked_everywhere(app, snapshot):
     assert "completed, 1 failed step" in history
     assert "completed, but a step failed (on_error = continue)" in history
     assert history == snapshot(name="history")
+
+@pytest.mark.parametrize("value", ["job0001", "a b/c?d#e%", "ünï", "x&y=z", "<x>", 7, "a.b~c-d_e"])
+def test_path_builder_builds_what_werkzeug_builds(app, value):
+    """The templates' url_for fills ids into a pattern built once per endpoint
+    (render.path_builder): every route, asked twice (pattern built, then
+    reused), with and without a query argument, in both argument orders,
+    gives werkzeug's own path."""
+    url_for = render.path_builder(app)
+    paths = app.url_map.bind("")
+    for rule in app.url_map.iter_rules():
+        for extra in ({}, {"page": 2}):
+            for names in (sorted(rule.arguments), sorted(rule.arguments, reverse=True)):
+                # a different value per argument, so a mix-up shows
+                values = {name: value * (i + 1) for i, name in enumerate(names)} | extra
+                want = paths.build(rule.endpoint, values).removeprefix("ws://")
+                want = want[want.index("/"):]
+                assert [url_for(rule.endpoint, **values) for _ in range(2)] == [want] * 2

@@ -129,8 +129,8 @@ def test_ws_jobs_view_sees_new_jobs(store, live_server):
 
 
 def test_ws_jobs_view_coalesces_every_event_into_few_messages(store, live_server):
-    """The jobs list gets at most one message per 100 ms covering every event
-    since the last (#9: one per event drowned the page at 10 jobs/s)."""
+    """The jobs list gets one message per 100 ms on average, covering every
+    event since the last (#9: one per event drowned the page at 10 jobs/s)."""
     server = live_server()
     ws = Client.connect(server.url.replace("http", "ws") + "/ws?view=jobs&format=json")
     snapshot = json.loads(ws.receive(timeout=5))

@@ -7,8 +7,11 @@ those bytes ourselves means going around simple-websocket: `WholeFrames`
 wraps the socket it owns (hence the pinned version in pyproject.toml).
 """
 
+import json
 import socket
 import threading
+from dataclasses import dataclass
+from typing import Any
 
 
 def text_frame(text: str) -> bytes:
@@ -73,3 +76,28 @@ class WholeFrames:
 
     def __getattr__(self, name):
         return getattr(self._sock, name)
+
+
+@dataclass
+class Message:
+    """One live message, encoded once for every subscriber of a view."""
+
+    seq: int
+    fields: dict[str, Any]
+    content: str
+
+    def __post_init__(self):
+        self.json_html = json.dumps({**self.fields, "content": self.content})
+        self.json_bare = json.dumps(self.fields)
+        self._frames: dict[bool, bytes] = {}
+
+    def encoded(self, with_content: bool) -> str:
+        return self.json_html if with_content else self.json_bare
+
+    def frame(self, with_content: bool) -> bytes:
+        """The whole WebSocket frame, built once for every subscriber: server
+        frames are unmasked, and sent uncompressed (RSV1 clear, which
+        permessage-deflate allows), so the bytes are the same for everyone."""
+        if with_content not in self._frames:
+            self._frames[with_content] = text_frame(self.encoded(with_content))
+        return self._frames[with_content]

@@ -4,7 +4,7 @@ each event out to the connections watching an affected view.
 
 A fragment is rendered once per event and view, encoded once, and the same
 bytes go to every subscriber. A coalescing view (the jobs list) instead gets
-one message per COALESCE_S for all its events since the last (see
+one message per COALESCE_S on average for all its events since the last (see
 `Hub.send_batches`, `JobsView.render_batch`). One that falls behind gets a
 fresh snapshot instead of an unbounded backlog. Under gevent (monkey-patched)
 the tailer is a greenlet; under a plain server, a thread.
@@ -15,7 +15,6 @@ are written to by the tailer itself without blocking (see
 non-blocking sends and no greenlet switch.
 """
 
-import json
 import queue
 import sys
 import threading
@@ -26,38 +25,14 @@ from typing import Any
 
 from stepline.store import reads
 from stepline.store import sqlite as dbmod
-from stepline.web.frames import WholeFrames, text_frame
+from stepline.web.frames import Message, WholeFrames
 
 POLL_S = 0.01  # while events flow: commit -> tailer in ~5 ms
 IDLE_POLL_S = 0.2  # after IDLE_AFTER_S without an event (10 ms polls: 1.4 s CPU/min idle)
 IDLE_AFTER_S = 1.0
-COALESCE_S = 0.1  # a coalescing view gets at most one message per 100 ms
+COALESCE_S = 0.1  # a coalescing view gets one message per 100 ms on average...
+BURST = 2  # ...and after a quiet spell up to 2 at once: a job's pending and running
 QUEUE_SIZE = 500
-
-
-@dataclass
-class Message:
-    """One live message, encoded once for every subscriber of a view."""
-
-    seq: int
-    fields: dict[str, Any]
-    content: str
-
-    def __post_init__(self):
-        self.json_html = json.dumps({**self.fields, "content": self.content})
-        self.json_bare = json.dumps(self.fields)
-        self._frames: dict[bool, bytes] = {}
-
-    def encoded(self, with_content: bool) -> str:
-        return self.json_html if with_content else self.json_bare
-
-    def frame(self, with_content: bool) -> bytes:
-        """The whole WebSocket frame, built once for every subscriber: server
-        frames are unmasked, and sent uncompressed (RSV1 clear, which
-        permessage-deflate allows), so the bytes are the same for everyone."""
-        if with_content not in self._frames:
-            self._frames[with_content] = text_frame(self.encoded(with_content))
-        return self._frames[with_content]
 
 
 # Every live message's fields (DESIGN "HTTP and live protocol"): one event's row.
@@ -234,6 +209,7 @@ class Batch:
 
     events: list[dict] = field(default_factory=list)
     sent_at: float = 0.0  # time.monotonic() of the last message
+    tokens: float = BURST  # messages it may send at once (one back per COALESCE_S)
     shown: Any = None
     subs: frozenset = frozenset()  # who got the last message
 
@@ -364,9 +340,12 @@ class Hub:
         return any(batch.events for batch in self._batches.values())
 
     def send_batches(self) -> None:
-        """Send each coalescing view whose last message is COALESCE_S old ONE
-        message for all its events since: the first event after a quiet spell
-        goes out at once, a burst at 10 messages a second whatever its rate."""
+        """Send each coalescing view that has a token ONE message for all its
+        events since its last: a token bucket of BURST, refilled one per
+        COALESCE_S. The first events after a quiet spell go out at once (a
+        submitted job's `pending` and then its `running` too: with one token,
+        `running` waited out the window), a flood at 10 messages a second
+        whatever its rate."""
         now = time.monotonic()
         for key, batch in list(self._batches.items()):
             with self._lock:
@@ -374,9 +353,11 @@ class Hub:
             if not subs:
                 del self._batches[key]
                 continue
-            if not batch.events or now - batch.sent_at < COALESCE_S:
+            tokens = min(BURST, batch.tokens + (now - batch.sent_at) / COALESCE_S)
+            if not batch.events or tokens < 1:
                 continue
-            events, batch.events, batch.sent_at = batch.events, [], now
+            events, batch.events = batch.events, []
+            batch.tokens, batch.sent_at = tokens - 1, now
             view = next(iter(subs)).view
             # A page opened since the last message shows its own snapshot, not
             # what `shown` records: send it the whole list once.

@@ -12,9 +12,9 @@ from flask import Blueprint, Response, request, stream_with_context
 from simple_websocket import ConnectionClosed
 
 from stepline.store import reads
-from stepline.web.frames import WholeFrames
+from stepline.web.frames import Message, WholeFrames
 from stepline.web.http import ApiError, app_state
-from stepline.web.hub import Message, QueueSubscription, SocketSubscription
+from stepline.web.hub import QueueSubscription, SocketSubscription
 from stepline.web.views import JobView, view_from_args
 
 bp = Blueprint("live", __name__)
