@@ -28,6 +28,20 @@ def pytest_addoption(parser):
                           " session starts (tests/pg.py)")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "sqlite_only: about the SQLite file itself (skipped"
+                            " with --db-backend=postgres)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--db-backend") != "postgres":
+        return
+    skip = pytest.mark.skip(reason="about the SQLite file itself")
+    for item in items:
+        if item.get_closest_marker("sqlite_only"):
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def soak(request) -> bool:
     return request.config.getoption("--soak")
