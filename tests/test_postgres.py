@@ -63,12 +63,13 @@ def test_a_commit_wakes_the_watches_through_notify_carrying_the_seq(pg_url):
     store = Store(pg_url)
     events, commits = store.event_watch(), store.commit_watch()
     assert events.wait(0) and commits.wait(0)  # connected: may have missed some
-    with store.write() as tx:  # a heartbeat-like write: no event
+    other = Store(pg_url)  # as another process
+    with other.write() as tx:  # a heartbeat-like write: no event
         tx.conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", ("k", "v"))
     assert commits.wait(10)
     assert not events.wait(0.3), "a commit without events must not wake the tailer"
 
-    with store.write() as tx:
+    with store.write() as tx:  # the tailer's own process: its API writes too
         seq = tx.write_job_event("some-job", status="deleted")
     assert events.wait(10)
     assert events.latest_seq == seq

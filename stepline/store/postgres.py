@@ -21,6 +21,7 @@ import os
 import re
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -134,6 +135,9 @@ class PostgresBackend:
         self._pool: ConnectionPool | None = None
         self._pid = None
         self._lock = threading.Lock()
+        # Said in each NOTIFY, so a commit watch can ignore this store's own
+        # commits, as SQLite's data_version ignores the connection's own.
+        self.origin = uuid.uuid4().hex[:8]
         ensure_schema(url)
 
     @property
@@ -160,9 +164,10 @@ class PostgresBackend:
             yield TxConnection(conn)
 
     def before_commit(self, conn: TxConnection, last_seq: int | None) -> None:
-        """Wake every listener on commit; the payload is the transaction's
-        last event seq ('' when it wrote none: a heartbeat, a cancel flag)."""
-        conn.execute("SELECT pg_notify(?, ?)", (CHANNEL, str(last_seq or "")))
+        """Wake every listener on commit. The payload is "<seq>:<origin>": the
+        transaction's last event seq ('' when it wrote none: a heartbeat, a
+        cancel flag) and which store wrote it."""
+        conn.execute("SELECT pg_notify(?, ?)", (CHANNEL, f"{last_seq or ''}:{self.origin}"))
 
     def commit_watch(self) -> "Listener":
         return Listener(self, events_only=False)
@@ -177,8 +182,9 @@ class PostgresBackend:
 
 
 class Listener:
-    """`wait(timeout)`: True as soon as another transaction commits (with
-    `events_only`, one that wrote events), False at the timeout. Blocks on
+    """`wait(timeout)`: True as soon as another store commits (with
+    `events_only`: any transaction that wrote events, this store's too, as
+    the web's own API writes must reach its pages), False at the timeout. Blocks on
     its own LISTEN connection: no polling; psycopg waits cooperatively under
     gevent. After a lost connection it reconnects and answers True, since
     notifications may have been missed meanwhile."""
@@ -202,9 +208,13 @@ class Listener:
         while not woken and (left := deadline - time.monotonic()) > 0:
             # Ends after one notification (and any that came in the same packet).
             for notify in self._conn.notifies(timeout=left, stop_after=1):
-                if notify.payload:
-                    self.latest_seq = max(self.latest_seq, int(notify.payload))
-                woken = woken or bool(notify.payload) or not self.events_only
+                seq, _, origin = notify.payload.partition(":")
+                if seq:
+                    self.latest_seq = max(self.latest_seq, int(seq))
+                if self.events_only:
+                    woken = woken or bool(seq)
+                else:
+                    woken = woken or origin != self.backend.origin
         return woken
 
     def close(self) -> None:
