@@ -34,9 +34,12 @@ from stepline.store.sqlite import INDEXES, SCHEMA
 CHANNEL = "stepline_commits"
 WRITE_LOCK = 0x5354_4550  # any constant shared by every Stepline process ("STEP")
 SCHEMA_LOCK = WRITE_LOCK + 1
-# Connections per process: a worker's job threads and watchdog, or a web
-# worker's greenlets (each query holds one only while it runs).
-POOL_MAX = int(os.environ.get("STEPLINE_PG_POOL", "8"))
+# Connections per process, shared by a worker's job threads and watchdog or
+# a web worker's greenlets (each query holds one only while it runs; writes
+# queue on WRITE_LOCK anyway). A fixed number: a pool that grows under load
+# and shrinks when idle would make a process's descriptors wander, and the
+# WebSocket fault test (test_ws_faults) could no longer tell a leak.
+POOL_SIZE = int(os.environ.get("STEPLINE_PG_POOL", "4"))
 POOL_TIMEOUT_S = float(os.environ.get("STEPLINE_BUSY_TIMEOUT", "30"))
 
 TYPES = {str: "TEXT", int: "BIGINT", float: "DOUBLE PRECISION"}
@@ -148,7 +151,7 @@ class PostgresBackend:
             with self._lock:
                 if self._pid != os.getpid():
                     self._pool = ConnectionPool(
-                        self.url, min_size=1, max_size=POOL_MAX, timeout=POOL_TIMEOUT_S,
+                        self.url, min_size=POOL_SIZE, max_size=POOL_SIZE, timeout=POOL_TIMEOUT_S,
                         kwargs={"autocommit": True}, open=True,
                         name=f"stepline-{os.getpid()}")
                     self._pid = os.getpid()
