@@ -2,6 +2,9 @@
 the schema, `stepline migrate`, LISTEN/NOTIFY wake-ups, and event order when
 transactions commit out of seq order."""
 
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -12,7 +15,7 @@ from stepline.store import reads
 from stepline.store.sqlite import SCHEMA
 from stepline.store.writes import Store
 
-from .conftest import stepline, wait_for
+from .conftest import ROOT, stepline, wait_for
 
 
 def test_each_test_gets_its_own_empty_database(pg_url, pg_server):
@@ -126,3 +129,19 @@ def test_no_event_is_skipped_when_the_lower_seq_commits_last(pg_url, cpu_saturat
     assert sorted(e["job_id"] for e in committed) == ["job-a", "job-b"]
     assert [e["job_id"] for e in delivered] == [e["job_id"] for e in committed]
     assert [e["seq"] for e in delivered] == sorted(e["seq"] for e in delivered)
+
+
+def test_a_write_held_up_past_the_busy_timeout_is_a_clear_unavailable_error(pg_url):
+    """As with a locked SQLite file: the CLI says the database is unavailable
+    and exits 2; nothing hangs behind another process's write."""
+    from stepline.store.postgres import WRITE_LOCK
+
+    Store(pg_url)
+    with psycopg.connect(pg_url) as holder:  # a write transaction that does not end
+        holder.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+        result = subprocess.run(
+            [sys.executable, "-m", "stepline.cli", "cancel", "nosuchjob"], cwd=ROOT,
+            env={**os.environ, "STEPLINE_DB": pg_url, "PYTHONPATH": str(ROOT),
+                 "STEPLINE_BUSY_TIMEOUT": "1"}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "lock timeout" in result.stderr and result.stderr.count("\n") == 1

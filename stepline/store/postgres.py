@@ -41,6 +41,9 @@ SCHEMA_LOCK = WRITE_LOCK + 1
 # WebSocket fault test (test_ws_faults) could no longer tell a leak.
 POOL_SIZE = int(os.environ.get("STEPLINE_PG_POOL", "4"))
 POOL_TIMEOUT_S = float(os.environ.get("STEPLINE_BUSY_TIMEOUT", "30"))
+# As SQLite's busy timeout: a write that waits this long for WRITE_LOCK (or a
+# row lock) fails as "unavailable": workers retry, the web answers 503.
+LOCK_TIMEOUT = f"-c lock_timeout={int(POOL_TIMEOUT_S * 1000)}"
 
 TYPES = {str: "TEXT", int: "BIGINT", float: "DOUBLE PRECISION"}
 # Columns SQLite gives implicitly: the tasks' INTEGER PRIMARY KEY, the
@@ -152,7 +155,7 @@ class PostgresBackend:
                 if self._pid != os.getpid():
                     self._pool = ConnectionPool(
                         self.url, min_size=POOL_SIZE, max_size=POOL_SIZE, timeout=POOL_TIMEOUT_S,
-                        kwargs={"autocommit": True}, open=True,
+                        kwargs={"autocommit": True, "options": LOCK_TIMEOUT}, open=True,
                         name=f"stepline-{os.getpid()}")
                     self._pid = os.getpid()
         return self._pool
