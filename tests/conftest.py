@@ -81,8 +81,10 @@ def db_path(request, tmp_path, db_backend) -> str:
 
 
 @pytest.fixture
-def store(db_path) -> Store:
-    return Store(db_path)
+def store(db_path) -> Iterator[Store]:
+    store = Store(db_path)
+    yield store
+    store.close()
 
 
 def make_definition(toml_text: str, name: str = "t"):

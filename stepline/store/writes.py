@@ -242,6 +242,10 @@ class Store:
             tx.flush_events()
             self.backend.before_commit(conn, tx.last_seq)
 
+    def close(self) -> None:
+        """Let go of the PostgreSQL pool's connections now (SQLite: nothing)."""
+        self.backend.close()
+
     def commit_watch(self):
         """For one thread: `wait(timeout)` is True as soon as another process
         commits anything (a new job, a cancel), False at the timeout."""
