@@ -80,6 +80,11 @@ class DataVersionPoll:
     timeout and says False. (Under gevent a sleep lets the other greenlets run;
     the tailer chooses the timeout: 10 ms while events flow, 200 ms idle.)"""
 
+    # After a poll that found events the tailer sleeps this long before it
+    # looks again: commit -> tailer stays ~5 ms while events flow, and the
+    # sleep lets the web worker's other greenlets run (a SQLite read never yields).
+    after_events_s = 0.01
+
     def __init__(self, db: Database):
         self.db = db
         self._version: int | None = None

@@ -195,6 +195,12 @@ class Listener:
     gevent. After a lost connection it reconnects and answers True, since
     notifications may have been missed meanwhile."""
 
+    # After events the tailer looks again at once: waiting on the socket
+    # already lets other greenlets run, and a pause here would delay the next
+    # commit's message by up to its length (bench.latency's commit -> WS
+    # message on PostgreSQL: p50 11.8 ms with a 10 ms pause, 2.0 ms without).
+    after_events_s = 0.0
+
     def __init__(self, backend: PostgresBackend, events_only: bool):
         self.backend = backend
         self.events_only = events_only

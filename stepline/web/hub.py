@@ -303,11 +303,11 @@ class Hub:
         while True:
             idle = time.monotonic() - event_at > IDLE_AFTER_S and not self._batches_due()
             try:
-                # More may wait (500 at a time): look again after a sleep that
-                # lets handshakes and sockets run. Back off on events, not
-                # commits: a worker's heartbeat commits every second, brings none.
+                # More may wait (500 at a time): look again after the watch's
+                # pause (SQLite: a sleep that lets handshakes and sockets run).
+                # Back off on events, not commits: heartbeats bring none.
                 if more:
-                    time.sleep(POLL_S)
+                    time.sleep(watch.after_events_s)
                 if more or watch.wait(IDLE_POLL_S if idle else POLL_S):
                     more = self.poll_once(watch.db) > 0
                     event_at = time.monotonic() if more else event_at
