@@ -16,6 +16,7 @@ and lock waits cannot deadlock (everyone takes the same one lock first).
 The transaction's NOTIFY carries its last seq and is delivered on commit.
 """
 
+import atexit
 import functools
 import os
 import re
@@ -105,7 +106,7 @@ class TxConnection:
 
     def execute(self, sql: str, params=()) -> Result:
         with self.raw.cursor() as cur:
-            cur.execute(pg_sql(sql), params)
+            cur.execute(pg_sql(sql), params or ())
             return Result(cur)
 
     def executemany(self, sql: str, rows) -> None:
@@ -124,12 +125,12 @@ class PgDatabase:
 
     def execute(self, sql: str, params=()) -> Result:
         with self.pool.connection() as conn, conn.cursor() as cur:
-            cur.execute(pg_sql(sql), params)
+            cur.execute(pg_sql(sql), params or ())
             return Result(cur)
 
     def query(self, sql: str, params=()) -> Iterator[dict]:
         with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(pg_sql(sql), params)
+            cur.execute(pg_sql(sql), params or ())
             return iter(cur.fetchall())
 
 
@@ -158,6 +159,9 @@ class PostgresBackend:
                         kwargs={"autocommit": True, "options": LOCK_TIMEOUT}, open=True,
                         name=f"stepline-{os.getpid()}")
                     self._pid = os.getpid()
+                    # Closed at exit, not left to the garbage collector: under
+                    # gevent that runs too late and prints a traceback.
+                    atexit.register(self.close)
         return self._pool
 
     def db(self) -> PgDatabase:
