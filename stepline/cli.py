@@ -16,7 +16,7 @@ from stepline.engine.actions import start_job
 from stepline.engine.definitions import ParamError, parse_duration
 from stepline.engine.states import TERMINAL, Status
 from stepline.store import reads
-from stepline.store.backends import is_url, redacted
+from stepline.store.backends import absolute, redacted
 from stepline.store.check import violations
 from stepline.store.errors import unavailable
 from stepline.store.writes import Conflict, NotFound, Store
@@ -133,7 +133,7 @@ def open_store(args) -> Store:
 
 def cmd_serve(args) -> int:
     db = config.db_path(args.db)
-    env = {**os.environ, "STEPLINE_DB": db if is_url(db) else str(Path(db).resolve())}
+    env = {**os.environ, "STEPLINE_DB": absolute(db)}
     if args.definitions:
         env["STEPLINE_DEFINITIONS"] = args.definitions
     busy = port_unavailable(args.host, args.port)

@@ -2,12 +2,25 @@
 SQLite file path."""
 
 import re
+from pathlib import Path
 
 from stepline.store.sqlite import SqliteBackend
 
 
 def is_url(path: str) -> bool:
     return path.startswith(("postgresql://", "postgres://"))
+
+
+def absolute(path: str) -> str:
+    """The same database named so that it means the same from any directory
+    (for child processes): a file path resolved, a URL as it is."""
+    return path if is_url(path) else str(Path(path).resolve())
+
+
+def work_root(path: str) -> Path:
+    """Where jobs get their work directories: beside a SQLite file; for a
+    database server, the current directory of the worker."""
+    return Path.cwd() if is_url(path) else Path(path).resolve().parent
 
 
 def redacted(path: str) -> str:
