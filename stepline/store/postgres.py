@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
@@ -103,6 +104,7 @@ class TxConnection:
 
     def __init__(self, conn: psycopg.Connection):
         self.raw = conn
+        self.notify_payload = ""  # set by PostgresBackend.before_commit
 
     def execute(self, sql: str, params=()) -> Result:
         with self.raw.cursor() as cur:
@@ -169,15 +171,25 @@ class PostgresBackend:
 
     @contextmanager
     def transaction(self) -> Iterator[TxConnection]:
-        with self.pool.connection() as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
-            yield TxConnection(conn)
+        """BEGIN and the lock in one round trip, NOTIFY and COMMIT in another
+        (a write transaction took 1.40 ms with each its own; see RESULTS)."""
+        with self.pool.connection() as conn:
+            conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+            tx = TxConnection(conn)
+            try:
+                yield tx
+            except BaseException:
+                if not conn.closed:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute(sql.SQL("SELECT pg_notify({}, {}); COMMIT").format(
+                CHANNEL, tx.notify_payload))
 
     def before_commit(self, conn: TxConnection, last_seq: int | None) -> None:
-        """Wake every listener on commit. The payload is "<seq>:<origin>": the
-        transaction's last event seq ('' when it wrote none: a heartbeat, a
-        cancel flag) and which store wrote it."""
-        conn.execute("SELECT pg_notify(?, ?)", (CHANNEL, f"{last_seq or ''}:{self.origin}"))
+        """What the commit's NOTIFY says: "<seq>:<origin>", the transaction's
+        last event seq ('' when it wrote none: a heartbeat, a cancel flag)
+        and which store wrote it."""
+        conn.notify_payload = f"{last_seq or ''}:{self.origin}"
 
     def commit_watch(self) -> "Listener":
         return Listener(self, events_only=False)
