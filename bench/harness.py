@@ -1,4 +1,9 @@
-"""Shared plumbing for the benchmarks: real processes on a temp SQLite file."""
+"""Shared plumbing for the benchmarks: real processes on a temp SQLite file,
+or with STEPLINE_BENCH_BACKEND=postgres on a fresh database of a PostgreSQL
+server started for the run (tests/pg.py), e.g.
+
+    STEPLINE_BENCH_BACKEND=postgres python3 -m bench.tasks
+"""
 
 import os
 import signal
@@ -26,8 +31,30 @@ def definition(toml_text: str, name: str = "bench"):
 
 @contextmanager
 def temp_db():
+    if os.environ.get("STEPLINE_BENCH_BACKEND") == "postgres":
+        yield _postgres().create_database()
+        return
     with tempfile.TemporaryDirectory(prefix="stepline-bench-") as tmp:
         yield str(Path(tmp) / "bench.db")
+
+
+_server = None
+
+
+def _postgres():
+    """One server for the whole run, stopped when the run ends."""
+    global _server
+    if _server is None:
+        import atexit
+
+        from tests import pg
+
+        bin_dir = pg.find_bin_dir()
+        if bin_dir is None:
+            raise SystemExit("STEPLINE_BENCH_BACKEND=postgres: no PostgreSQL binaries found")
+        _server = pg.PostgresServer(bin_dir).start()
+        atexit.register(_server.stop)
+    return _server
 
 
 class Worker:

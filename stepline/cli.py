@@ -6,7 +6,6 @@ import os
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -17,7 +16,9 @@ from stepline.engine.actions import start_job
 from stepline.engine.definitions import ParamError, parse_duration
 from stepline.engine.states import TERMINAL, Status
 from stepline.store import reads
+from stepline.store.backends import absolute, redacted
 from stepline.store.check import violations
+from stepline.store.errors import unavailable
 from stepline.store.writes import Conflict, NotFound, Store
 from stepline.web.render import duration
 
@@ -45,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ParamError, NotFound, Conflict) as exc:
         print(f"stepline: {exc}", file=sys.stderr)
         return 2
-    except sqlite3.OperationalError as exc:  # unwritable path, locked, disk full
-        print(f"stepline: database {config.db_path(args.db)}: {exc}", file=sys.stderr)
+    except unavailable() as exc:  # unwritable path, locked, disk full, no server
+        print(f"stepline: database {redacted(config.db_path(args.db))}: {exc}",
+              file=sys.stderr)
         return 2
     except BrokenPipeError:
         # `stepline jobs | head -1`: the reader has what it wanted. Point stdout
@@ -58,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 GLOBAL_OPTIONS = (
-    (("--db",), {"metavar": "PATH",
-                 "help": "SQLite file (env STEPLINE_DB, default ./stepline.db)"}),
+    (("--db",), {"metavar": "PATH|URL",
+                 "help": "SQLite file or postgresql://user@host:port/db URL"
+                         " (env STEPLINE_DB, default ./stepline.db)"}),
     (("--definitions",), {"metavar": "DIR",
                           "help": "your definitions directory (env STEPLINE_DEFINITIONS,"
                                   " default ./jobs when it exists)"}),
@@ -116,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="exit 2 if any file is bad")
     p = command("prune", cmd_prune, "delete finished jobs older than a duration")
     p.add_argument("--older-than", required=True, metavar="DURATION", help="e.g. 30d")
+    command("migrate", cmd_migrate, "create or update the database's schema (every command"
+            " also does this on start)")
     p = command("check", cmd_check, "validate the database's invariants")
     p.add_argument("--live", action="store_true",
                    help="workers are running: allow running work a registered worker owns")
@@ -127,7 +132,8 @@ def open_store(args) -> Store:
 
 
 def cmd_serve(args) -> int:
-    env = {**os.environ, "STEPLINE_DB": str(Path(config.db_path(args.db)).resolve())}
+    db = config.db_path(args.db)
+    env = {**os.environ, "STEPLINE_DB": absolute(db)}
     if args.definitions:
         env["STEPLINE_DEFINITIONS"] = args.definitions
     busy = port_unavailable(args.host, args.port)
@@ -146,7 +152,7 @@ def cmd_serve(args) -> int:
     elif not env.get("STEPLINE_TOKEN"):
         print(f"stepline: WARNING: listening on {args.host} with no STEPLINE_TOKEN:"
               " anyone who can reach this port can run jobs", file=sys.stderr, flush=True)
-    print(f"stepline: serving http://{args.host}:{args.port}/ (database {env['STEPLINE_DB']})",
+    print(f"stepline: serving http://{args.host}:{args.port}/ (database {redacted(db)})",
           flush=True)
     procs = [
         subprocess.Popen([sys.executable, "-m", "stepline.cli", "worker"], env=env),
@@ -370,6 +376,12 @@ def cmd_prune(args) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     print(f"deleted {open_store(args).prune(seconds)} jobs")
+    return 0
+
+
+def cmd_migrate(args) -> int:
+    open_store(args)  # opening a store brings its schema up to date
+    print(f"schema is current in {redacted(config.db_path(args.db))}")
     return 0
 
 

@@ -3,6 +3,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ from stepline.engine.states import TERMINAL
 from stepline.store import reads
 from stepline.store.writes import Store
 
+from . import pg
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -19,6 +22,24 @@ def pytest_addoption(parser):
     parser.addoption("--soak", action="store_true",
                      help="run the fault tests at full size (20 kill rounds, 500 jobs,"
                           " 1,000 WebSocket cycles); results go in bench/RESULTS.md")
+    parser.addoption("--db-backend", choices=("sqlite", "postgres"), default="sqlite",
+                     help="the database the store fixtures (db_path, store) give each test:"
+                          " a SQLite file, or a fresh database on a PostgreSQL server the"
+                          " session starts (tests/pg.py)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "sqlite_only: about the SQLite file itself (skipped"
+                            " with --db-backend=postgres)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--db-backend") != "postgres":
+        return
+    skip = pytest.mark.skip(reason="about the SQLite file itself")
+    for item in items:
+        if item.get_closest_marker("sqlite_only"):
+            item.add_marker(skip)
 
 
 @pytest.fixture
@@ -26,14 +47,44 @@ def soak(request) -> bool:
     return request.config.getoption("--soak")
 
 
+@pytest.fixture(scope="session")
+def pg_server(request):
+    """The session's PostgreSQL server, or None where there is none and none
+    is required (see tests/pg.py)."""
+    yield from pg.server_for_session(request.config)
+
+
 @pytest.fixture
-def db_path(tmp_path) -> str:
+def pg_url(pg_server) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for tests that need PostgreSQL
+    whatever --db-backend says."""
+    if pg_server is None:
+        pytest.skip("no PostgreSQL server binaries here (install Debian's postgresql;"
+                    " in CI or with --db-backend=postgres this is a failure)")
+    url = pg_server.create_database()
+    yield url
+    pg_server.drop_database(url)
+
+
+@pytest.fixture
+def db_backend(request) -> str:
+    return request.config.getoption("--db-backend")
+
+
+@pytest.fixture
+def db_path(request, tmp_path, db_backend) -> str:
+    """What STEPLINE_DB / --db is set to: a SQLite file, or with
+    --db-backend=postgres the URL of a fresh PostgreSQL database."""
+    if db_backend == "postgres":
+        return request.getfixturevalue("pg_url")
     return str(tmp_path / "stepline.db")
 
 
 @pytest.fixture
-def store(db_path) -> Store:
-    return Store(db_path)
+def store(db_path) -> Iterator[Store]:
+    store = Store(db_path)
+    yield store
+    store.close()
 
 
 def make_definition(toml_text: str, name: str = "t"):

@@ -4,6 +4,7 @@ and an SSE resume the table cannot serve gets a snapshot."""
 import json
 import sqlite3
 
+import pytest
 import requests
 from simple_websocket import Client
 
@@ -19,6 +20,7 @@ OLD_EVENTS = """CREATE TABLE events (seq INTEGER PRIMARY KEY, ts REAL, context T
 ONE_STEP = '[step.only]\ntype = "shell"\nrun = "echo hi"\n'
 
 
+@pytest.mark.sqlite_only
 def test_an_old_events_table_is_migrated_keeping_its_seqs(db_path):
     conn = sqlite3.connect(db_path)
     conn.execute(OLD_EVENTS)

@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 
+import pytest
 import requests
 
 from stepline.store import reads
@@ -66,6 +67,7 @@ def test_unwritable_database_path_is_a_clear_error(tmp_path):
         assert result.stderr.strip() == f"stepline: database {bad}: unable to open database file"
 
 
+@pytest.mark.sqlite_only  # the lock and the full disk are the SQLite file's
 def test_locked_database_delays_work_and_refuses_api_writes_cleanly(
         store, db_path, start_worker, live_server):
     quick = {"STEPLINE_BUSY_TIMEOUT": "0.3"}
@@ -91,6 +93,7 @@ def test_locked_database_delays_work_and_refuses_api_writes_cleanly(
     assert "database is locked" in worker.stop()
 
 
+@pytest.mark.sqlite_only
 def test_disk_full_keeps_every_line_and_recovers(store, db_path, start_worker):
     """RLIMIT_FSIZE stands in for a full disk: every write past the limit
     fails with an I/O error, just as on a small filesystem, and needs no

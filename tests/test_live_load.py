@@ -362,7 +362,8 @@ def test_no_connection_misses_an_event_under_load(store, server, start_worker, c
     definitions = {kind: make_definition(text, kind) for kind, text in DEFINITIONS.items()}
     for _ in range(3):
         start_worker("--concurrency", "8")
-    wait_for(lambda: store.db["workers"].count == 3, what="3 workers")
+    wait_for(lambda: store.db.execute("SELECT count(*) FROM workers").fetchone()[0] == 3,
+             what="3 workers")
 
     created: list[str] = []
     finish = Finish()

@@ -6,7 +6,6 @@ import threading
 import time
 
 from stepline.store import reads
-from stepline.store.changes import CommitWatch
 from stepline.store.check import violations
 from stepline.store.writes import Store, storable_text
 
@@ -232,7 +231,7 @@ def test_commit_watch_wakes_on_other_connections_commits_only(store):
     a commit by any other connection wakes it, its own writes (heartbeats)
     do not."""
     definition = make_definition('[step.a]\ntype = "shell"\nrun = "true"\n')
-    watch = CommitWatch(store.path, lambda: store.db)
+    watch = store.commit_watch()
     try:
         assert watch.wait(0) is True  # the first call sees "a change": nothing seen yet
         assert watch.wait(0.3) is False

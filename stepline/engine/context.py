@@ -10,6 +10,7 @@ from typing import Any
 
 from stepline.engine.logwriter import BatchWriter
 from stepline.engine.states import Status, StopReason
+from stepline.store.backends import work_root
 from stepline.store.workers import retry_while_unavailable
 from stepline.store.writes import Store
 
@@ -72,7 +73,7 @@ class StepContext:
     @property
     def workdir(self) -> Path:
         """A directory shared by the steps of this job (like a CI workspace)."""
-        path = Path(self.store.path).resolve().parent / "stepline-work" / self.job_id
+        path = work_root(self.store.path) / "stepline-work" / self.job_id
         path.mkdir(parents=True, exist_ok=True)
         return path
 

@@ -5,7 +5,6 @@ use CPU. A watchdog thread heartbeats, notices cancel requests and timeouts,
 and recovers jobs left running by dead workers.
 """
 
-import sqlite3
 import sys
 import threading
 import time
@@ -16,7 +15,7 @@ from stepline.engine.logwriter import BatchWriter
 from stepline.engine.states import TERMINAL, Status, StopReason
 from stepline.engine.steps import run_step
 from stepline.store import reads, workers
-from stepline.store.changes import CommitWatch
+from stepline.store.errors import unavailable
 from stepline.store.workers import RETRY_MAX_S, retry_while_unavailable
 from stepline.store.writes import Store
 
@@ -62,7 +61,7 @@ class Worker:
                 try:
                     job_id = (self._free_slot() and reads.pending_job_exists(self.store.db)
                               and self.store.claim_next_job(self.worker_id))
-                except sqlite3.OperationalError as exc:  # locked, full, read-only: wait it out
+                except unavailable() as exc:  # locked, full, read-only: wait it out
                     print(f"stepline: cannot claim jobs: {exc}", file=sys.stderr, flush=True)
                     self._stop.wait(RETRY_MAX_S)
                     continue
@@ -114,7 +113,7 @@ class Worker:
         # one dead: after the database was locked or full, every heartbeat is
         # stale, and the others are blocked, not dead.
         writable_since = time.monotonic()
-        commits = CommitWatch(self.store.path, lambda: self.store.db)
+        commits = self.store.commit_watch()
         while not self._stop.is_set():
             try:
                 committed = commits.wait(WATCH_S)
@@ -131,7 +130,7 @@ class Worker:
                 if now - last_beat >= HEARTBEAT_S:
                     try:
                         workers.heartbeat(self.store, self.worker_id)
-                    except sqlite3.OperationalError:
+                    except unavailable():
                         writable_since = None
                         raise
                     last_beat = now

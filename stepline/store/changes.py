@@ -74,6 +74,33 @@ class CommitWatch:
         return True
 
 
+class DataVersionPoll:
+    """The web tailer's watch: `wait(timeout)` asks `PRAGMA data_version` of
+    its own connection (`db`) once; if nothing was committed it sleeps the
+    timeout and says False. (Under gevent a sleep lets the other greenlets run;
+    the tailer chooses the timeout: 10 ms while events flow, 200 ms idle.)"""
+
+    # After a poll that found events the tailer sleeps this long before it
+    # looks again: commit -> tailer stays ~5 ms while events flow, and the
+    # sleep lets the web worker's other greenlets run (a SQLite read never yields).
+    after_events_s = 0.01
+
+    def __init__(self, db: Database):
+        self.db = db
+        self._version: int | None = None
+
+    def wait(self, timeout: float) -> bool:
+        version = self.db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._version:
+            self._version = version
+            return True
+        time.sleep(timeout)
+        return False
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+
 def _inotify(directory: str) -> int | None:
     """An inotify descriptor watching writes in directory, or None (not
     Linux, no instances left, ...): then the watcher polls."""

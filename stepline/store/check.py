@@ -5,9 +5,10 @@ from sqlite_utils import Database
 from stepline.engine.states import TASK_STATUSES, TERMINAL, Status, sql_list
 
 TERMINAL_SQL = sql_list(TERMINAL)
-# one sum per task counter: tasks_pending = sum(t.status = 'pending') ...
-TASK_SUMS = ", ".join(f"sum(t.status = '{s}') AS t_{s}" for s in TASK_STATUSES)
-TASK_MISMATCH = " OR ".join(f"s.tasks_{s} != t_{s}" for s in TASK_STATUSES)
+# one count per task counter: tasks_pending != (tasks whose status is
+# 'pending') OR ... (CASE and no aliases in HAVING: SQLite and PostgreSQL alike)
+TASK_MISMATCH = " OR ".join(f"s.tasks_{s} != sum(CASE WHEN t.status = '{s}' THEN 1 ELSE 0 END)"
+                            for s in TASK_STATUSES)
 
 
 def violations(db: Database, allow_running: bool = False,
@@ -24,10 +25,11 @@ def violations(db: Database, allow_running: bool = False,
         found.append(f"job {row['id']} is {row['status']} but {row['n']} steps are not terminal")
     for row in q("SELECT s.id, s.log_count, count(l.line) AS n, coalesce(max(l.line), 0) AS mx"
                  " FROM steps s LEFT JOIN logs l ON l.step_id = s.id GROUP BY s.id"
-                 " HAVING s.log_count != n OR s.log_count != mx"):
+                 " HAVING s.log_count != count(l.line)"
+                 " OR s.log_count != coalesce(max(l.line), 0)"):
         found.append(f"step {row['id']}: log_count {row['log_count']}, {row['n']} rows,"
                      f" max line {row['mx']}")
-    for row in q(f"SELECT s.id, {TASK_SUMS} FROM steps s JOIN tasks t ON t.step_id = s.id"
+    for row in q(f"SELECT s.id FROM steps s JOIN tasks t ON t.step_id = s.id"
                  f" GROUP BY s.id HAVING {TASK_MISMATCH}"):
         found.append(f"step {row['id']}: task counters disagree with task rows")
     for kind, table, match in (("job", "jobs", "e.context = 'job' AND e.job_id = x.id"),

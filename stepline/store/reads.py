@@ -1,6 +1,7 @@
 """The read side of the store: every query a page, API or worker makes.
 
-Each takes a sqlite_utils Database and returns plain dicts; each is served by
+Each takes a sqlite_utils Database (or the PostgreSQL backend's PgDatabase,
+which has the same execute/query API) and returns plain dicts; each is served by
 an index from `stepline.store.sqlite.INDEXES`.
 """
 
@@ -33,6 +34,7 @@ def like_pattern(text: str) -> str:
 
 
 def _job(row: dict) -> dict:
+    row.pop("rowid", None)  # PostgreSQL's stand-in for SQLite's implicit rowid
     row["params"] = json.loads(row["params"] or "{}")
     sums = row.pop("task_sums", None)
     if sums is not None:
@@ -92,7 +94,9 @@ def job_steps(db: Database, job_id: str, with_spec: bool = False) -> list[dict]:
         f"SELECT {columns} FROM steps WHERE job_id = ? ORDER BY idx", [job_id])]
 
 
-STRUCTURE_SQL = f"""
+STEP_TASKS_JSON = ", ".join(f"'{s}', tasks_{s}" for s in TASK_STATUSES)
+STRUCTURE_SQL = {
+    "sqlite": f"""
 SELECT json_object(
   'job_id', jobs.id, 'status', jobs.status, 'version', jobs.version,
   'updated_at', max(jobs.created, coalesce(jobs.started, 0), coalesce(jobs.finished, 0),
@@ -101,17 +105,33 @@ SELECT json_object(
   'steps', (SELECT json_group_array(json_object(
       'step_id', id, 'name', name, 'status', status, 'log_count', log_count,
       'depends', json(depends),
-      'tasks', json_object({", ".join(f"'{s}', tasks_{s}" for s in TASK_STATUSES)}),
+      'tasks', json_object({STEP_TASKS_JSON}),
       'started_at', started, 'finished_at', finished, 'error', error, 'version', version))
     FROM (SELECT * FROM steps WHERE job_id = jobs.id ORDER BY idx)))
 FROM jobs WHERE jobs.id = ?
-"""
+""",
+    "postgres": f"""
+SELECT json_build_object(
+  'job_id', jobs.id, 'status', jobs.status, 'version', jobs.version,
+  'updated_at', greatest(jobs.created, coalesce(jobs.started, 0), coalesce(jobs.finished, 0),
+                    coalesce((SELECT max(greatest(coalesce(started, 0), coalesce(finished, 0)))
+                              FROM steps WHERE job_id = jobs.id), 0)),
+  'steps', (SELECT coalesce(json_agg(json_build_object(
+      'step_id', id, 'name', name, 'status', status, 'log_count', log_count,
+      'depends', depends::json,
+      'tasks', json_build_object({STEP_TASKS_JSON}),
+      'started_at', started, 'finished_at', finished, 'error', error, 'version', version)
+      ORDER BY idx), '[]')
+    FROM steps WHERE job_id = jobs.id))::text
+FROM jobs WHERE jobs.id = ?
+""",
+}
 
 
 def structure_json(db: Database, job_id: str) -> str | None:
     """GET /structure, built by SQLite itself: for a 1,000-step job this is
     one C-level query instead of 1,000 dicts made and encoded in Python."""
-    row = db.execute(STRUCTURE_SQL, [job_id]).fetchone()
+    row = db.execute(STRUCTURE_SQL[db.dialect], [job_id]).fetchone()
     return row[0] if row else None
 
 

@@ -1,9 +1,7 @@
 """Opening the SQLite file and keeping its schema current.
 
-The SQL lives in the store package, with one exception: the hub's tailer
-asks `PRAGMA data_version` (stepline.web.hub). Outside the store, code knows
-SQLite only by the `sqlite3.OperationalError` it turns into a retry, a 503 or
-a CLI message (runner, web app, cli).
+All SQL lives in the store package; nothing above it knows which backend
+it runs on (`SqliteBackend` here, `stepline.store.postgres` the other).
 """
 
 import os
@@ -14,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import sqlite_utils
+
+from stepline.store.changes import CommitWatch, DataVersionPoll
 
 # How long a write waits for another process's write lock before it fails
 # with "database is locked" (which workers retry and the web answers 503).
@@ -112,7 +112,45 @@ INDEXES: dict[str, list[tuple[str, ...]]] = {
 }
 
 
-def connect(path: str) -> sqlite_utils.Database:
+class Database(sqlite_utils.Database):
+    """sqlite_utils' Database, saying which SQL dialect it speaks (the few
+    statements that differ are chosen by `db.dialect`)."""
+
+    dialect = "sqlite"
+
+
+class SqliteBackend:
+    """The store's view of one SQLite file (see PostgresBackend for the other)."""
+
+    dialect = "sqlite"
+
+    def __init__(self, path: str):
+        self.path = path
+        self._conns = ConnectionPerThread(path)
+        ensure_schema(self.db())
+
+    def db(self) -> "Database":
+        return self._conns.get()
+
+    def transaction(self):
+        return transaction(self.db())
+
+    def before_commit(self, conn, last_seq: int | None) -> None:
+        """Nothing to announce: other processes notice the commit itself."""
+
+    def commit_watch(self) -> CommitWatch:
+        """For one thread: wakes on any other connection's commit."""
+        return CommitWatch(self.path, self.db)
+
+    def event_watch(self) -> DataVersionPoll:
+        """For the hub's tailer, with its own connection."""
+        return DataVersionPoll(connect(self.path))
+
+    def close(self) -> None:
+        pass
+
+
+def connect(path: str) -> Database:
     conn = sqlite3.connect(
         path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
     )
@@ -122,7 +160,7 @@ def connect(path: str) -> sqlite_utils.Database:
     # Reads map the file instead of copying pages: each web request has its
     # own connection, and a long log scan then runs from the OS page cache.
     conn.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
-    return sqlite_utils.Database(conn)
+    return Database(conn)
 
 
 def ensure_schema(db: sqlite_utils.Database) -> None:

@@ -7,7 +7,6 @@ it left running is failed -- or re-queued, where the step allows retries.
 
 import os
 import socket
-import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from typing import TypeVar
 
 from stepline.engine.states import Status
 from stepline.store import sqlite as dbmod
+from stepline.store.errors import unavailable
 from stepline.store.writes import Store, new_id, now_us
 
 RETRY_MAX_S = 2.0
@@ -31,7 +31,7 @@ def retry_while_unavailable(write: Callable[[], T], give_up: Callable[[], bool],
     while True:
         try:
             return write()
-        except sqlite3.OperationalError as exc:
+        except unavailable() as exc:
             if give_up():
                 raise
             print(f"stepline: {what}: database write failed, will retry: {exc}",

@@ -2,18 +2,19 @@
 writer, job creation, claiming, cancelling, deleting and log appends (crash
 recovery, built on the same transaction, is in `stepline.store.workers`).
 
-Every write happens inside `Store.write()`, a `Tx` bound to one SQLite
-transaction. A status change and its event row are therefore committed
-together or not at all (transactional outbox).
+Every write happens inside `Store.write()`, a `Tx` bound to one database
+transaction (SQLite or PostgreSQL, see `stepline.store.backends`). A status
+change and its event row are therefore committed together or not at all
+(transactional outbox).
 """
 
 import json
-import sqlite3
 import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from stepline.engine.states import (
     TASK_STATUSES,
@@ -24,6 +25,7 @@ from stepline.engine.states import (
     sql_list,
 )
 from stepline.store import sqlite as dbmod
+from stepline.store.backends import open_backend
 
 TABLES = {"job": "jobs", "step": "steps", "task": "tasks"}
 
@@ -55,7 +57,9 @@ class Tx:
     """One write transaction. Task changes and log appends only touch their
     step; the step's single event for this transaction is written at the end."""
 
-    conn: sqlite3.Connection
+    conn: Any  # sqlite3.Connection, or postgres.TxConnection: the same execute API
+    dialect: str = "sqlite"
+    last_seq: int | None = None  # of the last event written
     _touched: dict[str, bool] = field(default_factory=dict)  # step_id -> log_refresh
 
     def transition(self, kind: str, entity_id: str | int, to: str, error: str | None = None,
@@ -136,13 +140,13 @@ class Tx:
 
     def _insert_event(self, context, job_id, step_id, status, log_refresh, log_count, version,
                       step_name=None):
-        cur = self.conn.execute(
+        self.last_seq = self.conn.execute(
             "INSERT INTO events (ts, context, job_id, step_id, step_name, status, log_refresh,"
-            " log_count, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " log_count, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
             (dbmod.now(), context, job_id, step_id, step_name, status, int(log_refresh),
              log_count, version),
-        )
-        return cur.lastrowid
+        ).fetchone()[0]
+        return self.last_seq
 
     def flush_events(self) -> None:
         for step_id, log_refresh in self._touched.items():
@@ -166,7 +170,7 @@ class Tx:
         if "\\u0000" in batch or not _encodable(batch):
             batch = json.dumps([(ts, level, storable_text(message))
                                 for ts, level, message in entries], ensure_ascii=False)
-        self.conn.execute(INSERT_LOGS, (step_id, start + 1, job_id, batch))
+        self.conn.execute(INSERT_LOGS[self.dialect], (step_id, start + 1, job_id, batch))
         self.conn.execute(
             "UPDATE steps SET log_count = ?, version = version + 1 WHERE id = ?",
             (start + len(entries), step_id),
@@ -222,19 +226,35 @@ class Store:
 
     def __init__(self, path: str):
         self.path = path
-        self._conns = dbmod.ConnectionPerThread(path)
-        dbmod.ensure_schema(self.db)
+        self.backend = open_backend(path)
 
     @property
     def db(self):
-        return self._conns.get()
+        """For reads: this thread's SQLite connection, or a PostgreSQL
+        pool's (either way sqlite_utils' execute/query API)."""
+        return self.backend.db()
 
     @contextmanager
     def write(self) -> Iterator[Tx]:
-        with dbmod.transaction(self.db) as conn:
-            tx = Tx(conn)
+        with self.backend.transaction() as conn:
+            tx = Tx(conn, self.backend.dialect)
             yield tx
             tx.flush_events()
+            self.backend.before_commit(conn, tx.last_seq)
+
+    def close(self) -> None:
+        """Let go of the PostgreSQL pool's connections now (SQLite: nothing)."""
+        self.backend.close()
+
+    def commit_watch(self):
+        """For one thread: `wait(timeout)` is True as soon as another process
+        commits anything (a new job, a cancel), False at the timeout."""
+        return self.backend.commit_watch()
+
+    def event_watch(self):
+        """For the web's tailer: `wait(timeout)` is True when new events may
+        have been committed; `db` is the connection to read them with."""
+        return self.backend.event_watch()
 
     def secret(self, name: str, candidate: str) -> str:
         """A value chosen once and shared by every process (e.g. the session key)."""
@@ -342,9 +362,14 @@ def _encodable(text: str) -> bool:
     return True
 
 
-INSERT_LOGS = ("INSERT INTO logs (step_id, line, job_id, ts, level, message)"
-               " SELECT ?, ? + key, ?, (value ->> 0) / 1e6, value ->> 1, value ->> 2"
-               " FROM json_each(?)")
+INSERT_LOGS = {
+    "sqlite": "INSERT INTO logs (step_id, line, job_id, ts, level, message)"
+              " SELECT ?, ? + key, ?, (value ->> 0) / 1e6, value ->> 1, value ->> 2"
+              " FROM json_each(?)",
+    "postgres": "INSERT INTO logs (step_id, line, job_id, ts, level, message)"
+                " SELECT ?, ?::bigint + n - 1, ?, (e ->> 0)::float8 / 1e6, e ->> 1, e ->> 2"
+                " FROM jsonb_array_elements(?::jsonb) WITH ORDINALITY AS t(e, n)",
+}
 
 
 def _delete_jobs(tx: Tx, job_ids: Iterable[str]) -> None:

@@ -5,7 +5,6 @@ Production: `gunicorn -c python:stepline.web.gunicorn_conf 'stepline.web.app:cre
 
 import os
 import secrets
-import sqlite3
 from dataclasses import dataclass, field
 
 from flask import Flask
@@ -14,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 
 from stepline import config
 from stepline.engine.definitions import ParamError
+from stepline.store import errors as store_errors
 from stepline.store.writes import Conflict, NotFound, Store
 from stepline.web import api, auth, live, pages, parts, render
 from stepline.web.http import ApiError, error_response
@@ -46,7 +46,8 @@ def create_app(db_path: str | None = None, definitions_dir: str | None = None,
     # One secret for every gunicorn worker: kept in the database.
     app.secret_key = os.environ.get("STEPLINE_SECRET") or store.secret("session",
                                                                        secrets.token_hex(32))
-    app.extensions["stepline"] = Stepline(store, Hub(store.path, live.render_for_hub(app, store)))
+    app.extensions["stepline"] = Stepline(store, Hub(store.event_watch,
+                                                     live.render_for_hub(app, store)))
 
     render.register(app)
     app.jinja_env.globals["csrf_token"] = auth.csrf_token
@@ -71,13 +72,15 @@ def create_app(db_path: str | None = None, definitions_dir: str | None = None,
     def bad_param(exc):
         return error_response(400, str(exc))
 
-    @app.errorhandler(sqlite3.OperationalError)
     def database_unavailable(exc):
         """Locked by a long write elsewhere, disk full, read-only: nothing was
         written (the transaction rolled back), so the client may simply retry."""
         body, status = error_response(503, f"database unavailable ({exc}): nothing was"
                                            " changed; try again")
         return body, status, {"Retry-After": "1"}
+
+    for unavailable in store_errors.unavailable():  # SQLite's, and psycopg's if in use
+        app.register_error_handler(unavailable, database_unavailable)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

@@ -1,5 +1,6 @@
 """The live side of a web process: ONE tailer per process reads new rows of
-the `events` table (checking the cheap `PRAGMA data_version` first) and fans
+the `events` table (woken by the store's event watch: a cheap SQLite
+`PRAGMA data_version` check, or a PostgreSQL NOTIFY) and fans
 each event out to the connections watching an affected view.
 
 A fragment is rendered once per event and view, encoded once, and the same
@@ -24,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stepline.store import reads
-from stepline.store import sqlite as dbmod
 from stepline.web.frames import Message, WholeFrames
 
 POLL_S = 0.01  # while events flow: commit -> tailer in ~5 ms
@@ -223,8 +223,8 @@ class Hub:
     object with `.view`, `.transport`, `.put(message)` and `.flush()` (after
     each poll's messages); both run in the tailer and must never block."""
 
-    def __init__(self, db_path: str, call: Callable[..., Any]):
-        self.db_path = db_path
+    def __init__(self, event_watch: Callable[[], Any], call: Callable[..., Any]):
+        self.event_watch = event_watch  # Store.event_watch
         self.call = call
         self._batches: dict[Hashable, Batch] = {}  # coalescing views' pending events
         self._views: dict[Hashable, set] = {}
@@ -267,33 +267,31 @@ class Hub:
         """Started lazily, so it runs in each gunicorn worker after the fork."""
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
-                db = dbmod.connect(self.db_path)
+                watch = self.event_watch()
                 if self._thread is None:  # a restarted tailer goes on where it stopped
-                    self.last_seq = reads.last_seq(db)
-                self._thread = threading.Thread(target=self._tail, args=(db,), daemon=True,
+                    self.last_seq = reads.last_seq(watch.db)
+                self._thread = threading.Thread(target=self._tail, args=(watch,), daemon=True,
                                                 name="event-tailer")
                 self._thread.start()
 
-    def _tail(self, db) -> None:
-        version, event_at = None, time.monotonic()
+    def _tail(self, watch) -> None:
+        more, event_at = True, time.monotonic()
         while True:
+            idle = time.monotonic() - event_at > IDLE_AFTER_S and not self._batches_due()
             try:
-                current = db.execute("PRAGMA data_version").fetchone()[0]
-                if current != version:
-                    version = current
-                    if self.poll_once(db):
-                        # More may wait (500 at a time): look again next round,
-                        # after the sleep below lets handshakes and sockets run.
-                        # Back off on events, not commits: a worker's heartbeat
-                        # commits every second and brings none.
-                        version, event_at = None, time.monotonic()
+                # More may wait (500 at a time): look again after the watch's
+                # pause (SQLite: a sleep that lets handshakes and sockets run).
+                # Back off on events, not commits: heartbeats bring none.
+                if more:
+                    time.sleep(watch.after_events_s)
+                if more or watch.wait(IDLE_POLL_S if idle else POLL_S):
+                    more = self.poll_once(watch.db) > 0
+                    event_at = time.monotonic() if more else event_at
                 self.send_batches()
             except Exception as exc:  # a locked or briefly missing database
                 print(f"stepline: event tailer: {exc}", file=sys.stderr)
-                version = None
+                more = True
                 time.sleep(0.5)
-            idle = time.monotonic() - event_at > IDLE_AFTER_S and not self._batches_due()
-            time.sleep(IDLE_POLL_S if idle else POLL_S)
 
     def poll_once(self, db) -> int:
         """Dispatch the events committed since the last poll, then let every

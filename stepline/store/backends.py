@@ -1,0 +1,39 @@
+"""Which backend a database string names: a `postgresql://` URL, or else a
+SQLite file path."""
+
+import re
+from pathlib import Path
+
+from stepline.store.sqlite import SqliteBackend
+
+
+def is_url(path: str) -> bool:
+    return path.startswith(("postgresql://", "postgres://"))
+
+
+def absolute(path: str) -> str:
+    """The same database named so that it means the same from any directory
+    (for child processes): a file path resolved, a URL as it is."""
+    return path if is_url(path) else str(Path(path).resolve())
+
+
+def work_root(path: str) -> Path:
+    """Where jobs get their work directories: beside a SQLite file; for a
+    database server, the current directory of the worker."""
+    return Path.cwd() if is_url(path) else Path(path).resolve().parent
+
+
+def redacted(path: str) -> str:
+    """The database as it may be printed: a URL's password hidden."""
+    return re.sub(r"^(\w+://[^:@/]*):[^@/]*@", r"\1:***@", path)
+
+
+def open_backend(path: str):
+    """A SqliteBackend or a PostgresBackend (same methods), schema current."""
+    if is_url(path):
+        # Imported only here: psycopg costs ~200 ms to import, which a SQLite
+        # command or worker does not need.
+        from stepline.store.postgres import PostgresBackend
+
+        return PostgresBackend(path)
+    return SqliteBackend(path)

@@ -1,0 +1,20 @@
+"""The one store error that callers above the store handle: the database is
+unavailable for now (locked, full, read-only, connection lost, deadlock
+victim). Nothing was written -- the transaction rolled back -- so a worker
+retries, the web answers 503 and the CLI says why.
+
+`unavailable()` gives the exception classes to catch, for `except` clauses
+and Flask error handlers. psycopg's class only joins once psycopg has been
+imported (by a PostgreSQL store): importing it costs ~200 ms, which a SQLite
+CLI call or worker should not pay, and an unimported driver raises nothing.
+"""
+
+import sqlite3
+import sys
+
+
+def unavailable() -> tuple[type[Exception], ...]:
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is None:
+        return (sqlite3.OperationalError,)
+    return (sqlite3.OperationalError, psycopg.OperationalError)

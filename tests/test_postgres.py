@@ -1,0 +1,147 @@
+"""PostgreSQL-only behaviour of the store, on a real server (tests/pg.py):
+the schema, `stepline migrate`, LISTEN/NOTIFY wake-ups, and event order when
+transactions commit out of seq order."""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import psycopg
+import pytest
+
+from stepline.store import reads
+from stepline.store.sqlite import SCHEMA
+from stepline.store.writes import Store
+
+from .conftest import ROOT, stepline, wait_for
+
+
+def test_each_test_gets_its_own_empty_database(pg_url, pg_server):
+    with psycopg.connect(pg_url) as conn:
+        tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+                              ).fetchone()[0]
+    assert tables == 0
+    assert pg_url != pg_server.url()
+
+
+def columns(url: str) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    with psycopg.connect(url) as conn:
+        for table, column in conn.execute(
+                "SELECT table_name, column_name FROM information_schema.columns"
+                " WHERE table_schema = 'public'"):
+            found.setdefault(table, set()).add(column)
+    return found
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_migrate_creates_the_schema_and_a_second_run_changes_nothing(backend, tmp_path,
+                                                                     request):
+    db = str(tmp_path / "new.db") if backend == "sqlite" else request.getfixturevalue("pg_url")
+    first = stepline(db, "migrate")
+    assert first.returncode == 0, first.stderr
+    assert "schema is current" in first.stdout
+    again = stepline(db, "migrate")
+    assert again.returncode == 0, again.stderr
+    store = Store(db)
+    assert reads.status_counts(store.db)["pending"] == 0
+    assert stepline(db, "check").returncode == 0
+
+
+def test_postgres_tables_have_the_sqlite_schema_columns_and_missing_ones_come_back(pg_url):
+    Store(pg_url)
+    found = columns(pg_url)
+    for table, (cols, _pk, _defaults) in SCHEMA.items():
+        assert set(cols) <= found[table], table
+    assert {"seq", "job_id", "step_name", "log_refresh"} <= found["events"]
+    with psycopg.connect(pg_url) as conn:  # a database from before a column existed
+        conn.execute("ALTER TABLE tasks DROP COLUMN worker")
+    Store(pg_url)
+    assert "worker" in columns(pg_url)["tasks"]
+
+
+def test_a_commit_wakes_the_watches_through_notify_carrying_the_seq(pg_url):
+    store = Store(pg_url)
+    events, commits = store.event_watch(), store.commit_watch()
+    assert events.wait(0) and commits.wait(0)  # connected: may have missed some
+    other = Store(pg_url)  # as another process
+    with other.write() as tx:  # a heartbeat-like write: no event
+        tx.conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", ("k", "v"))
+    assert commits.wait(10)
+    assert not events.wait(0.3), "a commit without events must not wake the tailer"
+
+    with store.write() as tx:  # the tailer's own process: its API writes too
+        seq = tx.write_job_event("some-job", status="deleted")
+    assert events.wait(10)
+    assert events.latest_seq == seq
+
+
+def test_no_event_is_skipped_when_the_lower_seq_commits_last(pg_url, cpu_saturated):
+    """Writer A inserts an event and holds its transaction open while writer B
+    writes one and tries to commit; a tailer reading `seq > last` on every
+    NOTIFY, as the web's hub does, must still deliver both. (Without the
+    advisory lock B takes seq N+1 and commits first, the tailer moves past
+    N+1, and A's N, committed later, is never delivered.)"""
+    store = Store(pg_url)
+    watch = store.event_watch()
+    watch.wait(0)
+    last = reads.last_seq(store.db)
+    a_inserted, b_starting, done = threading.Event(), threading.Event(), threading.Event()
+    delivered: list[dict] = []
+
+    def tail():
+        nonlocal last
+        while not done.is_set():
+            if watch.wait(0.05):
+                for event in reads.events_after(watch.db, last):
+                    last = event["seq"]
+                    delivered.append(event)
+
+    def writer_a():
+        with store.write() as tx:
+            tx.write_job_event("job-a", status="deleted")
+            a_inserted.set()
+            b_starting.wait(10)
+            time.sleep(1.0)  # B now tries to commit: give it, and the tailer, time to
+
+
+    def writer_b():
+        a_inserted.wait(10)
+        b_starting.set()
+        with store.write() as tx:
+            tx.write_job_event("job-b", status="deleted")
+
+    threads = [threading.Thread(target=f) for f in (tail, writer_a, writer_b)]
+    for thread in threads:
+        thread.start()
+    for thread in threads[1:]:
+        thread.join(30)
+    try:  # both are committed now: give the tailer time to catch up
+        wait_for(lambda: len(delivered) >= 2, timeout=10, what="both events delivered")
+    except AssertionError:
+        pass  # the assertions below say what was missed
+    done.set()
+    threads[0].join(10)
+
+    committed = reads.events_after(store.db, 0)
+    assert sorted(e["job_id"] for e in committed) == ["job-a", "job-b"]
+    assert [e["job_id"] for e in delivered] == [e["job_id"] for e in committed]
+    assert [e["seq"] for e in delivered] == sorted(e["seq"] for e in delivered)
+
+
+def test_a_write_held_up_past_the_busy_timeout_is_a_clear_unavailable_error(pg_url):
+    """As with a locked SQLite file: the CLI says the database is unavailable
+    and exits 2; nothing hangs behind another process's write."""
+    from stepline.store.postgres import WRITE_LOCK
+
+    Store(pg_url)
+    with psycopg.connect(pg_url) as holder:  # a write transaction that does not end
+        holder.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+        result = subprocess.run(
+            [sys.executable, "-m", "stepline.cli", "cancel", "nosuchjob"], cwd=ROOT,
+            env={**os.environ, "STEPLINE_DB": pg_url, "PYTHONPATH": str(ROOT),
+                 "STEPLINE_BUSY_TIMEOUT": "1"}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "lock timeout" in result.stderr and result.stderr.count("\n") == 1
