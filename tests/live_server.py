@@ -31,7 +31,7 @@ def serving(url: str) -> bool:
 
 class LiveServer:
     def __init__(self, db_path: str, workers: int = 1, env: dict | None = None,
-                 port: int | None = None):
+                 port: int | None = None, graceful_timeout: int | None = 1):
         self.db_path = db_path
         self.workers = workers
         self.port = port or free_port()
@@ -39,12 +39,15 @@ class LiveServer:
         self.env = {**os.environ, "STEPLINE_DB": db_path, "PYTHONPATH": str(ROOT),
                     **(env or {})}
         self.proc: subprocess.Popen | None = None
+        # 1 s keeps the tests' stops short; None keeps gunicorn_conf's (5 s)
+        self.graceful = [] if graceful_timeout is None else ["--graceful-timeout",
+                                                             str(graceful_timeout)]
 
     def start(self) -> "LiveServer":
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "python:stepline.web.gunicorn_conf",
-             "-b", f"127.0.0.1:{self.port}", "-w", str(self.workers), "--graceful-timeout",
-             "1", "app:app"],
+             "-b", f"127.0.0.1:{self.port}", "-w", str(self.workers), *self.graceful,
+             "app:app"],
             env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + 20

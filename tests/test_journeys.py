@@ -2,6 +2,7 @@
 its runs, run it, then re-run a finished job with one param changed."""
 
 import os
+import signal
 import time
 
 import pytest
@@ -10,6 +11,7 @@ import requests
 from stepline.web.render import duration
 
 from .conftest import wait_for
+from .live_server import LiveServer
 from .test_browser import DEFS, OUTPUT, browser, page, server  # noqa: F401 - fixtures
 
 DEF = "slow_pipeline"
@@ -180,6 +182,25 @@ def test_live_indicator_says_offline_at_once_and_live_again(page, server, live_s
     assert "offline" in live.inner_text()
     live_server(port=server.port, env={"STEPLINE_DEFINITIONS": str(DEFS)})
     wait_for(lambda: live.inner_text() == "live", 30, what="live again after the restart")
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse"])
+def test_a_stopping_server_ends_live_connections_before_its_grace(page, db_path, transport):
+    """SIGTERM: gunicorn waits up to its graceful_timeout (5 s) for open
+    requests, and a live connection never ends by itself, so pages said
+    "live" for those 5 s. Now they say "offline" well before the grace ends."""
+    server = LiveServer(db_path, graceful_timeout=None,
+                        env={"STEPLINE_DEFINITIONS": str(DEFS)}).start()
+    try:
+        page.goto(f"{server.url}/?transport={transport}")
+        live = page.locator("#live")
+        wait_for(lambda: live.inner_text() == "live", 10, what="the first snapshot")
+        server.proc.send_signal(signal.SIGTERM)
+        stopped = time.monotonic()
+        wait_for(lambda: "offline" in live.inner_text(), 10, what="the offline indicator")
+        assert time.monotonic() - stopped < 4, "offline only once the 5 s grace was over"
+    finally:
+        server.stop()
 
 
 def test_running_durations_tick_in_the_servers_format(page, server):

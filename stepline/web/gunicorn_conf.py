@@ -15,3 +15,20 @@ accesslog = None
 # for every gunicorn of the user: two instances fight over it. Stepline has
 # no use for it (Ctrl-C / SIGTERM stop `serve`).
 control_socket_disable = True
+
+
+def post_worker_init(worker) -> None:
+    """On SIGTERM a gevent worker stops accepting, then waits up to
+    graceful_timeout for open requests, and live connections never end by
+    themselves: pages said "live" for those 5 s. This ends them as soon as the
+    worker is told to stop, so ordinary requests still get their grace."""
+    import gevent
+
+    hub = worker.wsgi.extensions["stepline"].hub
+
+    def close_live_when_stopping() -> None:
+        while worker.alive:
+            gevent.sleep(0.2)
+        hub.close_all()
+
+    gevent.spawn(close_live_when_stopping)

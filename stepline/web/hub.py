@@ -53,6 +53,7 @@ class QueueSubscription:
     transport: str
     inbox: queue.Queue = field(default_factory=lambda: queue.Queue(QUEUE_SIZE))
     lagging: bool = False
+    closed: bool = False  # the server is stopping: the stream ends
 
     def put(self, message: Message) -> None:
         try:
@@ -64,6 +65,13 @@ class QueueSubscription:
         """Drop the backlog; the reader sends a snapshot at once (the None
         wakes it: no later event may come to do that)."""
         self.lagging = True
+        self._wake_reader()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake_reader()
+
+    def _wake_reader(self) -> None:
         while not self.inbox.empty():
             self.inbox.get_nowait()
         self.inbox.put_nowait(None)
@@ -135,6 +143,10 @@ class SocketSubscription:
         with self.lock:
             self.waiting.clear()
             self.held = []
+        self.wake.set()
+
+    def close(self) -> None:  # the server is stopping: live.websocket's loop ends
+        self.closed = True
         self.wake.set()
 
     @property
@@ -252,6 +264,14 @@ class Hub:
                 subs.discard(sub)
                 if not subs:
                     del self._views[sub.view.key]
+
+    def close_all(self) -> None:
+        """End every live connection now (the server is stopping, see
+        stepline.web.gunicorn_conf): pages say "offline" at once."""
+        with self._lock:
+            subs = [sub for subs in self._views.values() for sub in subs]
+        for sub in subs:
+            sub.close()
 
     def connection_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {"ws": 0, "sse": 0}

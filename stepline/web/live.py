@@ -73,6 +73,10 @@ def websocket(ws) -> None:
             if sub.wake.wait(timeout=1.0):
                 sub.wake.clear()
                 sub.write_waiting()
+        if ws.connected:  # closed by Hub.close_all: the server is stopping
+            # 1012 Service Restart: htmx's ws extension reconnects on it, and
+            # not on flask-sock's default 1000 Normal Closure.
+            ws.close(reason=1012, message="server restarting")
     except (ConnectionClosed, OSError):
         pass
     except ApiError as exc:  # an unknown job, or one deleted while this client was behind
@@ -94,6 +98,8 @@ def follow(view, sub: QueueSubscription, sent: int, timeout: float
     None after `timeout` of silence (time for a keepalive)."""
     while True:
         message = sub.get(timeout=timeout)
+        if sub.closed:  # the server is stopping
+            return
         if sub.lagging:
             sub.lagging = False
             message = snapshot_message(view)
