@@ -24,7 +24,10 @@ def post_worker_init(worker) -> None:
     worker is told to stop, so ordinary requests still get their grace."""
     import gevent
 
-    hub = worker.wsgi.extensions["stepline"].hub
+    stepline = getattr(worker.wsgi, "extensions", {}).get("stepline")
+    if stepline is None:  # the app is wrapped in other middleware: keep the grace
+        return
+    hub = stepline.hub
 
     def close_live_when_stopping() -> None:
         while worker.alive:
