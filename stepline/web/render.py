@@ -107,6 +107,15 @@ def render_task_table(step: dict, tasks: list[dict], total: int, status: str | N
                            status=status, offset=offset, page_size=TASK_PAGE, query=query)
 
 
+def has_task_table(step: dict) -> bool:
+    """Whether a step's row has a "tasks" button, the page a place for its
+    table, and its live messages and snapshots a refresh for an open one.
+    By type, not by its counts: a retry clears the tasks of a step whose
+    table a person may have open, and that table keeps its button and its
+    refreshes (counts back at zero are news to it)."""
+    return step["type"] in FAN_OUT_TYPES
+
+
 def render_task_trigger(step: dict) -> str:
     return render_template("task_trigger.html", step=step)
 
@@ -195,7 +204,7 @@ def register(app: Flask) -> None:
         item=lambda mapping, key, default=None: mapping.get(key, default),
     )
     app.jinja_env.globals.update(TERMINAL=TERMINAL, LOG_LEVELS=LOG_LEVELS, PAGE_SIZE=PAGE_SIZE,
-                                 WINDOW_LINES=WINDOW_LINES, FAN_OUT_TYPES=FAN_OUT_TYPES,
+                                 WINDOW_LINES=WINDOW_LINES, has_task_table=has_task_table,
                                  icon=lambda status: Markup(ICONS.get(status, "")))
     app.jinja_env.globals["url_for"] = path_builder(app)
 
