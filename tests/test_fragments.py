@@ -257,7 +257,9 @@ def test_completed_past_failed_steps_is_marked_everywhere(app, snapshot):
     history = render_template("run_history.html", history=charts.run_history(runs, T0 + 100))
     assert history.count("with-failures") == 2  # the first bar, and its legend swatch
     assert "completed, 1 failed step" in history
-    assert "completed, but a step failed (on_error = continue)" in history
+    meaning = "completed, but steps with on_error = continue failed"  # one text, both places
+    assert f'title="{meaning}"' in render.render_job_row(done)
+    assert f"</span>{meaning}</li>" in history
     assert history == snapshot(name="history")
 
 @pytest.mark.parametrize("value", ["job0001", "a b/c?d#e%", "ünï", "x&y=z", "<x>", 7, "a.b~c-d_e"])

@@ -6,7 +6,7 @@ everything else."""
 from dataclasses import dataclass, field
 
 from stepline.engine.definitions import Definition
-from stepline.engine.states import JOB_STATUSES
+from stepline.engine.states import JOB_STATUSES, failures_past
 
 NODE_W, NODE_H = 168, 40      # a step box
 COL_GAP, ROW_GAP = 56, 14     # between columns (dependency depth) and rows
@@ -92,7 +92,7 @@ class History:
     @property
     def statuses(self) -> list[str]:
         """The outcomes drawn, for the legend; "with-failures": completed past failed steps."""
-        seen = {("with-failures" if b.status == "completed" and b.steps_failed else b.status)
+        seen = {"with-failures" if failures_past(b.status, b.steps_failed) else b.status
                 for b in self.bars}
         return [s for s in (*JOB_STATUSES, "with-failures") if s in seen]
 
