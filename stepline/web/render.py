@@ -71,13 +71,16 @@ def render_log_trigger(step: dict) -> str:
     return render_template("log_trigger.html", step=step, oob=True)
 
 
+NO_FILTER = {"level": None, "q": None}  # a log panel's filters when none is chosen
+
+
 @dataclass
 class LogPage:
     """What a log template shows: some lines of one step, and what the panel
     knows around them. Built by stepline/web/logview.py."""
 
     lines: list[dict]
-    filters: dict = field(default_factory=lambda: {"level": None, "q": None})
+    filters: dict = field(default_factory=lambda: dict(NO_FILTER))
     cursor: int = 0            # the last line seen: the panel's next fetch starts after it
     matches: int = 0           # matching lines counted so far (a filtered panel)
     over: bool = False         # ... and there are more than that
