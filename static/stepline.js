@@ -195,6 +195,7 @@ function trimWindow(box) {
 // Running durations tick locally from the server's start time, in the
 // format of the server's duration() (stepline/web/render.py).
 stepline.duration = (s) => {
+  if (Math.round(s * 1000) < 1000) return `${Math.round(s * 1000)}ms`;
   if (s < 60) return s < 10 ? s.toFixed(1) + "s" : s.toFixed(0) + "s";
   const pad = (n) => String(n).padStart(2, "0");
   const m = Math.floor(s / 60);

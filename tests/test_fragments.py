@@ -1,6 +1,8 @@
 """Snapshots of every fragment in every status (syrupy). Ids and times are
 fixed, so any change to the markup shows up as a reviewed snapshot diff."""
 
+import re
+
 import pytest
 
 from app import create_app
@@ -213,6 +215,18 @@ def test_step_timeline(app, snapshot):
     assert "fan &lt;b&gt;out&lt;/b&gt;" in html and "<b>" not in html
     assert html == snapshot(name="three started steps")
     assert render.render_timeline(charts.timeline(steps[3:], T0)) == snapshot(name="none")
+
+
+def test_step_timeline_of_a_job_under_a_second_reads_in_milliseconds(app):
+    """The axis of a 0.08 s job: each tick says its own time (all read
+    "0.0s" before span() had a millisecond form)."""
+    from stepline.web import charts
+
+    steps = [{"name": "quick", "status": "completed", "started": T0, "finished": T0 + 0.08}]
+    html = render.render_timeline(charts.timeline(steps, now=T0 + 1))
+    ticks = re.findall(r'<text class="axis"[^>]*>([^<]*)</text>', html)
+    assert ticks == ["0s", "20ms", "40ms", "60ms", "80ms"]
+    assert '<tspan class="dur">80ms</tspan>' in html
 
 
 def test_step_timeline_draws_at_most_its_cap(app):

@@ -136,7 +136,10 @@ def duration(started: float | None, finished: float | None) -> str:
 
 
 def span(seconds: float) -> str:
-    """`4.2s`, `12s`, `3m 05s`, `1h 02m`."""
+    """`40ms`, `4.2s`, `12s`, `3m 05s`, `1h 02m`. Milliseconds under a
+    second: a 0.08 s job's timeline ticks had all read `0.0s`."""
+    if round(seconds * 1000) < 1000:
+        return f"{round(seconds * 1000)}ms"
     if seconds < 60:
         return f"{seconds:.1f}s" if seconds < 10 else f"{seconds:.0f}s"
     minutes, secs = divmod(int(seconds), 60)
