@@ -154,6 +154,38 @@ def test_the_timeline_grows_while_the_job_runs(page, server, start_worker, reque
         page.screenshot(path=str(OUTPUT / "job-page-timeline.png"), full_page=True)
 
 
+def seconds_of(text: str) -> float:
+    """`350ms`, `4.2s`, `12s` (render.span) in seconds."""
+    return float(text[:-2]) / 1000 if text.endswith("ms") else float(text.rstrip("s"))
+
+
+def test_a_running_bar_grows_while_its_step_logs_nothing(page, server, start_worker):
+    """A step that prints nothing sends no live message, so nothing re-fetches
+    the timeline: look at its running bar, look again 2 s later: its
+    duration and the axis's end say 2 s more, and the bar still reaches the
+    axis's end."""
+    start_worker()
+    page.goto(f"{server.url}/definitions/slow_pipeline")
+    page.fill("#run-slow_pipeline input[name='param.pause']", "8")  # echo, 8 s of silence
+    page.click("#run-slow_pipeline button[type=submit]")
+    page.wait_for_url(f"{server.url}/jobs/*")
+    job_id = page.url.rsplit("/", 1)[1]
+    wait_for(lambda: bars(page).get("prepare") == "running", 30, what="a bar for 'prepare'")
+    page.route("**/timeline", lambda route: route.abort())  # silent: no fetch gets through
+    bar = page.locator("svg.timeline g.span[data-step=prepare]")
+    axis = page.locator("svg.timeline text.axis").last
+    page.wait_for_timeout(1500)
+    before = [seconds_of(bar.locator(".dur").text_content()), seconds_of(axis.text_content())]
+    page.wait_for_timeout(2000)
+    after = [seconds_of(bar.locator(".dur").text_content()), seconds_of(axis.text_content())]
+    assert after[0] >= before[0] + 1.5 and after[1] >= before[1] + 1.5, (before, after)
+    assert after[0] == pytest.approx(after[1], abs=1.5)  # the running bar spans the axis
+    width = bar.locator("rect").evaluate(
+        "r => r.getBoundingClientRect().width / r.ownerSVGElement.getBoundingClientRect().width")
+    assert width > 0.95
+    assert job_status(server, job_id) == "running"
+
+
 def test_times_say_how_long_ago_and_stay_current(page, server, store):
     """Open the jobs list: the new job was created "just now", with the exact
     time and its timezone on hover; three minutes later, without a reload,

@@ -127,6 +127,7 @@ class Span:
     seconds: float
     label_x: float            # %: the name sits over the bar's start, or ends over its end
     anchor: str               # "start" | "end" (bars in the right half)
+    since: float | None = None  # a running bar's start: the page's ticker counts its duration
 
 
 @dataclass
@@ -136,6 +137,9 @@ class Timeline:
     ticks: list[tuple[float, float]] = field(default_factory=list)  # (x %, seconds)
     spans: list[Span] = field(default_factory=list)
     hidden: int = 0           # started steps left out (over TIMELINE_MAX_BARS)
+    t0: float = 0.0           # the first start
+    live: bool = False        # a step runs: the axis ends at `now`, and the page's ticker
+                              # stretches it on (static/stepline.js, stepline.growTimelines)
 
 
 def timeline(steps: list[dict], now: float) -> Timeline:
@@ -156,7 +160,9 @@ def timeline(steps: list[dict], now: float) -> Timeline:
         left_half = x <= 50
         spans.append(Span(s["name"], s["status"], AXIS_H + row * ROW_H, x, width, seconds,
                           x if left_half else round(x + width, 2),
-                          "start" if left_half else "end"))
+                          "start" if left_half else "end",
+                          None if s["finished"] else s["started"]))
     ticks = [(25.0 * i, total * i / 4) for i in range(5)]
     return Timeline(height=AXIS_H + len(shown) * ROW_H + PAD, seconds=total, ticks=ticks,
-                    spans=spans, hidden=len(started) - len(shown))
+                    spans=spans, hidden=len(started) - len(shown), t0=t0,
+                    live=any(not s["finished"] for s in started))
