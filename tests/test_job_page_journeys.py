@@ -159,11 +159,15 @@ def seconds_of(text: str) -> float:
     return float(text[:-2]) / 1000 if text.endswith("ms") else float(text.rstrip("s"))
 
 
-def test_a_running_bar_grows_while_its_step_logs_nothing(page, server, start_worker):
+@pytest.mark.parametrize("load", ["idle", "cpu_saturated"])
+def test_a_running_bar_grows_while_its_step_logs_nothing(page, server, start_worker, request,
+                                                         load):
     """A step that prints nothing sends no live message, so nothing re-fetches
     the timeline: look at its running bar, look again 2 s later: its
     duration and the axis's end say 2 s more, and the bar still reaches the
     axis's end."""
+    if load == "cpu_saturated":
+        request.getfixturevalue("cpu_saturated")
     start_worker()
     page.goto(f"{server.url}/definitions/slow_pipeline")
     page.fill("#run-slow_pipeline input[name='param.pause']", "8")  # echo, 8 s of silence
