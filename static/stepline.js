@@ -195,6 +195,7 @@ function trimWindow(box) {
 // Running durations tick locally from the server's start time, in the
 // format of the server's duration() (stepline/web/render.py).
 stepline.duration = (s) => {
+  if (Math.round(s * 1000) < 1000) return `${Math.round(s * 1000)}ms`;
   if (s < 60) return s < 10 ? s.toFixed(1) + "s" : s.toFixed(0) + "s";
   const pad = (n) => String(n).padStart(2, "0");
   const m = Math.floor(s / 60);
@@ -210,8 +211,37 @@ stepline.ago = (s) => {
   const days = Math.floor(s / 86400);
   return `${days} day${days > 1 ? "s" : ""} ago`;
 };
+// A live step timeline (job_timeline.html) was drawn with its axis ending at
+// the server's "now": stretch it to this one, so a running step's bar grows
+// between fetches even while the step logs nothing (no message, no fetch).
+// Every x and width shrinks by the same factor; a running bar ends at the
+// axis's end; the server's attributes stay the unscaled base (a refetch
+// morphs them in, the next tick scales again).
+stepline.growTimelines = (now) => {
+  for (const svg of document.querySelectorAll("svg.timeline[data-t0]")) {
+    const drawn = parseFloat(svg.dataset.seconds);
+    const total = Math.max(now - parseFloat(svg.dataset.t0), drawn);
+    const k = drawn / total;
+    for (const g of svg.querySelectorAll("g.span")) {
+      const rect = g.querySelector("rect"), name = g.querySelector("text.name");
+      const x = parseFloat(rect.getAttribute("x")) * k;
+      const width = g.classList.contains("status-running")
+        ? 100 - x : parseFloat(rect.getAttribute("width")) * k;
+      rect.style.x = `${x}%`;
+      rect.style.width = `${Math.max(width, 0.5)}%`;
+      const at = name.getAttribute("text-anchor") === "end" ? x + width : x;
+      name.setAttribute("dx",  // its x attribute stays the base
+        `${at - parseFloat(name.getAttribute("x"))}%`);
+    }
+    const ticks = svg.querySelectorAll("text.axis");
+    ticks.forEach((tick, i) => {
+      if (i) tick.textContent = stepline.duration(total * i / (ticks.length - 1));
+    });
+  }
+};
 setInterval(() => {
   const now = Date.now() / 1000;
+  stepline.growTimelines(now);
   for (const el of document.querySelectorAll("[data-since]")) {
     el.textContent = stepline.duration(now - parseFloat(el.dataset.since));
   }

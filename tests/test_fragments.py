@@ -1,6 +1,8 @@
 """Snapshots of every fragment in every status (syrupy). Ids and times are
 fixed, so any change to the markup shows up as a reviewed snapshot diff."""
 
+import re
+
 import pytest
 
 from app import create_app
@@ -215,6 +217,18 @@ def test_step_timeline(app, snapshot):
     assert render.render_timeline(charts.timeline(steps[3:], T0)) == snapshot(name="none")
 
 
+def test_step_timeline_of_a_job_under_a_second_reads_in_milliseconds(app):
+    """The axis of a 0.08 s job: each tick says its own time (all read
+    "0.0s" before span() had a millisecond form)."""
+    from stepline.web import charts
+
+    steps = [{"name": "quick", "status": "completed", "started": T0, "finished": T0 + 0.08}]
+    html = render.render_timeline(charts.timeline(steps, now=T0 + 1))
+    ticks = re.findall(r'<text class="axis"[^>]*>([^<]*)</text>', html)
+    assert ticks == ["0s", "20ms", "40ms", "60ms", "80ms"]
+    assert '<tspan class="dur">80ms</tspan>' in html
+
+
 def test_step_timeline_draws_at_most_its_cap(app):
     from stepline.web import charts
 
@@ -257,7 +271,9 @@ def test_completed_past_failed_steps_is_marked_everywhere(app, snapshot):
     history = render_template("run_history.html", history=charts.run_history(runs, T0 + 100))
     assert history.count("with-failures") == 2  # the first bar, and its legend swatch
     assert "completed, 1 failed step" in history
-    assert "completed, but a step failed (on_error = continue)" in history
+    meaning = "completed, but steps with on_error = continue failed"  # one text, both places
+    assert f'title="{meaning}"' in render.render_job_row(done)
+    assert f"</span>{meaning}</li>" in history
     assert history == snapshot(name="history")
 
 @pytest.mark.parametrize("value", ["job0001", "a b/c?d#e%", "ünï", "x&y=z", "<x>", 7, "a.b~c-d_e"])

@@ -95,3 +95,26 @@ def test_timeline_fragment_draws_the_started_steps(client, finished):
     page = client.get(f"/jobs/{job_id}").get_data(as_text=True)
     assert html.strip() in page  # the page includes the same fragment
     assert client.get("/jobs/nope/timeline").status_code == 404
+
+
+def test_a_fan_out_step_without_tasks_keeps_its_task_table(tmp_path):
+    """A step that may have tasks but has none now (not started, or a retry
+    cleared them) keeps its "tasks" button, its table's place and its
+    refresh in a snapshot: a table open while a retry cleared the tasks kept
+    showing them, and a reconnect did not refresh it (the counts said "none")."""
+    from stepline.store.writes import Store
+
+    path = str(tmp_path / "t.db")
+    store = Store(path)
+    job_id = store.create_job(make_definition(FAN), {})  # no worker: nothing runs
+    steps = {s["name"]: s for s in reads.job_steps(store.db, job_id)}
+    fan, after = steps["fan"], steps["after"]
+    assert not any(fan["tasks"].values())
+    app = create_app(path, token="")
+    page = app.test_client().get(f"/jobs/{job_id}").get_data(as_text=True)
+    assert f'id="tasks-toggle-{fan["id"]}"' in page and f'id="tasks-body-{fan["id"]}"' in page
+    assert f'tasks-toggle-{after["id"]}' not in page  # a shell step has no tasks
+    with app.app_context():
+        _, content = JobView(job_id).snapshot(store.db)
+    assert f'id="tasks-{fan["id"]}-trigger" hx-swap-oob="true"' in content
+    assert f'tasks-{after["id"]}-trigger' not in content

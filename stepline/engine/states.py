@@ -63,6 +63,13 @@ def is_terminal(status: str) -> bool:
     return status in TERMINAL
 
 
+def failures_past(status: str, steps_failed: int | None) -> int:
+    """How many failed steps a job completed past (on_error = continue): the
+    jobs list, the job header and the run history mark such a run; 0 when
+    there is nothing to mark (a failed job's failure is its status)."""
+    return (steps_failed or 0) if status == Status.COMPLETED else 0
+
+
 def sql_list(statuses) -> str:
     """`('completed', 'failed')` for an IN clause: the values are this module's
     constants, never user input."""

@@ -12,13 +12,16 @@ from sqlite_utils import Database
 
 from stepline.engine.states import JOB_STATUSES, TASK_STATUSES, Status, sql_list
 
+# How many of a job's steps failed (a completed job may have some: on_error = continue).
+STEPS_FAILED = ("(SELECT count(*) FROM steps WHERE steps.job_id = jobs.id"
+                f" AND steps.status = '{Status.FAILED}') AS steps_failed")
+
 JOB_SUMMARY = f"""
 SELECT jobs.*,
   (SELECT count(*) FROM steps WHERE steps.job_id = jobs.id) AS steps_total,
   (SELECT count(*) FROM steps WHERE steps.job_id = jobs.id
      AND steps.status IN {sql_list((Status.COMPLETED, Status.FAILED))}) AS steps_done,
-  (SELECT count(*) FROM steps WHERE steps.job_id = jobs.id
-     AND steps.status = '{Status.FAILED}') AS steps_failed,
+  {STEPS_FAILED},
   (SELECT {" || ',' || ".join(f"coalesce(sum(tasks_{s}), 0)" for s in TASK_STATUSES)}
      FROM steps WHERE steps.job_id = jobs.id) AS task_sums
 FROM jobs
@@ -164,8 +167,7 @@ def definition_runs(db: Database, name: str, limit: int = 60) -> list[dict]:
     """The newest runs of one definition (for its history chart), with how
     many of each run's steps failed (a completed run may have some)."""
     return list(db.query(
-        "SELECT id, status, created, started, finished, (SELECT count(*) FROM steps"
-        f" WHERE steps.job_id = jobs.id AND steps.status = '{Status.FAILED}') AS steps_failed"
+        f"SELECT id, status, created, started, finished, {STEPS_FAILED}"
         " FROM jobs WHERE definition = ? ORDER BY created DESC LIMIT ?", [name, limit]))
 
 

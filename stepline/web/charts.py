@@ -6,7 +6,7 @@ everything else."""
 from dataclasses import dataclass, field
 
 from stepline.engine.definitions import Definition
-from stepline.engine.states import JOB_STATUSES
+from stepline.engine.states import JOB_STATUSES, failures_past
 
 NODE_W, NODE_H = 168, 40      # a step box
 COL_GAP, ROW_GAP = 56, 14     # between columns (dependency depth) and rows
@@ -92,7 +92,7 @@ class History:
     @property
     def statuses(self) -> list[str]:
         """The outcomes drawn, for the legend; "with-failures": completed past failed steps."""
-        seen = {("with-failures" if b.status == "completed" and b.steps_failed else b.status)
+        seen = {"with-failures" if failures_past(b.status, b.steps_failed) else b.status
                 for b in self.bars}
         return [s for s in (*JOB_STATUSES, "with-failures") if s in seen]
 
@@ -127,6 +127,7 @@ class Span:
     seconds: float
     label_x: float            # %: the name sits over the bar's start, or ends over its end
     anchor: str               # "start" | "end" (bars in the right half)
+    since: float | None = None  # a running bar's start: the page's ticker counts its duration
 
 
 @dataclass
@@ -136,6 +137,9 @@ class Timeline:
     ticks: list[tuple[float, float]] = field(default_factory=list)  # (x %, seconds)
     spans: list[Span] = field(default_factory=list)
     hidden: int = 0           # started steps left out (over TIMELINE_MAX_BARS)
+    t0: float = 0.0           # the first start
+    live: bool = False        # a step runs: the axis ends at `now`, and the page's ticker
+                              # stretches it on (static/stepline.js, stepline.growTimelines)
 
 
 def timeline(steps: list[dict], now: float) -> Timeline:
@@ -156,7 +160,9 @@ def timeline(steps: list[dict], now: float) -> Timeline:
         left_half = x <= 50
         spans.append(Span(s["name"], s["status"], AXIS_H + row * ROW_H, x, width, seconds,
                           x if left_half else round(x + width, 2),
-                          "start" if left_half else "end"))
+                          "start" if left_half else "end",
+                          None if s["finished"] else s["started"]))
     ticks = [(25.0 * i, total * i / 4) for i in range(5)]
     return Timeline(height=AXIS_H + len(shown) * ROW_H + PAD, seconds=total, ticks=ticks,
-                    spans=spans, hidden=len(started) - len(shown))
+                    spans=spans, hidden=len(started) - len(shown), t0=t0,
+                    live=any(not s["finished"] for s in started))

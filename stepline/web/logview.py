@@ -7,9 +7,8 @@ from sqlite_utils import Database
 
 from stepline.engine.states import Status
 from stepline.store import reads
-from stepline.web.render import FOLLOW_LINES, TAIL_LINES, LogPage
+from stepline.web.render import FOLLOW_LINES, NO_FILTER, TAIL_LINES, LogPage
 
-NO_FILTER = {"level": None, "q": None}
 CONTEXT_LINES = 100  # lines shown above the line a panel opens at
 
 

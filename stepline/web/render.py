@@ -14,7 +14,7 @@ from flask.templating import Environment
 from markupsafe import Markup
 
 from stepline.engine.definitions import FAN_OUT_TYPES
-from stepline.engine.states import LOG_LEVELS, TERMINAL, Status
+from stepline.engine.states import LOG_LEVELS, TERMINAL, Status, failures_past
 from stepline.web.ansi import ansi_to_html
 
 TAIL_LINES = 500      # lines an opened panel starts with, and per "load earlier"
@@ -71,13 +71,16 @@ def render_log_trigger(step: dict) -> str:
     return render_template("log_trigger.html", step=step, oob=True)
 
 
+NO_FILTER = {"level": None, "q": None}  # a log panel's filters when none is chosen
+
+
 @dataclass
 class LogPage:
     """What a log template shows: some lines of one step, and what the panel
     knows around them. Built by stepline/web/logview.py."""
 
     lines: list[dict]
-    filters: dict = field(default_factory=lambda: {"level": None, "q": None})
+    filters: dict = field(default_factory=lambda: dict(NO_FILTER))
     cursor: int = 0            # the last line seen: the panel's next fetch starts after it
     matches: int = 0           # matching lines counted so far (a filtered panel)
     over: bool = False         # ... and there are more than that
@@ -107,6 +110,15 @@ def render_task_table(step: dict, tasks: list[dict], total: int, status: str | N
                            status=status, offset=offset, page_size=TASK_PAGE, query=query)
 
 
+def has_task_table(step: dict) -> bool:
+    """Whether a step's row has a "tasks" button, the page a place for its
+    table, and its live messages and snapshots a refresh for an open one.
+    By type, not by its counts: a retry clears the tasks of a step whose
+    table a person may have open, and that table keeps its button and its
+    refreshes (counts back at zero are news to it)."""
+    return step["type"] in FAN_OUT_TYPES
+
+
 def render_task_trigger(step: dict) -> str:
     return render_template("task_trigger.html", step=step)
 
@@ -124,7 +136,10 @@ def duration(started: float | None, finished: float | None) -> str:
 
 
 def span(seconds: float) -> str:
-    """`4.2s`, `12s`, `3m 05s`, `1h 02m`."""
+    """`40ms`, `4.2s`, `12s`, `3m 05s`, `1h 02m`. Milliseconds under a
+    second: a 0.08 s job's timeline ticks had all read `0.0s`."""
+    if round(seconds * 1000) < 1000:
+        return f"{round(seconds * 1000)}ms"
     if seconds < 60:
         return f"{seconds:.1f}s" if seconds < 10 else f"{seconds:.0f}s"
     minutes, secs = divmod(int(seconds), 60)
@@ -195,7 +210,8 @@ def register(app: Flask) -> None:
         item=lambda mapping, key, default=None: mapping.get(key, default),
     )
     app.jinja_env.globals.update(TERMINAL=TERMINAL, LOG_LEVELS=LOG_LEVELS, PAGE_SIZE=PAGE_SIZE,
-                                 WINDOW_LINES=WINDOW_LINES, FAN_OUT_TYPES=FAN_OUT_TYPES,
+                                 WINDOW_LINES=WINDOW_LINES, has_task_table=has_task_table,
+                                 failures_past=failures_past,
                                  icon=lambda status: Markup(ICONS.get(status, "")))
     app.jinja_env.globals["url_for"] = path_builder(app)
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 from urllib.parse import urlencode
 
-from stepline.engine.definitions import FAN_OUT_TYPES
 from stepline.store import reads
 from stepline.web import render
 from stepline.web.http import ApiError, page_arg, status_arg
@@ -156,8 +155,8 @@ class JobView:
         html = render.render_step_row(step, oob=True)
         if event["log_refresh"]:
             html += render.render_log_trigger(step)
-        if step["type"] in FAN_OUT_TYPES and (any(step["tasks"].values())
-                                              or not event["log_refresh"]):
+        if render.has_task_table(step) and (any(step["tasks"].values())
+                                            or not event["log_refresh"]):
             # tasks moved, or the step changed (a retry clears its tasks):
             # an open task table re-fetches; a closed one has no such id
             html += render.render_task_trigger(step)
@@ -172,10 +171,10 @@ class JobView:
         # Rows first: a <template> parses <tr> only at the start (table mode);
         # anything after them still parses, anything before would drop them.
         # An open task table catches up after a reconnect: its step's trigger
-        # (steps with tasks only; a closed table has no such id).
+        # (steps that have a task table only; a closed table has no such id).
         content = "".join(render.render_step_row(s, oob=True) for s in steps) + (
             render.render_job_header(job, oob=True)) + "".join(
-            render.render_task_trigger(s) for s in steps if any(s["tasks"].values()))
+            render.render_task_trigger(s) for s in steps if render.has_task_table(s))
         fields = {**message_fields(seq, job_id=job["id"], status=job["status"],
                                    version=job["version"]), "snapshot": True,
                   "steps": [{"step_id": s["id"], "name": s["name"], "status": s["status"],
