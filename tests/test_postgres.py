@@ -3,6 +3,7 @@ the schema, `stepline migrate`, LISTEN/NOTIFY wake-ups, and event order when
 transactions commit out of seq order."""
 
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -75,7 +76,8 @@ def test_a_commit_wakes_the_watches_through_notify_carrying_the_seq(pg_url):
     with store.write() as tx:  # the tailer's own process: its API writes too
         seq = tx.write_job_event("some-job", status="deleted")
     assert events.wait(10)
-    assert events.latest_seq == seq
+    # What the hub's tailer then reads, over the watch's own connection.
+    assert [e["seq"] for e in reads.events_after(events.db, seq - 1)] == [seq]
 
 
 def test_no_event_is_skipped_when_the_lower_seq_commits_last(pg_url, cpu_saturated):
@@ -104,8 +106,9 @@ def test_no_event_is_skipped_when_the_lower_seq_commits_last(pg_url, cpu_saturat
             tx.write_job_event("job-a", status="deleted")
             a_inserted.set()
             b_starting.wait(10)
-            time.sleep(1.0)  # B now tries to commit: give it, and the tailer, time to
-
+            # B now tries to commit: give it, and the tailer, time to act
+            # before A commits (without the lock B's commit lands first).
+            time.sleep(1.0)
 
     def writer_b():
         a_inserted.wait(10)
@@ -145,3 +148,96 @@ def test_a_write_held_up_past_the_busy_timeout_is_a_clear_unavailable_error(pg_u
                  "STEPLINE_BUSY_TIMEOUT": "1"}, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "lock timeout" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_writes_queued_behind_the_write_lock_leave_reads_and_the_tailer_free(pg_url):
+    """Another process holds WRITE_LOCK; six writes of one store queue behind
+    it. Reads -- a page's, and the hub tailer's event read -- must still
+    answer while every write is still waiting (they used to queue for the
+    same four pooled connections the waiting writes held)."""
+    from stepline.store.postgres import WRITE_LOCK
+
+    store = Store(pg_url)
+    watch = store.event_watch()
+    watch.wait(0)
+    outcomes: list[object] = []
+
+    def write(i: int) -> None:
+        try:
+            with store.write() as tx:
+                tx.write_job_event(f"job-{i}", status="deleted")
+            outcomes.append("written")
+        except Exception as exc:  # noqa: BLE001 -- the assertion below shows it
+            outcomes.append(exc)
+
+    answered: list[object] = []
+
+    def read() -> None:
+        answered.append(reads.status_counts(store.db))
+        answered.append(reads.events_after(watch.db, 0))
+
+    with psycopg.connect(pg_url, autocommit=True) as holder:
+        holder.execute("BEGIN")
+        holder.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+        writers = [threading.Thread(target=write, args=(i,), daemon=True) for i in range(6)]
+        for thread in writers:
+            thread.start()
+        wait_for(lambda: holder.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        ).fetchone()[0] >= 1, timeout=20, what="a write waiting for the lock")
+        time.sleep(0.5)  # let the other five writes queue too
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(15)  # under lock_timeout (30 s): the writes are still waiting
+        still_waiting = not outcomes
+        holder.execute("COMMIT")
+    assert len(answered) == 2, "a read waited behind the queued writes"
+    assert answered[1] == []  # nothing committed yet
+    assert still_waiting
+    for thread in writers:
+        thread.join(60)
+    assert outcomes == ["written"] * 6
+    assert len(reads.events_after(store.db, 0)) == 6
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_restarted_tailer_closes_the_stopped_tailers_watch(backend, tmp_path, request):
+    """The hub opens a new watch when its tailer thread has died; the old
+    one's connections (LISTEN and reads, or SQLite's) must be closed, not
+    leaked, each time."""
+    from stepline.web.hub import Hub, QueueSubscription
+
+    db = str(tmp_path / "t.db") if backend == "sqlite" else request.getfixturevalue("pg_url")
+    store = Store(db)
+    opened: list = []
+
+    def event_watch():
+        watch = store.event_watch()
+        opened.append(watch)
+        if len(opened) == 1:  # the first tailer dies, as a killed greenlet's would
+            def stop(timeout):
+                raise SystemExit
+            watch.wait = stop
+        return watch
+
+    hub = Hub(event_watch, lambda method, *args: method(*args))
+
+    class View:
+        key = "all"
+
+        def wants(self, event):
+            return True
+
+    hub.subscribe(QueueSubscription(View(), "sse"))
+    wait_for(lambda: not hub._thread.is_alive(), timeout=10, what="the first tailer stopped")
+    hub.subscribe(QueueSubscription(View(), "sse"))  # restarts it
+    assert len(opened) == 2
+    first, second = opened
+    if backend == "sqlite":
+        with pytest.raises(sqlite3.ProgrammingError):  # closed
+            first.db.execute("SELECT 1")
+    else:
+        assert first._conn is None and first.db._conn is None
+        wait_for(lambda: second._conn is not None, timeout=10, what="the new tailer listening")
+    assert reads.last_seq(second.db) == 0
