@@ -241,3 +241,30 @@ def test_a_restarted_tailer_closes_the_stopped_tailers_watch(backend, tmp_path, 
         assert first._conn is None and first.db._conn is None
         wait_for(lambda: second._conn is not None, timeout=10, what="the new tailer listening")
     assert reads.last_seq(second.db) == 0
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql://ann:s3cret@db:5432/jobs", "postgresql://ann:***@db:5432/jobs"),
+    # Typed unencoded: a password holding '/', '@' or '?' is still hidden whole.
+    ("postgresql://ann:s3/c@r?et@db/jobs", "postgresql://ann:***@db/jobs"),
+    ("postgresql://ann@db/jobs?sslmode=require&password=s3cret",
+     "postgresql://ann@db/jobs?sslmode=require&password=***"),
+    ("postgres://db/jobs?password=s3cret&sslmode=require",
+     "postgres://db/jobs?password=***&sslmode=require"),
+    ("postgresql://ann@db/jobs", "postgresql://ann@db/jobs"),
+    ("/srv/stepline/a:b@c.db", "/srv/stepline/a:b@c.db"),  # a file path is no URL
+])
+def test_a_printed_database_url_hides_the_password(url, shown):
+    from stepline.store.backends import redacted
+
+    assert redacted(url) == shown
+
+
+def test_a_database_that_cannot_be_reached_is_named_without_its_password():
+    from .pg import _free_port
+
+    url = f"postgresql://ann:s3/c@r@127.0.0.1:{_free_port()}/jobs?password=t0p&sslmode=disable"
+    result = stepline(url, "jobs")
+    assert result.returncode == 2
+    assert "s3/c" not in result.stderr and "t0p" not in result.stderr
+    assert "ann:***@127.0.0.1:" in result.stderr and "password=***" in result.stderr
