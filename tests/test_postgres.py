@@ -12,7 +12,7 @@ import time
 import psycopg
 import pytest
 
-from stepline.store import reads
+from stepline.store import reads, workers
 from stepline.store.sqlite import SCHEMA
 from stepline.store.writes import Store
 
@@ -68,13 +68,19 @@ def test_a_commit_wakes_the_watches_through_notify_carrying_the_seq(pg_url):
     events, commits = store.event_watch(), store.commit_watch()
     assert events.wait(0) and commits.wait(0)  # connected: may have missed some
     other = Store(pg_url)  # as another process
-    with other.write() as tx:  # a heartbeat-like write: no event
-        tx.conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", ("k", "v"))
+    worker_id = workers.register(other)
+    workers.heartbeat(other, worker_id)  # commits without events wake nobody:
+    assert not commits.wait(0.3), "another worker's heartbeat woke this worker"
+    assert not events.wait(0.3), "a commit without events woke the tailer"
+
+    with other.write() as tx:
+        tx.write_job_event("new-job")
     assert commits.wait(10)
-    assert not events.wait(0.3), "a commit without events must not wake the tailer"
+    assert events.wait(10)
 
     with store.write() as tx:  # the tailer's own process: its API writes too
         seq = tx.write_job_event("some-job", status="deleted")
+    assert not commits.wait(0.3), "its own commit woke this store's commit watch"
     assert events.wait(10)
     # What the hub's tailer then reads, over the watch's own connection.
     assert [e["seq"] for e in reads.events_after(events.db, seq - 1)] == [seq]

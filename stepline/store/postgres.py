@@ -13,7 +13,7 @@ would skip the later-committed lower seq for good. Every write transaction
 therefore first takes one transaction-level advisory lock (WRITE_LOCK):
 writes are serialised as on SQLite (BEGIN IMMEDIATE), seqs commit in order,
 and lock waits cannot deadlock (everyone takes the same one lock first).
-The transaction's NOTIFY carries its last seq and is delivered on commit.
+A transaction that wrote events NOTIFYs its last seq, delivered on commit.
 """
 
 import atexit
@@ -238,14 +238,20 @@ class PostgresBackend:
                 if not conn.closed:
                     conn.execute("ROLLBACK")
                 raise
-            conn.execute(sql.SQL("SELECT pg_notify({}, {}); COMMIT").format(
-                CHANNEL, tx.notify_payload))
+            if tx.notify_payload:
+                conn.execute(sql.SQL("SELECT pg_notify({}, {}); COMMIT").format(
+                    CHANNEL, tx.notify_payload))
+            else:
+                conn.execute("COMMIT")
 
     def before_commit(self, conn: TxConnection, last_seq: int | None) -> None:
         """What the commit's NOTIFY says: "<seq>:<origin>", the transaction's
-        last event seq ('' when it wrote none: a heartbeat, a cancel flag)
-        and which store wrote it."""
-        conn.notify_payload = f"{last_seq or ''}:{self.origin}"
+        last event seq and which store wrote it. A commit without events (a
+        heartbeat, a cancel flag, a claim of nothing) sends none: no watch
+        needs it (workers poll cancel flags every round), and each worker's
+        heartbeat woke every other worker: wake-ups grew with the square of
+        the workers."""
+        conn.notify_payload = f"{last_seq}:{self.origin}" if last_seq else ""
 
     def commit_watch(self) -> "Listener":
         return Listener(self, events_only=False)
@@ -262,9 +268,9 @@ class PostgresBackend:
 
 
 class Listener:
-    """`wait(timeout)`: True as soon as another store commits (with
-    `events_only`: any transaction that wrote events, this store's too, as
-    the web's own API writes must reach its pages), False at the timeout. Blocks on
+    """`wait(timeout)`: True as soon as another store commits events (with
+    `events_only`: this store's too, as the web's own API writes must reach
+    its pages), False at the timeout. Only commits that wrote events notify. Blocks on
     its own LISTEN connection: no polling; psycopg waits cooperatively under
     gevent. After a lost connection it reconnects and answers True, since
     notifications may have been missed meanwhile. `db` is a connection of
@@ -291,11 +297,8 @@ class Listener:
         while not woken and (left := deadline - time.monotonic()) > 0:
             # Ends after one notification (and any that came in the same packet).
             for notify in self._conn.notifies(timeout=left, stop_after=1):
-                seq, _, origin = notify.payload.partition(":")
-                if self.events_only:
-                    woken = woken or bool(seq)
-                else:
-                    woken = woken or origin != self.backend.origin
+                _seq, _, origin = notify.payload.partition(":")
+                woken = woken or self.events_only or origin != self.backend.origin
         return woken
 
     def close(self) -> None:
