@@ -16,7 +16,7 @@ from stepline.store import reads, workers
 from stepline.store.sqlite import SCHEMA
 from stepline.store.writes import Store
 
-from .conftest import ROOT, stepline, wait_for
+from .conftest import ROOT, make_definition, stepline, wait_for
 
 
 def test_each_test_gets_its_own_empty_database(pg_url, pg_server):
@@ -274,3 +274,49 @@ def test_a_database_that_cannot_be_reached_is_named_without_its_password():
     assert result.returncode == 2
     assert "s3/c" not in result.stderr and "t0p" not in result.stderr
     assert "ann:***@127.0.0.1:" in result.stderr and "password=***" in result.stderr
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_search_ignores_the_case_of_ascii_letters_only_on_both_backends(backend, tmp_path,
+                                                                       pg_server):
+    """"error" finds "ERROR"; "été" does not find "ÉTÉ" (SQLite's LIKE folds
+    ASCII only), and the highlight marks exactly what was found. PostgreSQL
+    runs on a UTF-8 locale that folds every letter (as most servers'
+    default), where a plain ILIKE found "ÉTÉ" too and the highlight missed it."""
+    from stepline.web.app import create_app
+
+    if backend == "sqlite":
+        db = str(tmp_path / "search.db")
+    else:
+        if pg_server is None:
+            pytest.skip("no PostgreSQL server binaries here")
+        name = f"search_{os.getpid()}"
+        pg_server.admin(f"CREATE DATABASE {name} LOCALE 'C.utf8' TEMPLATE template0")
+        db = pg_server.url(name)
+    try:
+        store = Store(db)
+        job_id = store.create_job(make_definition('[step.a]\ntype = "shell"\nrun = "true"'), {})
+        step_id = reads.job_steps(store.db, job_id)[0]["id"]
+        with store.write() as tx:
+            tx.append_logs(job_id, step_id, [(0, "info", "ÉTÉ chaud"), (0, "info", "été frais"),
+                                             (0, "error", "ERROR: disk full")])
+        client = create_app(db, token="").test_client()
+
+        def found(q: str) -> list[str]:
+            page = client.get(f"/api/jobs/{job_id}/steps/{step_id}/logs", query_string={"q": q})
+            return [line["message"] for line in page.get_json()["lines"]]
+
+        assert found("été") == ["été frais"]
+        assert found("ÉTÉ") == ["ÉTÉ chaud"]
+        assert found("error") == found("ERROR") == ["ERROR: disk full"]
+        assert found("Été") == []
+        shown = client.get(f"/jobs/{job_id}/steps/{step_id}/lines",
+                           query_string={"tail": 1, "q": "été"}).text
+        assert shown.count("<mark>") == 1 and "<mark>été</mark>" in shown
+        shown = client.get(f"/jobs/{job_id}/steps/{step_id}/lines",
+                           query_string={"tail": 1, "q": "disk FULL"}).text
+        assert "<mark>disk full</mark>" in shown
+        store.close()
+    finally:
+        if backend == "postgres":
+            pg_server.drop_database(db)

@@ -73,14 +73,18 @@ EXTRA_DDL = [  # beside SCHEMA, as on SQLite
 def pg_sql(sql: str) -> str:
     """The store's SQLite SQL as PostgreSQL: `?` placeholders become `%s`
     (and a literal `%` doubles); INSERT OR IGNORE becomes ON CONFLICT DO
-    NOTHING; LIKE becomes ILIKE, as SQLite's LIKE ignores ASCII case; an
-    INDEXED BY hint goes (PostgreSQL's planner finds the partial index)."""
+    NOTHING; `col LIKE` becomes `col COLLATE "C" ILIKE`: SQLite's LIKE
+    ignores case for ASCII letters only, and so does ILIKE under the C
+    collation whatever the database's locale (plain ILIKE folds every
+    Unicode letter on a UTF-8 locale, and the search highlight would then
+    miss what it matched); an INDEXED BY hint goes (PostgreSQL's planner
+    finds the partial index)."""
     sql = sql.replace("%", "%%").replace("?", "%s")
     sql = re.sub(r"\s+INDEXED BY \w+", "", sql, flags=re.I)
     if re.match(r"\s*INSERT OR IGNORE\b", sql, re.I):
         sql = re.sub(r"INSERT OR IGNORE", "INSERT", sql, count=1, flags=re.I)
         sql += " ON CONFLICT DO NOTHING"
-    return re.sub(r"\bLIKE\b", "ILIKE", sql)
+    return re.sub(r"\b(\w+) LIKE\b", r'\1 COLLATE "C" ILIKE', sql)
 
 
 class Result:
