@@ -217,14 +217,18 @@ def test_a_restarted_tailer_closes_the_stopped_tailers_watch(backend, tmp_path, 
     db = str(tmp_path / "t.db") if backend == "sqlite" else request.getfixturevalue("pg_url")
     store = Store(db)
     opened: list = []
+    done = threading.Event()
 
     def event_watch():
         watch = store.event_watch()
         opened.append(watch)
-        if len(opened) == 1:  # the first tailer dies, as a killed greenlet's would
-            def stop(timeout):
+        first, wait = len(opened) == 1, watch.wait
+
+        def stopping(timeout):  # ends the tailer, as a killed greenlet's would end
+            if first or done.is_set():
                 raise SystemExit
-            watch.wait = stop
+            return wait(timeout)
+        watch.wait = stopping
         return watch
 
     hub = Hub(event_watch, lambda method, *args: method(*args))
@@ -246,7 +250,11 @@ def test_a_restarted_tailer_closes_the_stopped_tailers_watch(backend, tmp_path, 
     else:
         assert first._conn is None and first.db._conn is None
         wait_for(lambda: second._conn is not None, timeout=10, what="the new tailer listening")
-    assert reads.last_seq(second.db) == 0
+    done.set()  # the second tailer stops too: nothing runs on after the test
+    wait_for(lambda: not hub._thread.is_alive(), timeout=10, what="the second tailer stopped")
+    assert reads.last_seq(second.db) == 0  # still open: it was the running tailer's
+    second.close()
+    store.close()
 
 
 @pytest.mark.parametrize("url, shown", [
@@ -320,3 +328,30 @@ def test_search_ignores_the_case_of_ascii_letters_only_on_both_backends(backend,
     finally:
         if backend == "postgres":
             pg_server.drop_database(db)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_heartbeats_and_staleness_use_the_databases_clock(backend, tmp_path, request,
+                                                           monkeypatch):
+    """Workers on machines whose clocks disagree: a heartbeat written by a
+    machine an hour behind is fresh to a machine with the right time, and a
+    checker an hour ahead does not call a fresh heartbeat dead."""
+    from stepline.store import sqlite as dbmod
+
+    db = str(tmp_path / "w.db") if backend == "sqlite" else request.getfixturevalue("pg_url")
+    store = Store(db)
+    right_now = dbmod.now
+    monkeypatch.setattr(dbmod, "now", lambda: right_now() - 3600)  # this clock is behind
+    worker_id = workers.register(store)
+    with store.write() as tx:  # on another machine: its pid means nothing here
+        tx.conn.execute("UPDATE workers SET hostname = 'elsewhere' WHERE id = ?", (worker_id,))
+    workers.heartbeat(store, worker_id)
+    monkeypatch.setattr(dbmod, "now", right_now)
+    assert worker_id not in workers.dead(store, stale_after_s=30)
+    monkeypatch.setattr(dbmod, "now", lambda: right_now() + 3600)  # this one is ahead
+    assert worker_id not in workers.dead(store, stale_after_s=30)
+    with store.write() as tx:  # a heartbeat that did stop is still seen
+        tx.conn.execute("UPDATE workers SET heartbeat = heartbeat - 60 WHERE id = ?",
+                        (worker_id,))
+    assert worker_id in workers.dead(store, stale_after_s=30)
+    store.close()
