@@ -1,7 +1,6 @@
 """Which backend a database string names: a `postgresql://` URL, or else a
 SQLite file path."""
 
-import re
 from pathlib import Path
 
 from stepline.store.sqlite import SqliteBackend
@@ -24,8 +23,21 @@ def work_root(path: str) -> Path:
 
 
 def redacted(path: str) -> str:
-    """The database as it may be printed: a URL's password hidden."""
-    return re.sub(r"^(\w+://[^:@/]*):[^@/]*@", r"\1:***@", path)
+    """The database as it may be printed: a URL's password hidden, in the
+    user part and as a `password=` parameter. Printed URLs are often the ones
+    that failed to connect, so this holds for a password typed unencoded
+    too: urlsplit would end the user part at a `/` or `?` inside it, so
+    everything from the user's `:` to the LAST `@` goes."""
+    if not is_url(path):
+        return path
+    scheme, _, rest = path.partition("://")
+    userinfo, at, location = rest.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = userinfo.partition(":")[0] + ":***"
+    base, mark, query = location.partition("?")
+    query = "&".join("password=***" if part.startswith("password=") else part
+                     for part in query.split("&"))
+    return f"{scheme}://{userinfo}{at}{base}{mark}{query}"
 
 
 def open_backend(path: str):

@@ -13,7 +13,7 @@ would skip the later-committed lower seq for good. Every write transaction
 therefore first takes one transaction-level advisory lock (WRITE_LOCK):
 writes are serialised as on SQLite (BEGIN IMMEDIATE), seqs commit in order,
 and lock waits cannot deadlock (everyone takes the same one lock first).
-The transaction's NOTIFY carries its last seq and is delivered on commit.
+A transaction that wrote events NOTIFYs its last seq, delivered on commit.
 """
 
 import atexit
@@ -36,12 +36,17 @@ from stepline.store.sqlite import INDEXES, LOGS_ERRORS_DDL, SCHEMA
 CHANNEL = "stepline_commits"
 WRITE_LOCK = 0x5354_4550  # any constant shared by every Stepline process ("STEP")
 SCHEMA_LOCK = WRITE_LOCK + 1
-# Connections per process, shared by a worker's job threads and watchdog or
-# a web worker's greenlets (each query holds one only while it runs; writes
-# queue on WRITE_LOCK anyway). A fixed number: a pool that grows under load
-# and shrinks when idle would make a process's descriptors wander, and the
+# Read connections per process, shared by a worker's job threads and watchdog
+# or a web worker's greenlets: each read holds one only while it runs. Writes
+# have a pool of ONE of their own: a write holds its connection while it waits
+# (up to lock_timeout) for WRITE_LOCK, and writes are serialised by that lock
+# anyway, so queued writes wait for the write connection and never take the
+# reads' ones (with one pool, four queued writes stalled every page and live
+# update of the process). Fixed sizes: a pool that grows under load and
+# shrinks when idle would make a process's descriptors wander, and the
 # WebSocket fault test (test_ws_faults) could no longer tell a leak.
 POOL_SIZE = int(os.environ.get("STEPLINE_PG_POOL", "4"))
+WRITE_POOL_SIZE = 1
 POOL_TIMEOUT_S = float(os.environ.get("STEPLINE_BUSY_TIMEOUT", "30"))
 # As SQLite's busy timeout: a write that waits this long for WRITE_LOCK (or a
 # row lock) fails as "unavailable": workers retry, the web answers 503.
@@ -68,14 +73,18 @@ EXTRA_DDL = [  # beside SCHEMA, as on SQLite
 def pg_sql(sql: str) -> str:
     """The store's SQLite SQL as PostgreSQL: `?` placeholders become `%s`
     (and a literal `%` doubles); INSERT OR IGNORE becomes ON CONFLICT DO
-    NOTHING; LIKE becomes ILIKE, as SQLite's LIKE ignores ASCII case; an
-    INDEXED BY hint goes (PostgreSQL's planner finds the partial index)."""
+    NOTHING; `col LIKE` becomes `col COLLATE "C" ILIKE`: SQLite's LIKE
+    ignores case for ASCII letters only, and so does ILIKE under the C
+    collation whatever the database's locale (plain ILIKE folds every
+    Unicode letter on a UTF-8 locale, and the search highlight would then
+    miss what it matched); an INDEXED BY hint goes (PostgreSQL's planner
+    finds the partial index)."""
     sql = sql.replace("%", "%%").replace("?", "%s")
     sql = re.sub(r"\s+INDEXED BY \w+", "", sql, flags=re.I)
     if re.match(r"\s*INSERT OR IGNORE\b", sql, re.I):
         sql = re.sub(r"INSERT OR IGNORE", "INSERT", sql, count=1, flags=re.I)
         sql += " ON CONFLICT DO NOTHING"
-    return re.sub(r"\bLIKE\b", "ILIKE", sql)
+    return re.sub(r"\b(\w+) LIKE\b", r'\1 COLLATE "C" ILIKE', sql)
 
 
 class Result:
@@ -138,12 +147,45 @@ class PgDatabase:
             return iter(cur.fetchall())
 
 
+class OwnConnection:
+    """PgDatabase's API over one connection of its own, opened on first use
+    and again after it was lost: the hub's tailer reads events over it, so no
+    queue for a pooled connection ever holds up live updates."""
+
+    dialect = "postgres"
+
+    def __init__(self, url: str):
+        self.url = url
+        self._conn: psycopg.Connection | None = None
+
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = psycopg.connect(self.url, autocommit=True)
+        return self._conn
+
+    def execute(self, sql: str, params=()) -> Result:
+        with self._connection().cursor() as cur:
+            cur.execute(pg_sql(sql), params or ())
+            return Result(cur)
+
+    def query(self, sql: str, params=()) -> Iterator[dict]:
+        with self._connection().cursor(row_factory=dict_row) as cur:
+            cur.execute(pg_sql(sql), params or ())
+            return iter(cur.fetchall())
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
 class PostgresBackend:
     dialect = "postgres"
 
     def __init__(self, url: str):
         self.url = url
         self._pool: ConnectionPool | None = None
+        self._write_pool: ConnectionPool | None = None
         self._pid = None
         self._lock = threading.Lock()
         # Said in each NOTIFY, so a commit watch can ignore this store's own
@@ -153,20 +195,36 @@ class PostgresBackend:
 
     @property
     def pool(self) -> ConnectionPool:
-        """Opened on first use in each process: a pool's connections and
-        threads do not survive a fork (gunicorn forks after create_app)."""
+        """The reads' pool."""
+        self._open()
+        return self._pool
+
+    @property
+    def write_pool(self) -> ConnectionPool:
+        self._open()
+        return self._write_pool
+
+    def _open(self) -> None:
+        """Both pools, opened on first use in each process: a pool's
+        connections and threads do not survive a fork (gunicorn forks after
+        create_app)."""
         if self._pid != os.getpid():
             with self._lock:
                 if self._pid != os.getpid():
-                    self._pool = ConnectionPool(
-                        self.url, min_size=POOL_SIZE, max_size=POOL_SIZE, timeout=POOL_TIMEOUT_S,
-                        kwargs={"autocommit": True, "options": LOCK_TIMEOUT}, open=True,
-                        name=f"stepline-{os.getpid()}")
+                    self._pool = self._new_pool("read", POOL_SIZE)
+                    self._write_pool = self._new_pool("write", WRITE_POOL_SIZE)
                     self._pid = os.getpid()
                     # Closed at exit, not left to the garbage collector: under
                     # gevent that runs too late and prints a traceback.
                     atexit.register(self.close)
-        return self._pool
+
+    def _new_pool(self, kind: str, size: int) -> ConnectionPool:
+        # A write waiting longer than POOL_TIMEOUT_S for the write connection
+        # fails as "unavailable" (PoolTimeout is an OperationalError).
+        return ConnectionPool(
+            self.url, min_size=size, max_size=size, timeout=POOL_TIMEOUT_S,
+            kwargs={"autocommit": True, "options": LOCK_TIMEOUT}, open=True,
+            name=f"stepline-{kind}-{os.getpid()}")
 
     def db(self) -> PgDatabase:
         return PgDatabase(self.pool)
@@ -175,7 +233,7 @@ class PostgresBackend:
     def transaction(self) -> Iterator[TxConnection]:
         """BEGIN and the lock in one round trip, NOTIFY and COMMIT in another
         (a write transaction took 1.40 ms with each its own; see RESULTS)."""
-        with self.pool.connection() as conn:
+        with self.write_pool.connection() as conn:
             conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})")
             tx = TxConnection(conn)
             try:
@@ -184,14 +242,20 @@ class PostgresBackend:
                 if not conn.closed:
                     conn.execute("ROLLBACK")
                 raise
-            conn.execute(sql.SQL("SELECT pg_notify({}, {}); COMMIT").format(
-                CHANNEL, tx.notify_payload))
+            if tx.notify_payload:
+                conn.execute(sql.SQL("SELECT pg_notify({}, {}); COMMIT").format(
+                    CHANNEL, tx.notify_payload))
+            else:
+                conn.execute("COMMIT")
 
     def before_commit(self, conn: TxConnection, last_seq: int | None) -> None:
         """What the commit's NOTIFY says: "<seq>:<origin>", the transaction's
-        last event seq ('' when it wrote none: a heartbeat, a cancel flag)
-        and which store wrote it."""
-        conn.notify_payload = f"{last_seq or ''}:{self.origin}"
+        last event seq and which store wrote it. A commit without events (a
+        heartbeat, a cancel flag, a claim of nothing) sends none: no watch
+        needs it (workers poll cancel flags every round), and each worker's
+        heartbeat woke every other worker: wake-ups grew with the square of
+        the workers."""
+        conn.notify_payload = f"{last_seq}:{self.origin}" if last_seq else ""
 
     def commit_watch(self) -> "Listener":
         return Listener(self, events_only=False)
@@ -202,16 +266,19 @@ class PostgresBackend:
     def close(self) -> None:
         if self._pool is not None and self._pid == os.getpid():
             self._pool.close()
-            self._pool = None
+            self._write_pool.close()
+            self._pool = self._write_pool = None
+            self._pid = None
 
 
 class Listener:
-    """`wait(timeout)`: True as soon as another store commits (with
-    `events_only`: any transaction that wrote events, this store's too, as
-    the web's own API writes must reach its pages), False at the timeout. Blocks on
+    """`wait(timeout)`: True as soon as another store commits events (with
+    `events_only`: this store's too, as the web's own API writes must reach
+    its pages), False at the timeout. Only commits that wrote events notify. Blocks on
     its own LISTEN connection: no polling; psycopg waits cooperatively under
     gevent. After a lost connection it reconnects and answers True, since
-    notifications may have been missed meanwhile."""
+    notifications may have been missed meanwhile. `db` is a connection of
+    its own too (OwnConnection), for the tailer's reads."""
 
     # After events the tailer looks again at once: waiting on the socket
     # already lets other greenlets run, and a pause here would delay the next
@@ -222,12 +289,8 @@ class Listener:
     def __init__(self, backend: PostgresBackend, events_only: bool):
         self.backend = backend
         self.events_only = events_only
-        self.latest_seq = 0  # the highest seq a notification carried
+        self.db = OwnConnection(backend.url)
         self._conn: psycopg.Connection | None = None
-
-    @property
-    def db(self) -> PgDatabase:
-        return self.backend.db()
 
     def wait(self, timeout: float) -> bool:
         if self._conn is None or self._conn.closed:
@@ -238,16 +301,12 @@ class Listener:
         while not woken and (left := deadline - time.monotonic()) > 0:
             # Ends after one notification (and any that came in the same packet).
             for notify in self._conn.notifies(timeout=left, stop_after=1):
-                seq, _, origin = notify.payload.partition(":")
-                if seq:
-                    self.latest_seq = max(self.latest_seq, int(seq))
-                if self.events_only:
-                    woken = woken or bool(seq)
-                else:
-                    woken = woken or origin != self.backend.origin
+                _seq, _, origin = notify.payload.partition(":")
+                woken = woken or self.events_only or origin != self.backend.origin
         return woken
 
     def close(self) -> None:
+        self.db.close()
         if self._conn is not None:
             self._conn.close()
             self._conn = None

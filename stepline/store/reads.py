@@ -27,7 +27,9 @@ SELECT jobs.*,
 FROM jobs
 """
 
-# LIKE is the fastest scan SQLite offers here (case-insensitive for ASCII).
+# LIKE is the fastest scan SQLite offers here. It ignores case for ASCII
+# letters only ("error" finds "ERROR", "é" does not find "É"), on
+# PostgreSQL too (see postgres.pg_sql), and the highlight does the same.
 SEARCH = "message LIKE ? ESCAPE '\\'"
 
 

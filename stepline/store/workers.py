@@ -18,6 +18,11 @@ from stepline.store.errors import unavailable
 from stepline.store.writes import Store, new_id, now_us
 
 RETRY_MAX_S = 2.0
+# The database's clock, in epoch seconds: workers on different machines write
+# heartbeats and judge them by one clock, so a machine whose clock is off
+# neither looks dead nor calls the others dead.
+DB_NOW = {"sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
+          "postgres": "(extract(epoch FROM clock_timestamp())::double precision)"}
 T = TypeVar("T")
 
 
@@ -42,19 +47,18 @@ def retry_while_unavailable(write: Callable[[], T], give_up: Callable[[], bool],
 
 def register(store: Store) -> str:
     worker_id = f"{socket.gethostname()}-{os.getpid()}-{new_id()[:4]}"
-    ts = dbmod.now()
     with store.write() as tx:
         tx.conn.execute(
-            "INSERT INTO workers (id, pid, hostname, started, heartbeat) VALUES (?,?,?,?,?)",
-            (worker_id, os.getpid(), socket.gethostname(), ts, ts),
+            "INSERT INTO workers (id, pid, hostname, started, heartbeat)"
+            f" VALUES (?, ?, ?, ?, {DB_NOW[store.backend.dialect]})",
+            (worker_id, os.getpid(), socket.gethostname(), dbmod.now()),
         )
     return worker_id
 
 def heartbeat(store: Store, worker_id: str) -> None:
     with store.write() as tx:
-        tx.conn.execute(
-            "UPDATE workers SET heartbeat = ? WHERE id = ?", (dbmod.now(), worker_id)
-        )
+        tx.conn.execute(f"UPDATE workers SET heartbeat = {DB_NOW[store.backend.dialect]}"
+                        " WHERE id = ?", (worker_id,))
 
 def unregister(store: Store, worker_id: str) -> None:
     with store.write() as tx:
@@ -64,9 +68,11 @@ def dead(store: Store, stale_after_s: float) -> list[str]:
     """Workers whose heartbeat stopped, or whose process on this host is gone."""
     here = socket.gethostname()
     dead = []
-    for row in store.db.query("SELECT id, pid, hostname, heartbeat FROM workers"):
-        stale = row["heartbeat"] < dbmod.now() - stale_after_s
-        if stale or (row["hostname"] == here and not _pid_alive(row["pid"])):
+    for row in store.db.query(
+        "SELECT id, pid, hostname, heartbeat < "
+        f"{DB_NOW[store.backend.dialect]} - ? AS stale FROM workers", (stale_after_s,)
+    ):
+        if row["stale"] or (row["hostname"] == here and not _pid_alive(row["pid"])):
             dead.append(row["id"])
     # Jobs held by a worker id that is not registered at all are orphans too.
     for row in store.db.query(

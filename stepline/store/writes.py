@@ -248,7 +248,9 @@ class Store:
 
     def commit_watch(self):
         """For one thread: `wait(timeout)` is True as soon as another process
-        commits anything (a new job, a cancel), False at the timeout."""
+        commits (a new job), False at the timeout. SQLite sees every commit;
+        PostgreSQL only those that wrote events (no heartbeats, no cancel
+        flags: workers poll those every round)."""
         return self.backend.commit_watch()
 
     def event_watch(self):

@@ -62,7 +62,8 @@ def ansi_to_html(text: str, highlight: str | None = None) -> Markup:
 
 @lru_cache(maxsize=64)
 def _search(query: str) -> re.Pattern:
-    """What the log search matches: SQLite's LIKE ignores case for ASCII only."""
+    """What the log search matches: the store's LIKE ignores case for ASCII
+    letters only, on both backends (reads.SEARCH)."""
     return re.compile(f"({re.escape(query)})", re.IGNORECASE | re.ASCII)
 
 

@@ -242,6 +242,7 @@ class Hub:
         self._views: dict[Hashable, set] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._watch = None  # the running tailer's, from event_watch
         self.last_seq = 0
         self.events_seen = 0
 
@@ -287,7 +288,9 @@ class Hub:
         """Started lazily, so it runs in each gunicorn worker after the fork."""
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
-                watch = self.event_watch()
+                if self._watch is not None:  # the stopped tailer's: its connections go
+                    self._watch.close()
+                watch = self._watch = self.event_watch()
                 if self._thread is None:  # a restarted tailer goes on where it stopped
                     self.last_seq = reads.last_seq(watch.db)
                 self._thread = threading.Thread(target=self._tail, args=(watch,), daemon=True,
