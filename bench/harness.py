@@ -11,6 +11,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -101,6 +102,17 @@ def pct(values, p: float) -> float:
 
 def median(values) -> float:
     return statistics.median(values)
+
+
+def timed(fn, repeat: int = 30) -> float:
+    """Median ms of `repeat` calls of fn, after one warm-up call."""
+    fn()
+    samples = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t) * 1000)
+    return median(samples)
 
 
 def rss_kb(pid: int) -> int:

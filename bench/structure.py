@@ -3,11 +3,10 @@ layer costs (raw SQLite vs store API, fragment render, JSON encode)."""
 
 import json
 import sqlite3
-import time
 
 import requests
 
-from bench.harness import Store, definition, median, print_table, temp_db, web
+from bench.harness import Store, definition, print_table, temp_db, timed, web
 from stepline.store import reads
 from stepline.web.frames import Message
 
@@ -21,15 +20,6 @@ def thousand_steps() -> str:
         parts.append(f'[step.s{i}]\ntype = "shell"\nrun = "echo {i}"{dep}\n')
     return "\n".join(parts)
 
-
-def timed(fn, repeat: int = 30) -> float:
-    fn()
-    samples = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t) * 1000)
-    return median(samples)
 
 
 def main():

@@ -2,24 +2,14 @@
 to its end and filtering its failures cost, and what each live refresh costs
 (the same request)."""
 
-import time
 
 import requests
 
-from bench.harness import Store, definition, median, print_table, temp_db, web
+from bench.harness import Store, definition, print_table, temp_db, timed, web
 from stepline.engine.states import Status
 
 TASKS = 10_000
 
-
-def timed(fn, repeat: int = 30) -> float:
-    fn()
-    samples = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t) * 1000)
-    return median(samples)
 
 
 def main():
