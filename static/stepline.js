@@ -2,9 +2,10 @@
 // status: everything below is view state (open panels, scrolling, clocks).
 window.stepline = {
   // Expand: fetch the step's log (its end; a failed step's first error).
-  // Collapse: drop the lines from the DOM.
+  // Collapse: drop the lines from the DOM. The button's aria-controls names
+  // the body it fills.
   toggle(button) {
-    const body = document.getElementById(button.getAttribute("aria-controls").replace("panel-", "panel-body-"));
+    const body = document.getElementById(button.getAttribute("aria-controls"));
     if (body.firstElementChild) {
       body.replaceChildren();
       button.setAttribute("aria-expanded", "false");

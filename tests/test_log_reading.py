@@ -139,3 +139,27 @@ def test_a_panel_closed_while_it_fetches_stays_closed(page, server, store,  # no
     assert errors == []
     assert page.locator(f"#panel-body-{step_id}").inner_html() == ""
 
+
+def test_toggles_say_whether_their_panel_is_open(page, server, store,  # noqa: F811
+                                                 start_worker):
+    """A failed step opened with the page said nothing; a live row update
+    (a morph of the row) removed what the script had set."""
+    failed_job, failed_step = numbered_job(store, start_worker, lines=300, errors=(150,),
+                                           fail=True)
+    page.goto(f"{server.url}/jobs/{failed_job}")
+    assert page.get_attribute(f"#toggle-{failed_step}", "aria-expanded") == "true"
+    page.click(f"#toggle-{failed_step}")
+    assert page.get_attribute(f"#toggle-{failed_step}", "aria-expanded") == "false"
+
+    job_id, step_id = streaming_job(store, start_worker)
+    page.goto(f"{server.url}/jobs/{job_id}")
+    assert page.get_attribute(f"#toggle-{step_id}", "aria-expanded") == "false"
+    open_panel(page, step_id)
+    count = page.locator(f"#step-{step_id} .log-count")
+    before = count.inner_text()
+    wait_for(lambda: count.inner_text() != before, 15, what="a live row update")
+    page.wait_for_timeout(500)
+    assert page.get_attribute(f"#toggle-{step_id}", "aria-expanded") == "true"
+    page.click(f"#toggle-{step_id}")
+    assert page.get_attribute(f"#toggle-{step_id}", "aria-expanded") == "false"
+    assert page.locator(f"#logs-{step_id}").count() == 0
