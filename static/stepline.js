@@ -2,9 +2,10 @@
 // status: everything below is view state (open panels, scrolling, clocks).
 window.stepline = {
   // Expand: fetch the step's log (its end; a failed step's first error).
-  // Collapse: drop the lines from the DOM.
+  // Collapse: drop the lines from the DOM. The button's aria-controls names
+  // the body it fills.
   toggle(button) {
-    const body = document.getElementById(button.getAttribute("aria-controls").replace("panel-", "panel-body-"));
+    const body = document.getElementById(button.getAttribute("aria-controls"));
     if (body.firstElementChild) {
       body.replaceChildren();
       button.setAttribute("aria-expanded", "false");
@@ -112,14 +113,21 @@ const logBox = (ctx) => ctx?.target?.classList?.contains("log-lines") ? ctx.targ
 const cursorOf = (box) => document.getElementById(`${box.id}-cursor`);
 htmx.registerExtension("stepline-logs", {
   // A request takes the panel's state (its cursor: last line, filter, match
-  // count) when it is sent, not when it was triggered: a queued request
-  // (hx-sync "queue last") was built earlier, and its `after` would fetch
-  // lines the panel already holds. A new filter (`tail`) sends the form's.
+  // count) when it is sent, not when it was triggered: a queued request was
+  // built earlier, and its `after` would fetch lines the panel already
+  // holds. A new filter (`tail`) sends the form's.
   htmx_before_request: (elt, {ctx}) => {
     const box = logBox(ctx);
     if (!box) return;
+    // collapsed while the request waited: nothing to fetch for
+    if (!box.isConnected) return false;
     const url = new URL(ctx.request.action, location.href);
     if (url.searchParams.has("tail")) return;
+    // A panel read at a line ("load later lines" shown) stays there: a live
+    // fetch would append (and trim away the line read) or, far behind,
+    // replace the panel with the newest lines. Its lines wait for the button.
+    const live = !url.searchParams.has("before") && !url.searchParams.has("later");
+    if (live && !document.getElementById(`${box.id}-later`).hidden) return false;
     for (const input of cursorOf(box).querySelectorAll("input")) {
       url.searchParams.set(input.name, input.value);
     }
@@ -137,6 +145,7 @@ htmx.registerExtension("stepline-logs", {
   htmx_after_request: (elt, {ctx}) => {
     const box = logBox(ctx);
     if (!box) return;
+    if (!box.isConnected) return false;  // collapsed meanwhile
     // An answer for another filter than the panel now shows is dropped.
     const url = new URL(ctx.request.action, location.href);
     const cursor = cursorOf(box);
@@ -162,6 +171,15 @@ htmx.registerExtension("stepline-logs", {
     const swap = ctx.rowsSwap || ctx.swap;
     if (swap?.startsWith("beforeend")) trimWindow(box);
     const follow = box.closest(".log-panel")?.querySelector(".follow");
+    // Earlier lines of a step still logging: the reader reads back there.
+    // New lines would soon trim away the lines asked for (the window is full
+    // within seconds at 1,000 lines/s), so they wait for "load later lines",
+    // as in a panel opened at a line; "follow" brings the newest back.
+    const step = document.getElementById(box.id.replace("logs-", "step-"));
+    if (swap === "afterbegin" && step?.dataset.status === "running") {
+      document.getElementById(`${box.id}-later`).hidden = false;
+      follow.checked = false;
+    }
     // New lines in place of the panel's (a new filter): shown from the end.
     if (swap === "innerHTML") scrollToEnd(box);
     else if (follow?.checked && box.dataset.atBottom) box.scrollTop = box.scrollHeight;
@@ -256,8 +274,16 @@ setInterval(() => {
 // toggles.
 for (const type of ["input", "change"]) {
   document.addEventListener(type, (event) => {
-    if (event.target.matches(".ts-toggle, .follow")) event.stopPropagation();
+    if (!event.target.matches(".ts-toggle, .follow")) return;
+    event.stopPropagation();
+    if (type === "change" && event.target.matches(".follow:checked")) followAgain(event.target);
   }, true);
+}
+// "follow" ticked on a panel read at a line: back to the newest lines, as
+// a new filter fetches them.
+function followAgain(checkbox) {
+  const panel = checkbox.closest(".log-panel");
+  if (!panel.querySelector(".later").hidden) htmx.trigger(panel.querySelector("form"), "submit");
 }
 
 // An open task table's live refresh (task_trigger.html) fetches what the

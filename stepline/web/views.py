@@ -175,6 +175,9 @@ class JobView:
         content = "".join(render.render_step_row(s, oob=True) for s in steps) + (
             render.render_job_header(job, oob=True)) + "".join(
             render.render_task_trigger(s) for s in steps if render.has_task_table(s))
+        # So does an open log panel: the log_refresh events it missed brought
+        # lines no later event will (the step may have finished meanwhile).
+        content += "".join(render.render_log_trigger(s) for s in steps if s["log_count"])
         fields = {**message_fields(seq, job_id=job["id"], status=job["status"],
                                    version=job["version"]), "snapshot": True,
                   "steps": [{"step_id": s["id"], "name": s["name"], "status": s["status"],
