@@ -212,7 +212,8 @@ def test_a_restarted_tailer_closes_the_stopped_tailers_watch(backend, tmp_path, 
     """The hub opens a new watch when its tailer thread has died; the old
     one's connections (LISTEN and reads, or SQLite's) must be closed, not
     leaked, each time."""
-    from stepline.web.hub import Hub, QueueSubscription
+    from stepline.web.hub import Hub
+    from stepline.web.subscriptions import QueueSubscription
 
     db = str(tmp_path / "t.db") if backend == "sqlite" else request.getfixturevalue("pg_url")
     store = Store(db)

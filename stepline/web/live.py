@@ -14,7 +14,7 @@ from simple_websocket import ConnectionClosed
 from stepline.store import reads
 from stepline.web.frames import Message, WholeFrames
 from stepline.web.http import ApiError, app_state
-from stepline.web.hub import QueueSubscription, SocketSubscription
+from stepline.web.subscriptions import QueueSubscription, SocketSubscription
 from stepline.web.views import JobView, view_from_args
 
 bp = Blueprint("live", __name__)
