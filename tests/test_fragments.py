@@ -229,6 +229,18 @@ def test_step_timeline_of_a_job_under_a_second_reads_in_milliseconds(app):
     assert '<tspan class="dur">80ms</tspan>' in html
 
 
+def test_step_timeline_keeps_a_zero_second_last_step_inside_the_axis(app):
+    """A 0.0 s last step starts where the axis ends: its bar (drawn at
+    least 0.5 % wide so it shows) ended at 100.5 % before the clamp."""
+    from stepline.web import charts
+
+    steps = [{"name": "build", "status": "completed", "started": T0, "finished": T0 + 10},
+             {"name": "notify", "status": "completed", "started": T0 + 10, "finished": T0 + 10}]
+    spans = charts.timeline(steps, now=T0 + 20).spans
+    assert all(0 <= s.x and s.x + s.width <= 100 for s in spans)
+    assert (spans[1].x, spans[1].width, spans[1].label_x) == (99.5, 0.5, 100)
+
+
 def test_step_timeline_draws_at_most_its_cap(app):
     from stepline.web import charts
 

@@ -155,8 +155,9 @@ def timeline(steps: list[dict], now: float) -> Timeline:
     spans = []
     for row, s in enumerate(shown):
         seconds = max(0.0, (s["finished"] or now) - s["started"])
-        x = round(100 * (s["started"] - t0) / total, 2)
-        width = round(max(0.5, 100 * seconds / total), 2)
+        width = round(max(0.5, 100 * seconds / total), 2)  # 0.5 %: a 0.0 s step still shows
+        # ...and stays inside the axis: a 0.0 s last step starts at 100 %
+        x = round(min(100 * (s["started"] - t0) / total, 100 - width), 2)
         left_half = x <= 50
         spans.append(Span(s["name"], s["status"], AXIS_H + row * ROW_H, x, width, seconds,
                           x if left_half else round(x + width, 2),
