@@ -196,6 +196,29 @@ def test_task_table_and_its_trigger(app, snapshot):
     assert render.render_task_trigger(s) == snapshot(name="trigger")
 
 
+def test_task_table_shows_an_earlier_attempts_error_as_history(app):
+    """A task that failed once and then completed (or runs again) is not a
+    failure: its error reads as the earlier attempt's, muted; red stays for
+    failed tasks."""
+    s = step("running", tasks={"pending": 1, "running": 1, "completed": 1, "failed": 1})
+    retried = [{**TASKS[0], "task_id": 10, "idx": 5, "status": "completed", "attempts": 2,
+                "error": "StepFailed: task 5 failed (attempt 1)"},
+               {**TASKS[0], "task_id": 11, "idx": 6, "status": "running", "attempts": 3,
+                "error": "StepFailed: task 6 failed (attempt 2)", "finished_at": None},
+               {**TASKS[0], "task_id": 12, "idx": 7, "status": "pending", "attempts": 1,
+                "error": "StepFailed: task 7 failed (attempt 1)", "finished_at": None}]
+    html = render.render_task_table(s, [TASKS[0], *retried], 4, None, 0)
+    errors = re.findall(r'<pre class="([^"]*)">(.*?)</pre>', html, re.S)
+    assert errors == [
+        ("error", "ValueError: &lt;b&gt;bad&lt;/b&gt; &amp; worse\n  in chunk 0"),
+        ("error earlier", '<span class="label">attempt 1 failed:</span>'
+                          " StepFailed: task 5 failed (attempt 1)"),
+        ("error earlier", '<span class="label">attempt 2 failed:</span>'
+                          " StepFailed: task 6 failed (attempt 2)"),
+        ("error earlier", '<span class="label">attempt 1 failed:</span>'
+                          " StepFailed: task 7 failed (attempt 1)")]
+
+
 def test_step_timeline(app, snapshot):
     from stepline.web import charts
 
