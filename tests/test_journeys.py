@@ -43,7 +43,15 @@ def test_definition_page_graph_history_and_rerun_with_edited_params(
 
     # "Edit params & re-run": the form comes pre-filled from the job
     page.click("text=Edit params & re-run")
-    page.wait_for_url(f"{server.url}/definitions/{DEF}?from={first}")
+    page.wait_for_url(f"{server.url}/definitions/{DEF}?from={first}#rerun")
+    note = page.locator(".rerun-note")  # says so at the form, which is in view
+    assert note.inner_text() == f"Re-running job {first} with its params (edit and run)"
+    assert note.locator("a").get_attribute("href") == f"/jobs/{first}"
+    top, bottom = page.evaluate("""() => [document.querySelector('.rerun-note'),
+        document.querySelector('.run-form button[type=submit]')].map(
+        (e, i) => e.getBoundingClientRect()[i ? 'bottom' : 'top'])""")
+    assert 0 <= top and bottom <= page.viewport_size["height"]  # the note to the run button
+    page.screenshot(path=str(OUTPUT / "definition-page-rerun.png"))
     pause = page.locator(f"#run-{DEF} input[name='param.pause']")
     assert pause.input_value() == "0.2" and pause.get_attribute("type") == "number"
     pause.fill("0.1")

@@ -249,17 +249,18 @@ def path_builder(app: Flask) -> Callable[..., str]:
             return None
         return parts
 
-    def url_for(endpoint: str, **values) -> str:
+    def url_for(endpoint: str, _anchor: str | None = None, **values) -> str:
+        anchor = f"#{quote_arg(_anchor)}" if _anchor else ""  # as Flask's url_for(_anchor=)
         key = (endpoint, tuple(values))
         if key not in patterns:
             patterns[key] = pattern(endpoint, key[1])
         parts = patterns[key]
         if parts is None:
-            return build(endpoint, values)
+            return build(endpoint, values) + anchor
         filled = parts.copy()
         filled[1::2] = [value if type(value) is str and _PLAIN(value) else quote_arg(value)
                         for value in values.values()]
-        return "".join(filled)
+        return "".join(filled) + anchor
 
     return url_for
 
