@@ -161,7 +161,8 @@ def test_definition_graph_and_run_history(app, snapshot):
             for i, status in enumerate(["completed", "failed", "cancelled", "running",
                                         "pending"], 1)]
     graph = render_template("definition_graph.html", d=definition,
-                            graph=charts.dependency_graph(definition))
+                            graph=charts.dependency_graph(definition),
+                            tall_graph=charts.dependency_graph(definition, tall=True))
     history = render_template("run_history.html",
                               history=charts.run_history(runs, now=T0 + 600))
     assert graph == snapshot(name="graph")

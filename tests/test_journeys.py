@@ -28,9 +28,10 @@ def test_definition_page_graph_history_and_rerun_with_edited_params(
     page.click(f"#run-{DEF} h2 a")
     page.wait_for_url(f"{server.url}/definitions/{DEF}")
     # the steps as a graph: a box per step, a line per dependency
-    assert page.locator("svg.graph .node").evaluate_all(
+    assert page.locator("svg.graph.tall").is_hidden()  # the phone's drawing
+    assert page.locator("svg.graph.wide .node").evaluate_all(
         "nodes => nodes.map(n => n.dataset.step)") == ["prepare", "fan", "finish"]
-    assert page.locator("svg.graph .edge").count() == 2
+    assert page.locator("svg.graph.wide .edge").count() == 2
     assert page.locator(".run-history .empty").inner_text() == "Not run yet."
     page.click("details.source summary")  # the file itself, on request
     assert "[step.prepare]" in page.locator("details.source pre").inner_text()
@@ -134,6 +135,30 @@ PHONE = {"width": 390, "height": 844}
 
 def page_width(page) -> int:
     return page.evaluate("document.documentElement.scrollWidth")
+
+
+def test_a_definitions_steps_on_a_390px_phone(browser, server):
+    """The steps graph fits a phone: every step box on the screen, nothing to
+    scroll sideways, names still legible. Before: a 632 px row of boxes in a
+    sideways-scrolling box, the last step out of sight with no sign of it."""
+    context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    page.goto(f"{server.url}/definitions/{DEF}")
+    assert page.locator("svg.graph.wide").is_hidden()  # top to bottom instead
+    nodes = page.locator("svg.graph.tall .node")
+    assert nodes.evaluate_all("nodes => nodes.map(n => n.dataset.step)") == [
+        "prepare", "fan", "finish"]
+    for node in nodes.all():
+        box = node.bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], box
+    section = page.locator(".definition-graph")
+    assert section.evaluate("e => e.scrollWidth <= e.clientWidth")
+    assert page_width(page) <= PHONE["width"]
+    name = nodes.first.locator("text.name").bounding_box()
+    assert name["height"] >= 12  # 13 px type, drawn at full size
+    OUTPUT.mkdir(exist_ok=True)
+    page.screenshot(path=str(OUTPUT / "definition-page-390px.png"), full_page=True)
+    context.close()
 
 
 def test_a_job_on_a_390px_phone(browser, live_server, start_worker, tmp_path):

@@ -149,7 +149,9 @@ def definition_page(name: str):
     runs = reads.definition_runs(current_db(), name, limit=HISTORY_RUNS)
     return render_template(
         "definition.html", d=definition, source=Path(definition.path).read_text("utf-8"),
-        graph=charts.dependency_graph(definition), history=charts.run_history(runs, time.time()),
+        graph=charts.dependency_graph(definition),
+        tall_graph=charts.dependency_graph(definition, tall=True),
+        history=charts.run_history(runs, time.time()),
         values=values, error=None, rerun_of=rerun_of)
 
 
