@@ -192,8 +192,29 @@ def test_a_job_on_a_390px_phone(browser, live_server, start_worker, tmp_path):
     # the long line scrolls inside the panel, which itself fits the screen
     assert lines.evaluate("e => e.scrollWidth > e.clientWidth")
     assert lines.bounding_box()["x"] + lines.bounding_box()["width"] <= PHONE["width"]
+    # finger-sized tap targets: the nav links (16 px tall before), the labels
+    # around the log checkboxes (20 px boxes), the line-number links (36 px
+    # wide; their height is the line's: 32 px lines would halve the log shown)
+    for link in page.locator(".topbar nav a").all():
+        assert link.bounding_box()["height"] >= 32, link.inner_text()
+    for label in page.locator(".log-tools label.opt").all():
+        box = label.bounding_box()
+        assert box["width"] >= 32 and box["height"] >= 32, label.inner_text()
+    assert lines.locator("a.ln").first.bounding_box()["width"] >= 32
     OUTPUT.mkdir(exist_ok=True)
     page.screenshot(path=str(OUTPUT / "job-page-390px.png"), full_page=True)
+    job_url = page.url
+
+    # the run history: a bar's whole column is its link (a quick run's bar
+    # is 2 px tall), and a tap on it opens the job
+    page.goto(f"{server.url}/definitions/long_line")
+    bar = page.locator("svg.history a.bar")
+    box = bar.bounding_box()
+    assert box["height"] == page.locator("svg.history").bounding_box()["height"], box
+    assert box["width"] >= 18, box
+    page.screenshot(path=str(OUTPUT / "definition-page-390px-history.png"), full_page=True)
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + 4)  # far above a short bar
+    page.wait_for_url(job_url)
 
     for path in ("/definitions", "/definitions/slow_pipeline"):
         page.goto(f"{server.url}{path}")

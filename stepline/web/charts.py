@@ -99,6 +99,8 @@ class History:
     height: int
     longest: float  # seconds: the scale's top
     bars: list[Bar] = field(default_factory=list)
+    gap: int = BAR_GAP
+    slot: int = BAR_W + BAR_GAP  # a bar's column: its link's tap target
 
     @property
     def statuses(self) -> list[str]:
