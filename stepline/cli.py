@@ -14,7 +14,7 @@ from pathlib import Path
 from stepline import config
 from stepline.engine.actions import start_job
 from stepline.engine.definitions import ParamError, parse_duration
-from stepline.engine.states import TERMINAL, Status
+from stepline.engine.states import TERMINAL, Status, earlier_failure
 from stepline.store import reads
 from stepline.store.backends import absolute, redacted
 from stepline.store.check import violations
@@ -334,7 +334,10 @@ def cmd_tasks(args) -> int:
                                            else None, offset=offset, limit=1000)
             for task in rows:
                 took = duration(task["started_at"], task["finished_at"]) or "-"
+                earlier = earlier_failure(task["status"], task["attempts"])
                 error = f"  {task['error']}" if task["error"] else ""
+                if task["error"] and earlier is not None:  # retried: not this task's failure
+                    error = f"  (attempt {earlier} failed: {task['error']})"
                 print(f"{step['name']}  #{task['idx']:<5} {task['status']:<9}"
                       f" x{task['attempts']}  {took:>8}  {task['worker'] or '-'}{error}")
             offset += len(rows)

@@ -95,3 +95,25 @@ def test_tasks_show_why_each_task_failed(store, db_path, tmp_path, start_worker)
         assert line.startswith("fan  #") and " failed " in line and "x1" in line
         assert f"{socket.gethostname()}-{worker.proc.pid}-" in line
         assert line.endswith("(simulated, attempt 1)")
+
+
+def test_tasks_mark_a_retried_tasks_error_as_an_earlier_attempts(store, db_path, tmp_path,
+                                                                 start_worker):
+    """Seed 9 at 50 %: 4 of 8 tasks fail attempt 1 and pass attempt 2; their
+    line says the error was attempt 1's, not that the completed task failed."""
+    (tmp_path / "fan.toml").write_text(
+        '[step.fan]\ntype = "generate"\ntasks = 8\nlogs_per_task = 1\nfailure_rate = 0.5\n'
+        'seed = 9\nretries = 1\non_error = "continue"\n')
+    job_id = stepline(db_path, "run", "fan", "--definitions", str(tmp_path)).stdout.strip()
+    start_worker()
+    wait_job(store, job_id)
+    lines = stepline(db_path, "tasks", job_id).stdout.splitlines()
+    retried = [line for line in lines if " completed " in line and "failed" in line]
+    assert len(retried) == 4, "\n".join(lines)
+    for line in retried:
+        idx = line.split("#")[1].split()[0]
+        assert line.endswith(f"  (attempt 1 failed: StepFailed: task {idx} failed"
+                             " (simulated, attempt 1))"), line
+    for line in lines:
+        if line.split()[2] == "failed":  # its own failure, as before
+            assert line.endswith("  StepFailed: task 7 failed (simulated, attempt 2)"), line

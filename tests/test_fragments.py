@@ -161,7 +161,8 @@ def test_definition_graph_and_run_history(app, snapshot):
             for i, status in enumerate(["completed", "failed", "cancelled", "running",
                                         "pending"], 1)]
     graph = render_template("definition_graph.html", d=definition,
-                            graph=charts.dependency_graph(definition))
+                            graph=charts.dependency_graph(definition),
+                            tall_graph=charts.dependency_graph(definition, tall=True))
     history = render_template("run_history.html",
                               history=charts.run_history(runs, now=T0 + 600))
     assert graph == snapshot(name="graph")
@@ -196,6 +197,29 @@ def test_task_table_and_its_trigger(app, snapshot):
     assert render.render_task_trigger(s) == snapshot(name="trigger")
 
 
+def test_task_table_shows_an_earlier_attempts_error_as_history(app):
+    """A task that failed once and then completed (or runs again) is not a
+    failure: its error reads as the earlier attempt's, muted; red stays for
+    failed tasks."""
+    s = step("running", tasks={"pending": 1, "running": 1, "completed": 1, "failed": 1})
+    retried = [{**TASKS[0], "task_id": 10, "idx": 5, "status": "completed", "attempts": 2,
+                "error": "StepFailed: task 5 failed (attempt 1)"},
+               {**TASKS[0], "task_id": 11, "idx": 6, "status": "running", "attempts": 3,
+                "error": "StepFailed: task 6 failed (attempt 2)", "finished_at": None},
+               {**TASKS[0], "task_id": 12, "idx": 7, "status": "pending", "attempts": 1,
+                "error": "StepFailed: task 7 failed (attempt 1)", "finished_at": None}]
+    html = render.render_task_table(s, [TASKS[0], *retried], 4, None, 0)
+    errors = re.findall(r'<pre class="([^"]*)">(.*?)</pre>', html, re.S)
+    assert errors == [
+        ("error", "ValueError: &lt;b&gt;bad&lt;/b&gt; &amp; worse\n  in chunk 0"),
+        ("error earlier", '<span class="label">attempt 1 failed:</span>'
+                          " StepFailed: task 5 failed (attempt 1)"),
+        ("error earlier", '<span class="label">attempt 2 failed:</span>'
+                          " StepFailed: task 6 failed (attempt 2)"),
+        ("error earlier", '<span class="label">attempt 1 failed:</span>'
+                          " StepFailed: task 7 failed (attempt 1)")]
+
+
 def test_step_timeline(app, snapshot):
     from stepline.web import charts
 
@@ -227,6 +251,18 @@ def test_step_timeline_of_a_job_under_a_second_reads_in_milliseconds(app):
     ticks = re.findall(r'<text class="axis"[^>]*>([^<]*)</text>', html)
     assert ticks == ["0s", "20ms", "40ms", "60ms", "80ms"]
     assert '<tspan class="dur">80ms</tspan>' in html
+
+
+def test_step_timeline_keeps_a_zero_second_last_step_inside_the_axis(app):
+    """A 0.0 s last step starts where the axis ends: its bar (drawn at
+    least 0.5 % wide so it shows) ended at 100.5 % before the clamp."""
+    from stepline.web import charts
+
+    steps = [{"name": "build", "status": "completed", "started": T0, "finished": T0 + 10},
+             {"name": "notify", "status": "completed", "started": T0 + 10, "finished": T0 + 10}]
+    spans = charts.timeline(steps, now=T0 + 20).spans
+    assert all(0 <= s.x and s.x + s.width <= 100 for s in spans)
+    assert (spans[1].x, spans[1].width, spans[1].label_x) == (99.5, 0.5, 100)
 
 
 def test_step_timeline_draws_at_most_its_cap(app):

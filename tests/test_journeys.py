@@ -28,9 +28,10 @@ def test_definition_page_graph_history_and_rerun_with_edited_params(
     page.click(f"#run-{DEF} h2 a")
     page.wait_for_url(f"{server.url}/definitions/{DEF}")
     # the steps as a graph: a box per step, a line per dependency
-    assert page.locator("svg.graph .node").evaluate_all(
+    assert page.locator("svg.graph.tall").is_hidden()  # the phone's drawing
+    assert page.locator("svg.graph.wide .node").evaluate_all(
         "nodes => nodes.map(n => n.dataset.step)") == ["prepare", "fan", "finish"]
-    assert page.locator("svg.graph .edge").count() == 2
+    assert page.locator("svg.graph.wide .edge").count() == 2
     assert page.locator(".run-history .empty").inner_text() == "Not run yet."
     page.click("details.source summary")  # the file itself, on request
     assert "[step.prepare]" in page.locator("details.source pre").inner_text()
@@ -43,7 +44,15 @@ def test_definition_page_graph_history_and_rerun_with_edited_params(
 
     # "Edit params & re-run": the form comes pre-filled from the job
     page.click("text=Edit params & re-run")
-    page.wait_for_url(f"{server.url}/definitions/{DEF}?from={first}")
+    page.wait_for_url(f"{server.url}/definitions/{DEF}?from={first}#rerun")
+    note = page.locator(".rerun-note")  # says so at the form, which is in view
+    assert note.inner_text() == f"Re-running job {first} with its params (edit and run)"
+    assert note.locator("a").get_attribute("href") == f"/jobs/{first}"
+    top, bottom = page.evaluate("""() => [document.querySelector('.rerun-note'),
+        document.querySelector('.run-form button[type=submit]')].map(
+        (e, i) => e.getBoundingClientRect()[i ? 'bottom' : 'top'])""")
+    assert 0 <= top and bottom <= page.viewport_size["height"]  # the note to the run button
+    page.screenshot(path=str(OUTPUT / "definition-page-rerun.png"))
     pause = page.locator(f"#run-{DEF} input[name='param.pause']")
     assert pause.input_value() == "0.2" and pause.get_attribute("type") == "number"
     pause.fill("0.1")
@@ -128,6 +137,30 @@ def page_width(page) -> int:
     return page.evaluate("document.documentElement.scrollWidth")
 
 
+def test_a_definitions_steps_on_a_390px_phone(browser, server):
+    """The steps graph fits a phone: every step box on the screen, nothing to
+    scroll sideways, names still legible. Before: a 632 px row of boxes in a
+    sideways-scrolling box, the last step out of sight with no sign of it."""
+    context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    page.goto(f"{server.url}/definitions/{DEF}")
+    assert page.locator("svg.graph.wide").is_hidden()  # top to bottom instead
+    nodes = page.locator("svg.graph.tall .node")
+    assert nodes.evaluate_all("nodes => nodes.map(n => n.dataset.step)") == [
+        "prepare", "fan", "finish"]
+    for node in nodes.all():
+        box = node.bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], box
+    section = page.locator(".definition-graph")
+    assert section.evaluate("e => e.scrollWidth <= e.clientWidth")
+    assert page_width(page) <= PHONE["width"]
+    name = nodes.first.locator("text.name").bounding_box()
+    assert name["height"] >= 12  # 13 px type, drawn at full size
+    OUTPUT.mkdir(exist_ok=True)
+    page.screenshot(path=str(OUTPUT / "definition-page-390px.png"), full_page=True)
+    context.close()
+
+
 def test_a_job_on_a_390px_phone(browser, live_server, start_worker, tmp_path):
     """A person on a phone: no page scrolls sideways, the log toolbar fits on
     the screen, the expand toggle is finger-sized and a long log line scrolls
@@ -159,8 +192,29 @@ def test_a_job_on_a_390px_phone(browser, live_server, start_worker, tmp_path):
     # the long line scrolls inside the panel, which itself fits the screen
     assert lines.evaluate("e => e.scrollWidth > e.clientWidth")
     assert lines.bounding_box()["x"] + lines.bounding_box()["width"] <= PHONE["width"]
+    # finger-sized tap targets: the nav links (16 px tall before), the labels
+    # around the log checkboxes (20 px boxes), the line-number links (36 px
+    # wide; their height is the line's: 32 px lines would halve the log shown)
+    for link in page.locator(".topbar nav a").all():
+        assert link.bounding_box()["height"] >= 32, link.inner_text()
+    for label in page.locator(".log-tools label.opt").all():
+        box = label.bounding_box()
+        assert box["width"] >= 32 and box["height"] >= 32, label.inner_text()
+    assert lines.locator("a.ln").first.bounding_box()["width"] >= 32
     OUTPUT.mkdir(exist_ok=True)
     page.screenshot(path=str(OUTPUT / "job-page-390px.png"), full_page=True)
+    job_url = page.url
+
+    # the run history: a bar's whole column is its link (a quick run's bar
+    # is 2 px tall), and a tap on it opens the job
+    page.goto(f"{server.url}/definitions/long_line")
+    bar = page.locator("svg.history a.bar")
+    box = bar.bounding_box()
+    assert box["height"] == page.locator("svg.history").bounding_box()["height"], box
+    assert box["width"] >= 18, box
+    page.screenshot(path=str(OUTPUT / "definition-page-390px-history.png"), full_page=True)
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + 4)  # far above a short bar
+    page.wait_for_url(job_url)
 
     for path in ("/definitions", "/definitions/slow_pipeline"):
         page.goto(f"{server.url}{path}")

@@ -70,6 +70,17 @@ def failures_past(status: str, steps_failed: int | None) -> int:
     return (steps_failed or 0) if status == Status.COMPLETED else 0
 
 
+def earlier_failure(status: str, attempts: int) -> int | None:
+    """The attempt a task's stored error came from when the task did not end
+    failed (it was retried): the task table and `stepline tasks` show that
+    error as history, not as the task's failure. None for a failed task (the
+    error is its own). Attempts count up when one starts, so it is the one
+    before the current; a pending task's retry has not started yet."""
+    if status == Status.FAILED:
+        return None
+    return attempts if status == Status.PENDING else attempts - 1
+
+
 def sql_list(statuses) -> str:
     """`('completed', 'failed')` for an IN clause: the values are this module's
     constants, never user input."""

@@ -31,33 +31,44 @@ class Graph:
     edges: list[str] = field(default_factory=list)  # SVG path data, one per dependency
 
 
-def dependency_graph(definition: Definition) -> Graph:
+def dependency_graph(definition: Definition, tall: bool = False) -> Graph:
     """Steps left to right by depth (a step sits one column right of its
-    deepest dependency), in file order top to bottom within a column."""
+    deepest dependency), in file order top to bottom within a column. `tall`
+    turns it a quarter: depth runs top to bottom, for a phone (three steps in a
+    row are 632 px wide; a 390 px screen has 366)."""
     depth: dict[str, int] = {}
     for step in definition.steps:  # definitions are validated acyclic, deps listed first or not
         depth[step.name] = _depth(step.name, definition, depth)
     columns: dict[int, list] = {}
     for step in definition.steps:
         columns.setdefault(depth[step.name], []).append(step)
+    # along: the depth axis (x, or y when tall); across: the other
+    along, across = (NODE_H + COL_GAP, NODE_W + ROW_GAP) if tall else \
+        (NODE_W + COL_GAP, NODE_H + ROW_GAP)
     places: dict[str, Node] = {}
     for col, steps in columns.items():
         for row, step in enumerate(steps):
-            places[step.name] = Node(step.name, step.type, PAD + col * (NODE_W + COL_GAP),
-                                     PAD + row * (NODE_H + ROW_GAP), step.always_run,
-                                     step.on_error)
+            a, b = PAD + col * along, PAD + row * across
+            places[step.name] = Node(step.name, step.type, *((b, a) if tall else (a, b)),
+                                     step.always_run, step.on_error)
     edges = []
+    bend = COL_GAP // 2
     for step in definition.steps:
         to = places[step.name]
         for dep in step.depends:
             frm = places[dep]
-            x1, y1 = frm.x + NODE_W, frm.y + NODE_H // 2
-            x2, y2 = to.x, to.y + NODE_H // 2
-            bend = COL_GAP // 2
-            edges.append(f"M{x1},{y1} C{x1 + bend},{y1} {x2 - bend},{y2} {x2},{y2}")
+            if tall:  # from the bottom middle of the dependency to the top middle of the step
+                x1, y1 = frm.x + NODE_W // 2, frm.y + NODE_H
+                x2, y2 = to.x + NODE_W // 2, to.y
+                edges.append(f"M{x1},{y1} C{x1},{y1 + bend} {x2},{y2 - bend} {x2},{y2}")
+            else:  # from the right middle to the left middle
+                x1, y1 = frm.x + NODE_W, frm.y + NODE_H // 2
+                x2, y2 = to.x, to.y + NODE_H // 2
+                edges.append(f"M{x1},{y1} C{x1 + bend},{y1} {x2 - bend},{y2} {x2},{y2}")
     rows = max((len(steps) for steps in columns.values()), default=0)
-    return Graph(width=PAD * 2 + len(columns) * (NODE_W + COL_GAP) - COL_GAP,
-                 height=PAD * 2 + rows * (NODE_H + ROW_GAP) - ROW_GAP,
+    length = PAD * 2 + len(columns) * along - COL_GAP
+    breadth = PAD * 2 + rows * across - ROW_GAP
+    return Graph(width=breadth if tall else length, height=length if tall else breadth,
                  nodes=list(places.values()), edges=edges)
 
 
@@ -88,6 +99,8 @@ class History:
     height: int
     longest: float  # seconds: the scale's top
     bars: list[Bar] = field(default_factory=list)
+    gap: int = BAR_GAP
+    slot: int = BAR_W + BAR_GAP  # a bar's column: its link's tap target
 
     @property
     def statuses(self) -> list[str]:
@@ -155,8 +168,9 @@ def timeline(steps: list[dict], now: float) -> Timeline:
     spans = []
     for row, s in enumerate(shown):
         seconds = max(0.0, (s["finished"] or now) - s["started"])
-        x = round(100 * (s["started"] - t0) / total, 2)
-        width = round(max(0.5, 100 * seconds / total), 2)
+        width = round(max(0.5, 100 * seconds / total), 2)  # 0.5 %: a 0.0 s step still shows
+        # ...and stays inside the axis: a 0.0 s last step starts at 100 %
+        x = round(min(100 * (s["started"] - t0) / total, 100 - width), 2)
         left_half = x <= 50
         spans.append(Span(s["name"], s["status"], AXIS_H + row * ROW_H, x, width, seconds,
                           x if left_half else round(x + width, 2),

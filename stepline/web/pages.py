@@ -141,15 +141,18 @@ def definition_page(name: str):
     definition = definitions()[0].get(name)
     if definition is None:
         raise ApiError(404, f"no definition named {name!r}")
-    values = None
+    values, rerun_of = None, None
     if request.args.get("from"):
         job = job_or_404(request.args["from"])
         values = {k: v for k, v in job["params"].items() if k in definition.params}
+        rerun_of = job["id"]
     runs = reads.definition_runs(current_db(), name, limit=HISTORY_RUNS)
     return render_template(
         "definition.html", d=definition, source=Path(definition.path).read_text("utf-8"),
-        graph=charts.dependency_graph(definition), history=charts.run_history(runs, time.time()),
-        values=values, error=None)
+        graph=charts.dependency_graph(definition),
+        tall_graph=charts.dependency_graph(definition, tall=True),
+        history=charts.run_history(runs, time.time()),
+        values=values, error=None, rerun_of=rerun_of)
 
 
 HISTORY_RUNS = 60  # bars in the run history chart

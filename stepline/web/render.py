@@ -14,7 +14,7 @@ from flask.templating import Environment
 from markupsafe import Markup
 
 from stepline.engine.definitions import FAN_OUT_TYPES
-from stepline.engine.states import LOG_LEVELS, TERMINAL, Status, failures_past
+from stepline.engine.states import LOG_LEVELS, TERMINAL, Status, earlier_failure, failures_past
 from stepline.web.ansi import ansi_to_html
 
 TAIL_LINES = 500      # lines an opened panel starts with, and per "load earlier"
@@ -211,7 +211,7 @@ def register(app: Flask) -> None:
     )
     app.jinja_env.globals.update(TERMINAL=TERMINAL, LOG_LEVELS=LOG_LEVELS, PAGE_SIZE=PAGE_SIZE,
                                  WINDOW_LINES=WINDOW_LINES, has_task_table=has_task_table,
-                                 failures_past=failures_past,
+                                 failures_past=failures_past, earlier_failure=earlier_failure,
                                  icon=lambda status: Markup(ICONS.get(status, "")))
     app.jinja_env.globals["url_for"] = path_builder(app)
 
@@ -249,17 +249,18 @@ def path_builder(app: Flask) -> Callable[..., str]:
             return None
         return parts
 
-    def url_for(endpoint: str, **values) -> str:
+    def url_for(endpoint: str, _anchor: str | None = None, **values) -> str:
+        anchor = f"#{quote_arg(_anchor)}" if _anchor else ""  # as Flask's url_for(_anchor=)
         key = (endpoint, tuple(values))
         if key not in patterns:
             patterns[key] = pattern(endpoint, key[1])
         parts = patterns[key]
         if parts is None:
-            return build(endpoint, values)
+            return build(endpoint, values) + anchor
         filled = parts.copy()
         filled[1::2] = [value if type(value) is str and _PLAIN(value) else quote_arg(value)
                         for value in values.values()]
-        return "".join(filled)
+        return "".join(filled) + anchor
 
     return url_for
 
