@@ -109,6 +109,17 @@ def test_errors_are_json_with_the_right_status(client, method, url, body, status
         "error"]
 
 
+@pytest.mark.parametrize("params, message", [
+    ({"tasks": -3}, "param 'tasks' must be from 1 to 100000, got -3"),
+    ({"tasks": "0"}, "param 'tasks' must be from 1 to 100000, got '0'"),
+    ({"failure_rate": "7"}, "param 'failure_rate' must be from 0 to 1, got '7'"),
+])
+def test_params_outside_their_limits_are_400_and_create_no_job(client, store, params, message):
+    response = client.post("/api/definitions/load_demo/run", json={"params": params})
+    assert response.status_code == 400 and response.get_json() == {"error": message}
+    assert reads.list_jobs(store.db)[1] == 0
+
+
 def test_state_conflicts_are_409(client, store):
     job_id = store.create_job(make_definition(TWO_STEPS), {})
     assert client.delete(f"/api/jobs/{job_id}").status_code == 409
@@ -148,7 +159,13 @@ def test_run_form_needs_csrf_and_reports_bad_params(client):
         token = session["csrf"]
     bad = client.post("/definitions/load_demo/run", data={"param.tasks": "many",
                                                           "csrf_token": token})
-    assert bad.status_code == 422 and "must be a int" in bad.get_data(as_text=True)
+    assert bad.status_code == 422 and "must be an integer" in bad.get_data(as_text=True)
+    outside = client.post("/definitions/load_demo/run", data={"param.tasks": "-3",
+                                                              "csrf_token": token})
+    page = outside.get_data(as_text=True)
+    assert outside.status_code == 422
+    assert "param &#39;tasks&#39; must be from 1 to 100000, got &#39;-3&#39;" in page
+    assert 'name="param.tasks" type="number"' in page and 'min="1" max="100000"' in page
     good = client.post("/definitions/load_demo/run", data={"param.tasks": "3"},
                        headers={"X-CSRF-Token": token, "HX-Request": "true"})
     assert good.status_code == 204 and good.headers["HX-Redirect"].startswith("/jobs/")
