@@ -120,6 +120,12 @@ def test_params_outside_their_limits_are_400_and_create_no_job(client, store, pa
     assert reads.list_jobs(store.db)[1] == 0
 
 
+def test_a_whole_number_is_a_good_float_param(client, store):
+    response = client.post("/api/definitions/load_demo/run", json={"params": {"failure_rate": 1}})
+    assert response.status_code == 201, response.get_json()
+    assert reads.get_job(store.db, response.get_json()["job_id"])["params"]["failure_rate"] == 1.0
+
+
 def test_state_conflicts_are_409(client, store):
     job_id = store.create_job(make_definition(TWO_STEPS), {})
     assert client.delete(f"/api/jobs/{job_id}").status_code == 409

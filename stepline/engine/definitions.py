@@ -336,6 +336,8 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     kind = type(default)
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)  # JSON's 1 for failure_rate: a number all the same
     if not isinstance(value, str):
         raise ParamError(f"param '{key}' must be {KIND_NAMES[kind]}, got {value!r}")
     text = value.strip()
