@@ -310,11 +310,20 @@ def cmd_cancel(args) -> int:
 def cmd_definitions(args) -> int:
     definitions, errors = config.definitions(args.definitions)
     for definition in definitions.values():
-        params = ", ".join(f"{k}={v!r}" for k, v in definition.params.items())
+        params = ", ".join(f"{k}={v!r}{limits_text(definition.limits.get(k))}"
+                           for k, v in definition.params.items())
         print(f"{definition.name:<24} {len(definition.steps)} steps  {params}")
     for error in errors:
         print(f"stepline: {error}", file=sys.stderr)
     return 2 if args.check and errors else 0
+
+
+def limits_text(limit) -> str:
+    """` (1..100000)`, ` (1..)` or ` (..5)` after a param's default."""
+    if limit is None or (limit.min is None and limit.max is None):
+        return ""
+    low, high = ("" if v is None else v for v in (limit.min, limit.max))
+    return f" ({low}..{high})"
 
 
 def cmd_prune(args) -> int:

@@ -139,6 +139,9 @@ def test_definitions_api_lists_good_and_reports_bad(client):
     body = client.get("/api/definitions").get_json()
     names = {d["name"] for d in body["definitions"]}
     assert {"two", "codebase_classify", "load_demo"} <= names
+    load_demo = next(d for d in body["definitions"] if d["name"] == "load_demo")
+    assert load_demo["limits"]["tasks"] == {
+        "min": 1, "max": 100000, "description": "tasks in the fan_out step"}
     assert any("broken.toml" in e and "unknown type" in e for e in body["errors"])
 
 

@@ -110,6 +110,8 @@ def test_params_outside_their_limits_are_refused_and_nothing_is_queued(db_path):
         assert result.stderr.splitlines() == [message]
     listed = stepline(db_path, "jobs")
     assert (listed.stdout, listed.stderr) == ("", "no jobs\n")
+    definitions = stepline(db_path, "definitions").stdout  # the limits, where to look them up
+    assert "tasks=40 (1..100000), failure_rate=0.1 (0..1)" in definitions
 
 
 def test_a_mistyped_option_points_at_the_commands_help(db_path):
