@@ -3,7 +3,6 @@
 import argparse
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +14,7 @@ from stepline import config
 from stepline.engine.actions import start_job
 from stepline.engine.definitions import ParamError, parse_duration
 from stepline.engine.states import TERMINAL, Status, earlier_failure
+from stepline.follow import follow_job
 from stepline.store import reads
 from stepline.store.backends import absolute, redacted
 from stepline.store.check import violations
@@ -37,7 +37,9 @@ class Parser(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:  # argparse reports these from the top parser; point at the command's help
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         for directory in config.definition_dirs(args.definitions):
             if not Path(directory).is_dir():
@@ -82,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name, func, help_text):
         p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, parser=p)
         return p
 
     p = command("serve", cmd_serve, "web UI (gunicorn + gevent) plus one worker")
@@ -231,72 +233,13 @@ def cmd_run(args) -> int:
     return follow_job(store, job_id)
 
 
-def follow_job(store: Store, job_id: str) -> int:
-    """Print each status change as it happens, and the running steps' tasks
-    and lines: redrawn in place on a terminal, a plain line every few seconds
-    when piped. Exit 0 if the job completed."""
-    on_tty = sys.stdout.isatty()
-    seq, shown, progress_shown, progress_at = 0, {}, "", 0.0
-    while True:
-        for event in reads.events_after(store.db, seq, job_id=job_id):
-            seq = event["seq"]
-            key = event["step_id"] or "job"
-            if event["status"] != shown.get(key):
-                shown[key] = event["status"]
-                name = f"step {event['step_name']}" if event["step_id"] else "job"
-                clear = "\r\033[K" if on_tty and progress_shown else ""
-                progress_shown = "" if clear else progress_shown
-                print(f"{clear}{time.strftime('%H:%M:%S')} {name}: {event['status']}", flush=True)
-        job = reads.get_job(store.db, job_id)
-        if job["status"] in TERMINAL:
-            if on_tty and progress_shown:
-                print("\r\033[K", end="")
-            for step in reads.job_steps(store.db, job_id):
-                t = step["tasks"]
-                tasks = f", tasks {t['completed']} ok {t['failed']} failed" if any(
-                    t.values()) else ""
-                error = f" — {step['error']}" if step["error"] else ""
-                print(f"  {step['status']:>9}  {step['name']} ({step['log_count']} log lines"
-                      f"{tasks}){error}")
-            print(f"job {job_id} {job['status']}" + (f": {job['error']}" if job["error"] else ""))
-            return 0 if job["status"] == Status.COMPLETED else 1
-        if on_tty:
-            progress = progress_line(reads.job_steps(store.db, job_id))
-            if progress != progress_shown:
-                width = shutil.get_terminal_size().columns - 1
-                print(f"\r\033[K{progress[:width]}", end="", flush=True)
-                progress_shown = progress
-        elif time.monotonic() - progress_at >= PROGRESS_EVERY_S:  # read only when due
-            progress = progress_line(reads.job_steps(store.db, job_id))
-            if progress and progress != progress_shown:
-                print(f"{time.strftime('%H:%M:%S')} {progress}", flush=True)
-                progress_shown, progress_at = progress, time.monotonic()
-        time.sleep(0.2)
-
-
-PROGRESS_EVERY_S = 5.0  # piped output: a progress line at most this often
-
-
-def progress_line(steps: list[dict]) -> str:
-    """`code_map: 12/40 tasks, 1 failed, 830 lines | report: 3 lines`."""
-    parts = []
-    for step in steps:
-        if step["status"] != Status.RUNNING:
-            continue
-        t = step["tasks"]
-        total = sum(t.values())
-        tasks = f"{t['completed'] + t['failed']}/{total} tasks, " if total else ""
-        failed = f"{t['failed']} failed, " if t["failed"] else ""
-        lines = step["log_count"]
-        parts.append(f"{step['name']}: {tasks}{failed}{lines:,} line{'s' * (lines != 1)}")
-    return " | ".join(parts)
-
-
 def cmd_jobs(args) -> int:
     rows, _total = reads.list_jobs(open_store(args).db, status=args.status, limit=args.limit)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
+    if not rows:  # a note, not output: a pipe reading stdout sees no rows
+        print(f"no {args.status} jobs" if args.status else "no jobs", file=sys.stderr)
     for row in rows:
         print(f"{row['id']}  {row['status']:<9}  {row['definition']:<24}"
               f"  {row['steps_done']}/{row['steps_total']} steps"
@@ -327,6 +270,7 @@ def cmd_tasks(args) -> int:
     """One line per task: step, index, status, attempts, duration, worker, error."""
     db = open_store(args).db
     steps = job_steps_named(db, args.job, args.step)
+    printed = 0
     for step in steps:
         offset = 0
         while True:  # a page at a time: a 10,000-task step never sits in memory
@@ -343,6 +287,9 @@ def cmd_tasks(args) -> int:
             offset += len(rows)
             if not rows or offset >= total:
                 break
+        printed += offset
+    if not printed:  # a note, not output: a pipe reading stdout sees no rows
+        print("no failed tasks" if args.failed else "no tasks", file=sys.stderr)
     return 0
 
 
@@ -366,11 +313,20 @@ def cmd_cancel(args) -> int:
 def cmd_definitions(args) -> int:
     definitions, errors = config.definitions(args.definitions)
     for definition in definitions.values():
-        params = ", ".join(f"{k}={v!r}" for k, v in definition.params.items())
+        params = ", ".join(f"{k}={v!r}{limits_text(definition.limits.get(k))}"
+                           for k, v in definition.params.items())
         print(f"{definition.name:<24} {len(definition.steps)} steps  {params}")
     for error in errors:
         print(f"stepline: {error}", file=sys.stderr)
     return 2 if args.check and errors else 0
+
+
+def limits_text(limit) -> str:
+    """` (1..100000)`, ` (1..)` or ` (..5)` after a param's default."""
+    if limit is None or (limit.min is None and limit.max is None):
+        return ""
+    low, high = ("" if v is None else v for v in (limit.min, limit.max))
+    return f" ({low}..{high})"
 
 
 def cmd_prune(args) -> int:

@@ -109,6 +109,23 @@ def test_errors_are_json_with_the_right_status(client, method, url, body, status
         "error"]
 
 
+@pytest.mark.parametrize("params, message", [
+    ({"tasks": -3}, "param 'tasks' must be from 1 to 100000, got -3"),
+    ({"tasks": "0"}, "param 'tasks' must be from 1 to 100000, got '0'"),
+    ({"failure_rate": "7"}, "param 'failure_rate' must be from 0 to 1, got '7'"),
+])
+def test_params_outside_their_limits_are_400_and_create_no_job(client, store, params, message):
+    response = client.post("/api/definitions/load_demo/run", json={"params": params})
+    assert response.status_code == 400 and response.get_json() == {"error": message}
+    assert reads.list_jobs(store.db)[1] == 0
+
+
+def test_a_whole_number_is_a_good_float_param(client, store):
+    response = client.post("/api/definitions/load_demo/run", json={"params": {"failure_rate": 1}})
+    assert response.status_code == 201, response.get_json()
+    assert reads.get_job(store.db, response.get_json()["job_id"])["params"]["failure_rate"] == 1.0
+
+
 def test_state_conflicts_are_409(client, store):
     job_id = store.create_job(make_definition(TWO_STEPS), {})
     assert client.delete(f"/api/jobs/{job_id}").status_code == 409
@@ -122,6 +139,9 @@ def test_definitions_api_lists_good_and_reports_bad(client):
     body = client.get("/api/definitions").get_json()
     names = {d["name"] for d in body["definitions"]}
     assert {"two", "codebase_classify", "load_demo"} <= names
+    load_demo = next(d for d in body["definitions"] if d["name"] == "load_demo")
+    assert load_demo["limits"]["tasks"] == {
+        "min": 1, "max": 100000, "description": "tasks in the fan_out step"}
     assert any("broken.toml" in e and "unknown type" in e for e in body["errors"])
 
 
@@ -148,7 +168,13 @@ def test_run_form_needs_csrf_and_reports_bad_params(client):
         token = session["csrf"]
     bad = client.post("/definitions/load_demo/run", data={"param.tasks": "many",
                                                           "csrf_token": token})
-    assert bad.status_code == 422 and "must be a int" in bad.get_data(as_text=True)
+    assert bad.status_code == 422 and "must be an integer" in bad.get_data(as_text=True)
+    outside = client.post("/definitions/load_demo/run", data={"param.tasks": "-3",
+                                                              "csrf_token": token})
+    page = outside.get_data(as_text=True)
+    assert outside.status_code == 422
+    assert "param &#39;tasks&#39; must be from 1 to 100000, got &#39;-3&#39;" in page
+    assert 'name="param.tasks" type="number"' in page and 'min="1" max="100000"' in page
     good = client.post("/definitions/load_demo/run", data={"param.tasks": "3"},
                        headers={"X-CSRF-Token": token, "HX-Request": "true"})
     assert good.status_code == 204 and good.headers["HX-Redirect"].startswith("/jobs/")

@@ -2,6 +2,7 @@
 real busy port, with options where a person puts them."""
 
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -67,6 +68,7 @@ def test_run_wait_shows_progress_while_tasks_run(db_path, tmp_path, start_worker
     assert progress, result.stdout  # piped: plain progress lines, no \r redraws
     assert not any("\r" in line or "\033" in line for line in lines)
     assert lines[-1].endswith("completed")
+    assert "no worker" not in result.stderr  # one was running all along
 
 
 def test_every_argument_has_help():
@@ -117,3 +119,56 @@ def test_tasks_mark_a_retried_tasks_error_as_an_earlier_attempts(store, db_path,
     for line in lines:
         if line.split()[2] == "failed":  # its own failure, as before
             assert line.endswith("  StepFailed: task 7 failed (simulated, attempt 2)"), line
+
+def test_params_outside_their_limits_are_refused_and_nothing_is_queued(db_path):
+    for param, message in [
+        ("tasks=-3", "stepline: param 'tasks' must be from 1 to 100000, got '-3'"),
+        ("failure_rate=7", "stepline: param 'failure_rate' must be from 0 to 1, got '7'"),
+        ("tasks=many", "stepline: param 'tasks' must be an integer, got 'many'"),
+    ]:
+        result = stepline(db_path, "run", "load_demo", "-p", param)
+        assert (result.returncode, result.stdout) == (2, ""), result
+        assert result.stderr.splitlines() == [message]
+    listed = stepline(db_path, "jobs")
+    assert (listed.stdout, listed.stderr) == ("", "no jobs\n")
+    definitions = stepline(db_path, "definitions").stdout  # the limits, where to look them up
+    assert "tasks=40 (1..100000), failure_rate=0.1 (0..1)" in definitions
+
+
+def test_a_mistyped_option_points_at_the_commands_help(db_path):
+    result = stepline(db_path, "jobs", "--stauts", "x")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "stepline: unrecognized arguments: --stauts x (see: stepline jobs --help)"]
+
+
+def test_empty_lists_say_so_on_stderr_and_leave_stdout_empty(store, db_path, tmp_path,
+                                                              start_worker):
+    (tmp_path / "one.toml").write_text('[step.say]\ntype = "shell"\nrun = "echo hi"\n')
+    job_id = stepline(db_path, "run", "one", "--definitions", str(tmp_path)).stdout.strip()
+    failed = stepline(db_path, "jobs", "--status", "failed")
+    assert (failed.returncode, failed.stdout, failed.stderr) == (0, "", "no failed jobs\n")
+    tasks = stepline(db_path, "tasks", job_id, "--step", "say")
+    assert (tasks.returncode, tasks.stdout, tasks.stderr) == (0, "", "no tasks\n")
+    listed = stepline(db_path, "jobs")
+    assert job_id in listed.stdout and listed.stderr == ""
+
+
+def test_run_wait_without_a_worker_says_so_once_and_keeps_waiting(db_path, tmp_path,
+                                                                 start_worker):
+    (tmp_path / "one.toml").write_text('[step.say]\ntype = "shell"\nrun = "echo hi"\n')
+    proc = stepline_popen(db_path, "run", "one", "--wait", "--definitions", str(tmp_path),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        ready, _, _ = select.select([proc.stderr], [], [], 60)
+        assert ready, "no hint within 60 s"
+        assert proc.stderr.readline() == (
+            "waiting: no worker is running (start one: stepline worker)\n")
+        assert proc.poll() is None  # still waiting
+        start_worker()
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert stderr == ""  # said once only
+    assert "  completed  say (1 log line)" in stdout.splitlines()

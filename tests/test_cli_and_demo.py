@@ -50,7 +50,7 @@ def test_demo_on_stepline_itself_and_load_demo(store, db_path, start_worker):
 def test_cli_errors_are_one_line_exit_2(db_path, tmp_path):
     for args, message in [
         (["run", "nope"], "no definition named 'nope'"),
-        (["run", "load_demo", "-p", "tasks=many"], "param 'tasks' must be a int"),
+        (["run", "load_demo", "-p", "tasks=many"], "param 'tasks' must be an integer"),
         (["run", "load_demo", "-p", "bogus=1"], "unknown param 'bogus'"),
         (["run", "load_demo", "-p", "novalue"], "-p takes KEY=VALUE"),
         (["cancel", "missing"], "job missing not found"),

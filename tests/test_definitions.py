@@ -156,8 +156,55 @@ def test_params_are_coerced_to_their_defaults_type(tmp_path):
         "path": ".", "count": 7, "fast": True}
     with pytest.raises(ParamError, match="unknown param 'nope'"):
         resolve_params(d, {"nope": "1"})
-    with pytest.raises(ParamError, match="param 'count' must be a int"):
+    with pytest.raises(ParamError, match="param 'count' must be an integer, got 'many'"):
         resolve_params(d, {"count": "many"})
+
+
+LIMITED = """
+[params]
+path = "."
+[params.tasks]
+default = 12
+min = 1
+max = 100000
+description = "how many"
+[params.rate]
+default = 0.5
+max = 1
+[step.a]
+type = "shell"
+run = "echo {params.tasks} {params.rate} {params.path}"
+"""
+
+
+def test_a_param_table_gives_default_and_limits(tmp_path):
+    d = load_file(write(tmp_path, "limited", LIMITED))
+    assert d.params == {"path": ".", "tasks": 12, "rate": 0.5}
+    assert (d.limits["tasks"].min, d.limits["tasks"].max) == (1, 100000)
+    assert d.limits["tasks"].description == "how many"
+    assert resolve_params(d, {"tasks": "100000", "rate": "-4"})["tasks"] == 100000
+    with pytest.raises(ParamError, match=r"^param 'tasks' must be from 1 to 100000, got '-3'$"):
+        resolve_params(d, {"tasks": "-3"})
+    with pytest.raises(ParamError, match=r"^param 'tasks' must be from 1 to 100000, got 100001$"):
+        resolve_params(d, {"tasks": 100001})
+    with pytest.raises(ParamError, match=r"^param 'rate' must be at most 1, got '7'$"):
+        resolve_params(d, {"rate": "7"})
+
+
+@pytest.mark.parametrize("table, problem", [
+    ("default = 5\nmin = 10\nmax = 1", "param 'n': min 10 is greater than max 1"),
+    ("default = 5\nmin = 'one'", "param 'n': min must be a number, got 'one'"),
+    ("default = 5\nmax = true", "param 'n': max must be a number, got True"),
+    ("default = 0\nmin = 1\nmax = 9", "param 'n': default 0 must be from 1 to 9"),
+    ("default = 'x'\nmin = 1", "param 'n': min needs a number default, got 'x'"),
+    ("min = 1", "param 'n': missing 'default'"),
+    ("default = 1\nmaximum = 3", "param 'n': unknown key(s) maximum"),
+])
+def test_bad_param_limits_name_file_param_and_problem(tmp_path, table, problem):
+    path = write(tmp_path, "bad", f"[params.n]\n{table}\n[step.a]\ntype = 'sleep'\n")
+    with pytest.raises(DefinitionError) as caught:
+        load_file(path)
+    assert str(caught.value).startswith(f"{path}: {problem}")
 
 
 def test_shell_substitution_quotes_every_param():

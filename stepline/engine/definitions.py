@@ -51,12 +51,25 @@ class StepDef:
 
 
 @dataclass
+class ParamLimit:
+    """`[params.NAME]` with default, min, max, description: run-time values
+    outside min..max are refused."""
+    min: float | None = None
+    max: float | None = None
+    description: str = ""
+
+
+PARAM_TABLE_KEYS = {"default", "min", "max", "description"}
+
+
+@dataclass
 class Definition:
     name: str
     path: str
     description: str = ""
     timeout_s: float | None = None
-    params: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)  # name -> default
+    limits: dict[str, ParamLimit] = field(default_factory=dict)  # only the limited ones
     steps: list[StepDef] = field(default_factory=list)
 
 
@@ -95,10 +108,14 @@ def build_definition(data: dict, where: str, default_name: str) -> Definition:
     name = data.get("name", default_name)
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise fail(f"bad name {name!r}: use letters, digits, _ . -")
-    params = data.get("params", {})
-    if not isinstance(params, dict):
+    raw_params = data.get("params", {})
+    if not isinstance(raw_params, dict):
         raise fail("[params] must be a table")
-    for key, value in params.items():
+    params, limits = {}, {}
+    for key, value in raw_params.items():
+        if isinstance(value, dict):  # [params.NAME] default = .., min = .., max = ..
+            value, limits[key] = _param_table(key, value, fail)
+        params[key] = value
         if not isinstance(value, str | int | float | bool):
             raise fail(f"param '{key}' must be a string, number or boolean")
         if isinstance(value, float) and not math.isfinite(value):
@@ -126,8 +143,52 @@ def build_definition(data: dict, where: str, default_name: str) -> Definition:
         raise fail(f"dependency cycle {' -> '.join(cycle)}", cycle[0])
     return Definition(
         name=name, path=where, description=str(data.get("description", "")),
-        timeout_s=timeout_s, params=dict(params), steps=execution_order(steps),
+        timeout_s=timeout_s, params=params, limits=limits, steps=execution_order(steps),
     )
+
+
+def _param_table(key: str, table: dict, fail) -> tuple[Any, ParamLimit]:
+    """The default and the limits of one `[params.NAME]` table."""
+    extra = set(table) - PARAM_TABLE_KEYS
+    if extra:
+        raise fail(f"param '{key}': unknown key(s) {', '.join(sorted(extra))}"
+                   f" (expected {', '.join(sorted(PARAM_TABLE_KEYS))})")
+    if "default" not in table:
+        raise fail(f"param '{key}': missing 'default'")
+    default = table["default"]
+    limit = ParamLimit(description=str(table.get("description", "")))
+    for bound in ("min", "max"):
+        if bound not in table:
+            continue
+        number = table[bound]
+        if not _is_number(number) or not math.isfinite(number):
+            raise fail(f"param '{key}': {bound} must be a number, got {number!r}")
+        if not _is_number(default):
+            raise fail(f"param '{key}': {bound} needs a number default, got {default!r}")
+        setattr(limit, bound, number)
+    if limit.min is not None and limit.max is not None and limit.min > limit.max:
+        raise fail(f"param '{key}': min {limit.min} is greater than max {limit.max}")
+    if _out_of_range(default, limit):
+        raise fail(f"param '{key}': default {default!r} must be {_range_text(limit)}")
+    return default, limit
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _out_of_range(value: Any, limit: ParamLimit) -> bool:
+    return ((limit.min is not None and value < limit.min)
+            or (limit.max is not None and value > limit.max))
+
+
+def _range_text(limit: ParamLimit) -> str:
+    """`from 1 to 100000`, `at least 1` or `at most 5`."""
+    if limit.max is None:
+        return f"at least {limit.min}"
+    if limit.min is None:
+        return f"at most {limit.max}"
+    return f"from {limit.min} to {limit.max}"
 
 
 def _build_step(name: str, raw: Any, params: dict, fail) -> StepDef:
@@ -262,15 +323,23 @@ def resolve_params(definition: Definition, overrides: dict[str, Any]) -> dict[st
             known = ", ".join(sorted(params)) or "none"
             raise ParamError(f"unknown param '{key}' (this definition takes: {known})")
         params[key] = _coerce(key, value, params[key])
+        limit = definition.limits.get(key)
+        if limit and _out_of_range(params[key], limit):
+            raise ParamError(f"param '{key}' must be {_range_text(limit)}, got {value!r}")
     return params
+
+
+KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
     kind = type(default)
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)  # JSON's 1 for failure_rate: a number all the same
     if not isinstance(value, str):
-        raise ParamError(f"param '{key}' must be a {kind.__name__}, got {value!r}")
+        raise ParamError(f"param '{key}' must be {KIND_NAMES[kind]}, got {value!r}")
     text = value.strip()
     if kind is bool:
         lowered = text.lower()
@@ -283,7 +352,8 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         try:
             number = kind(text)
         except ValueError:
-            raise ParamError(f"param '{key}' must be a {kind.__name__}, got {value!r}") from None
+            raise ParamError(
+                f"param '{key}' must be {KIND_NAMES[kind]}, got {value!r}") from None
         if not math.isfinite(number):  # JSON has no NaN or Infinity
             raise ParamError(f"param '{key}' must be a finite number, got {value!r}")
         return number

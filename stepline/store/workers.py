@@ -64,6 +64,15 @@ def unregister(store: Store, worker_id: str) -> None:
     with store.write() as tx:
         tx.conn.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
 
+def live(store: Store, stale_after_s: float) -> list[str]:
+    """Registered workers whose heartbeat is fresh and, on this host, whose process runs."""
+    here = socket.gethostname()
+    return [row["id"] for row in store.db.query(
+        "SELECT id, pid, hostname, heartbeat >= "
+        f"{DB_NOW[store.backend.dialect]} - ? AS fresh FROM workers", (stale_after_s,)
+    ) if row["fresh"] and not (row["hostname"] == here and not _pid_alive(row["pid"]))]
+
+
 def dead(store: Store, stale_after_s: float) -> list[str]:
     """Workers whose heartbeat stopped, or whose process on this host is gone."""
     here = socket.gethostname()

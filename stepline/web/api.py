@@ -1,5 +1,6 @@
 """The JSON API (described by /api/openapi.json), /healthz and /metrics."""
 
+from dataclasses import asdict
 from datetime import UTC, datetime
 
 from flask import Blueprint, Response, jsonify, request, stream_with_context
@@ -119,6 +120,7 @@ def definitions():
     found, errors = loaded_definitions()
     return jsonify(definitions=[
         {"name": d.name, "description": d.description, "params": d.params,
+         "limits": {k: asdict(limit) for k, limit in d.limits.items()},
          "steps": [{"name": s.name, "type": s.type, "depends": s.depends} for s in d.steps]}
         for d in found.values()], errors=errors)
 

@@ -1,0 +1,55 @@
+"""A person re-runs load_demo with a nonsense param, in Chromium on a phone:
+the form says which range is allowed and no job is created."""
+
+import requests
+
+from .test_browser import DEFS, OUTPUT, browser, server  # noqa: F401 - fixtures
+
+MESSAGE = "param 'tasks' must be from 1 to 100000, got '-3'"
+
+
+def job_ids(server) -> list[str]:
+    body = requests.get(f"{server.url}/api/jobs", timeout=5).json()
+    return [job["job_id"] for job in body["jobs"]]
+
+
+def test_rerun_form_refuses_tasks_outside_the_range_and_says_which(browser, server):
+    first = requests.post(f"{server.url}/api/definitions/load_demo/run",
+                          json={"params": {"tasks": 5}}, timeout=5).json()["job_id"]
+    # no worker: cancelling the pending job makes it finished, so it can be re-run
+    requests.post(f"{server.url}/api/jobs/{first}/cancel", json={}, timeout=5)
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        page.goto(f"{server.url}/jobs/{first}")
+        page.click("text=Edit params & re-run")
+        page.wait_for_url(f"{server.url}/definitions/load_demo?from={first}")
+        tasks = page.locator("#run-load_demo input[name='param.tasks']")
+        assert tasks.input_value() == "5"
+        assert (tasks.get_attribute("min"), tasks.get_attribute("max")) == ("1", "100000")
+
+        tasks.fill("")
+        tasks.press_sequentially("-3", delay=80)
+        page.click("#run-load_demo button[type=submit]")
+        alert = page.locator("#run-load_demo .error[role=alert]")
+        alert.wait_for(timeout=15_000)
+        assert alert.inner_text() == MESSAGE
+        page.wait_for_timeout(2000)  # and 2 s later: still here, nothing queued
+        assert page.url == f"{server.url}/definitions/load_demo?from={first}"
+        assert page.locator("#run-load_demo .error").inner_text() == MESSAGE
+        assert page.locator("#run-load_demo input[name='param.tasks']").input_value() == "-3"
+        assert job_ids(server) == [first]
+
+        # corrected, the same form runs it
+        page.locator("#run-load_demo input[name='param.tasks']").fill("12")
+        page.click("#run-load_demo button[type=submit]")
+        page.wait_for_url(f"{server.url}/jobs/*")
+        second = page.url.rsplit("/", 1)[1]
+        assert set(job_ids(server)) == {first, second}
+        assert requests.get(f"{server.url}/api/jobs/{second}", timeout=5).json()[
+            "params"] == {"tasks": 12, "failure_rate": 0.1}
+    finally:
+        context.close()
+    assert errors == []
