@@ -110,6 +110,20 @@ class Result:
         return iter(self.fetchall())
 
 
+def _execute(conn: psycopg.Connection, sql: str, params) -> Result:
+    """One statement of the store's (SQLite) SQL on `conn`, sqlite3-style."""
+    with conn.cursor() as cur:
+        cur.execute(pg_sql(sql), params or ())
+        return Result(cur)
+
+
+def _query(conn: psycopg.Connection, sql: str, params) -> Iterator[dict]:
+    """One statement's rows as dicts, as sqlite-utils' query gives them."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(pg_sql(sql), params or ())
+        return iter(cur.fetchall())
+
+
 class TxConnection:
     """A pooled connection inside one transaction, with sqlite3's execute API."""
 
@@ -118,9 +132,7 @@ class TxConnection:
         self.notify_payload = ""  # set by PostgresBackend.before_commit
 
     def execute(self, sql: str, params=()) -> Result:
-        with self.raw.cursor() as cur:
-            cur.execute(pg_sql(sql), params or ())
-            return Result(cur)
+        return _execute(self.raw, sql, params)
 
     def executemany(self, sql: str, rows) -> None:
         with self.raw.cursor() as cur:
@@ -137,14 +149,12 @@ class PgDatabase:
         self.pool = pool
 
     def execute(self, sql: str, params=()) -> Result:
-        with self.pool.connection() as conn, conn.cursor() as cur:
-            cur.execute(pg_sql(sql), params or ())
-            return Result(cur)
+        with self.pool.connection() as conn:
+            return _execute(conn, sql, params)
 
     def query(self, sql: str, params=()) -> Iterator[dict]:
-        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(pg_sql(sql), params or ())
-            return iter(cur.fetchall())
+        with self.pool.connection() as conn:
+            return _query(conn, sql, params)
 
 
 class OwnConnection:
@@ -164,14 +174,10 @@ class OwnConnection:
         return self._conn
 
     def execute(self, sql: str, params=()) -> Result:
-        with self._connection().cursor() as cur:
-            cur.execute(pg_sql(sql), params or ())
-            return Result(cur)
+        return _execute(self._connection(), sql, params)
 
     def query(self, sql: str, params=()) -> Iterator[dict]:
-        with self._connection().cursor(row_factory=dict_row) as cur:
-            cur.execute(pg_sql(sql), params or ())
-            return iter(cur.fetchall())
+        return _query(self._connection(), sql, params)
 
     def close(self) -> None:
         if self._conn is not None:
