@@ -1,4 +1,5 @@
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -102,6 +103,16 @@ class WorkerProcess:
             [sys.executable, "-m", "stepline.cli", "worker", *extra], env=env, cwd=ROOT,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
+
+    def wait_started(self, timeout: float = 60) -> None:
+        """Until the worker has registered: its line "... started on ..."."""
+        deadline, seen = time.monotonic() + timeout, []
+        while select.select([self.proc.stdout], [], [], max(0, deadline - time.monotonic()))[0]:
+            line = self.proc.stdout.readline()
+            seen.append(line)
+            if not line or " started on " in line:
+                break
+        assert seen and " started on " in seen[-1], "".join(seen) or "silent"
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 20) -> str:
         if self.proc.poll() is None:

@@ -6,6 +6,9 @@ import select
 import socket
 import subprocess
 import sys
+import time
+
+import pytest
 
 from stepline.cli import build_parser
 
@@ -56,11 +59,32 @@ def test_global_options_go_before_or_after_the_command(tmp_path, db_path):
     assert job_id not in default.stdout  # STEPLINE_DB, the test's own file
 
 
+@pytest.mark.sqlite_only
+def test_processes_starting_together_on_a_new_file_all_start(tmp_path):
+    """`stepline worker` beside `stepline run` on a file that does not exist
+    yet: each switches it to WAL, and SQLite used to fail all but one at once
+    with "database is locked" (about one start in five with 4 processes),
+    leaving no worker and the job pending for ever. Four processes open 30
+    new files, each file at the same instant."""
+    opener = ("import sys, time\n"
+              "from stepline.store.writes import Store\n"
+              "folder, at = sys.argv[1], float(sys.argv[2])\n"
+              "for n in range(30):\n"
+              "    time.sleep(max(0, at + n * 0.1 - time.time()))\n"
+              "    Store(f'{folder}/new-{n}.db')\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    at = f"{time.time() + 2}"  # all four have started by then
+    procs = [subprocess.Popen([sys.executable, "-c", opener, str(tmp_path), at], env=env,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    errors = [proc.communicate(timeout=60)[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * 4, "\n".join(errors)
+
+
 def test_run_wait_shows_progress_while_tasks_run(db_path, tmp_path, start_worker):
     (tmp_path / "slow_fan.toml").write_text(
         '[step.fan]\ntype = "generate"\ntasks = 12\nlogs_per_task = 10\n'
         'log_delay_ms = 100\nconcurrency = 2\n')
-    start_worker()
+    start_worker().wait_started()  # a slow machine may take over 2 s to start one
     result = stepline(db_path, "run", "slow_fan", "--wait", "--definitions", str(tmp_path))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()

@@ -165,8 +165,7 @@ def connect(path: str) -> Database:
 
 def ensure_schema(db: sqlite_utils.Database) -> None:
     """Create missing tables, columns and indexes; safe to run on every start."""
-    if db.journal_mode != "wal":
-        db.enable_wal()
+    enable_wal(db)
     with transaction(db):
         ensure_events_table(db)
         for name, (columns, pk, defaults) in SCHEMA.items():
@@ -182,6 +181,24 @@ def ensure_schema(db: sqlite_utils.Database) -> None:
                 db.table(name).create_index(cols, if_not_exists=True)
         db.execute(LOGS_DDL)
         db.execute(LOGS_ERRORS_DDL)
+
+
+def enable_wal(db: sqlite_utils.Database) -> None:
+    """Switch a new file to WAL. Processes starting together on a new file
+    (`stepline worker` beside `stepline run`) each ask for the exclusive lock
+    the switch needs while holding a shared one; SQLite then fails one of them
+    at once with "database is locked" instead of calling the busy handler (to
+    avoid a deadlock). 4 processes at once failed 9 starts in 30. So: retry."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            if db.journal_mode == "wal":
+                return
+            db.enable_wal()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 def ensure_events_table(db: sqlite_utils.Database) -> None:
