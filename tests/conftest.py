@@ -196,15 +196,3 @@ def live_server(db_path):
     yield start
     for server in servers:
         server.stop()
-
-
-@pytest.fixture
-def cpu_saturated():
-    """One busy-loop process per core for the test's duration: race-prone
-    live tests must stay correct when every greenlet and thread is starved."""
-    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
-             for _ in range(os.cpu_count() or 1)]
-    yield
-    for proc in procs:
-        proc.kill()
-        proc.wait()

@@ -59,13 +59,14 @@ class LiveServer:
         raise RuntimeError(f"gunicorn did not start: {self.proc.stderr.read().decode()[-2000:]}")
 
     def stop(self, sig=signal.SIGTERM) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if not self.proc or self.proc.poll() is not None:
+            return  # stopped already: the port may be another server's by now
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
         # the port is free again before anyone restarts on it
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
