@@ -50,6 +50,20 @@ TASK = {"type": "object", "required": ["task_id", "idx", "status", "attempts", "
                        "status": STATUS, "attempts": {"type": "integer"},
                        "error": NULLABLE_STRING, "worker": NULLABLE_STRING,
                        "started_at": NULLABLE_NUMBER, "finished_at": NULLABLE_NUMBER}}
+# `[params.NAME]` min / max / description, for the params that declare them
+PARAM_LIMIT = {"type": "object", "required": ["min", "max", "description"], "properties": {
+    "min": NULLABLE_NUMBER, "max": NULLABLE_NUMBER, "description": {"type": "string"}}}
+DEFINITION = {"type": "object",
+              "required": ["name", "description", "params", "limits", "steps"],
+              "properties": {
+                  "name": {"type": "string"}, "description": {"type": "string"},
+                  "params": {"type": "object", "description": "name -> default value"},
+                  "limits": {"type": "object", "additionalProperties": PARAM_LIMIT},
+                  "steps": {"type": "array", "items": {
+                      "type": "object", "required": ["name", "type", "depends"],
+                      "properties": {"name": {"type": "string"}, "type": {"type": "string"},
+                                     "depends": {"type": "array",
+                                                 "items": {"type": "string"}}}}}}}
 JOB = {"type": "object", "required": ["job_id", "definition", "status", "version"],
        "properties": {"job_id": {"type": "string"}, "definition": {"type": "string"},
                       "params": {"type": "object"}, "status": STATUS,
@@ -157,7 +171,8 @@ SPEC = {
             "summary": "Loaded definitions, and the files that failed to load",
             "responses": {"200": _json({"type": "object",
                                         "required": ["definitions", "errors"],
-                                        "properties": {"definitions": {"type": "array"},
+                                        "properties": {"definitions": {"type": "array",
+                                                                       "items": DEFINITION},
                                                        "errors": {"type": "array"}}})}}},
         "/api/definitions/{name}/run": {"post": {
             "summary": "Queue a job",
