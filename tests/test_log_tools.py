@@ -114,6 +114,13 @@ def test_search_keeps_what_is_typed_and_filters_only_the_lines(page, server, sto
     assert shown_lines(page, step_id) == []
     assert page.locator(f"#logs-{step_id} .none").inner_text() == "no matching lines"
 
+    # a level's name typed as a search finds no text: the count says where levels are
+    page.select_option(f"#logpanel-{step_id} select[name=level]", "")
+    search.fill("Error ")
+    wait_for(lambda: "pick “error” under levels" in matches_text(page, step_id), 20,
+             what="the hint to the level filter")
+    assert matches_text(page, step_id).startswith("0 matching lines")
+
 
 BURSTS = """
 [step.bursts]
