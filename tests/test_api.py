@@ -66,6 +66,7 @@ def test_run_structure_logs_and_download(client, store, start_worker):
     rest = client.get(url + f"?after={page['next_after']}").get_json()
     assert [(line["line"], line["level"]) for line in rest["lines"]] == [(2, "warn")]
     assert client.get(url + "?level=warn").get_json()["total"] == 1
+    assert client.get(url + "?level=info").get_json()["total"] == 2  # info and worse
     assert client.get(url + "?q=WOR").get_json()["lines"][0]["message"] == "world"
     text = client.get(url + ".txt")
     first, second = text.data.decode().splitlines()

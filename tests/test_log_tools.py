@@ -121,6 +121,12 @@ def test_search_keeps_what_is_typed_and_filters_only_the_lines(page, server, sto
              what="the hint to the level filter")
     assert matches_text(page, step_id).startswith("0 matching lines")
 
+    # a level shows that level and worse: the error line is among "info and worse"
+    search.fill("world 1200")
+    page.select_option(f"#logpanel-{step_id} select[name=level]", label="info and worse")
+    wait_for(lambda: [(x["line"], x["level"]) for x in shown_lines(page, step_id)]
+             == [(1200, "error")], 20, what="the error line under 'info and worse'")
+
 
 BURSTS = """
 [step.bursts]

@@ -99,3 +99,9 @@ class StopReason(StrEnum):
 
 # Log levels, least to most severe (logs.level holds these values).
 LOG_LEVELS = ("debug", "info", "warn", "error")
+
+
+def levels_from(level: str) -> tuple[str, ...]:
+    """What a level filter shows: that level and every more severe one
+    ("warn" shows warnings and errors, as `journalctl -p` does)."""
+    return LOG_LEVELS[LOG_LEVELS.index(level):]

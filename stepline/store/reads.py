@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from stepline.engine.states import JOB_STATUSES, TASK_STATUSES, Status, sql_list
+from stepline.engine.states import JOB_STATUSES, TASK_STATUSES, Status, levels_from, sql_list
 
 # How many of a job's steps failed (a completed job may have some: on_error = continue).
 STEPS_FAILED = ("(SELECT count(*) FROM steps WHERE steps.job_id = jobs.id"
@@ -181,8 +181,9 @@ def running_steps_count(db: Database) -> int:
 def _log_filter(step_id: str, level: str | None, q: str | None) -> tuple[list, list]:
     where, args = ["step_id = ?"], [step_id]
     if level:
-        where.append("level = ?")
-        args.append(level)
+        shown = levels_from(level)
+        where.append(f"level IN ({', '.join('?' * len(shown))})")
+        args.extend(shown)
     if q:
         where.append(SEARCH)
         args.append(like_pattern(q))
