@@ -279,12 +279,49 @@ for (const type of ["input", "change"]) {
     if (type === "change" && event.target.matches(".follow:checked")) followAgain(event.target);
   }, true);
 }
-// "follow" ticked on a panel read at a line: back to the newest lines, as
-// a new filter fetches them.
+// "follow" ticked again: back to the newest lines. A panel read at a line
+// fetches them, as a new filter does; any other scrolls to its end.
 function followAgain(checkbox) {
   const panel = checkbox.closest(".log-panel");
   if (!panel.querySelector(".later").hidden) htmx.trigger(panel.querySelector("form"), "submit");
+  else scrollToEnd(panel.querySelector(".log-lines"));
 }
+
+// "follow" says what the panel does: a person scrolling back to read
+// (wheel or touch upwards, PageUp/ArrowUp/Home, a drag of the scrollbar)
+// unticks it, before any new line can pull the box back down; new lines
+// then wait below until it is ticked again. Judged by what the person did,
+// not by the scroll position: the log blocks settle their height a frame
+// after a scroll to the end (see scrollToEnd).
+function stopFollowing(event) {
+  const box = event.target.closest?.(".log-lines");
+  const follow = box?.closest(".log-panel")?.querySelector(".follow");
+  if (follow) follow.checked = false;
+}
+const backwards = {
+  wheel: (event) => event.deltaY < 0,
+  touchmove: () => true,
+  keydown: (event) => ["PageUp", "ArrowUp", "Home"].includes(event.key),
+  pointerdown: (event) => event.target.classList?.contains("log-lines")
+    && event.offsetX > event.target.clientWidth,  // on the scrollbar itself
+};
+for (const [type, isBack] of Object.entries(backwards)) {
+  document.addEventListener(type, (event) => { if (isBack(event)) stopFollowing(event); },
+                            {capture: true, passive: true});
+}
+
+// A button whose request never reached the server (offline, or the server
+// stopped): say so where a refused action says why (#action-error).
+document.addEventListener("htmx:error", (event) => {
+  const button = event.detail.ctx?.sourceElement;
+  const alert = document.getElementById("action-error");
+  if (!alert || !button?.matches?.("button[hx-post]")) return;
+  alert.replaceChildren(Object.assign(document.createElement("p"), {
+    className: "error",
+    textContent: `could not reach the server: "${button.textContent.trim()}" was not sent;`
+      + " try again once the page says live",
+  }));
+});
 
 // An open task table's live refresh (task_trigger.html) fetches what the
 // table shows when the request is sent, not when it was queued: a refresh

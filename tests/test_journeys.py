@@ -10,7 +10,7 @@ import requests
 
 from stepline.web.render import duration
 
-from .conftest import wait_for
+from .conftest import make_definition, wait_for
 from .live_server import LiveServer
 from .test_browser import DEFS, OUTPUT, browser, page, server  # noqa: F401 - fixtures
 
@@ -121,6 +121,27 @@ def test_cancel_a_job_and_see_its_cleanup_run(page, server, start_worker):
     assert status == {"long": "cancelled", "after": "cancelled", "cleanup": "completed"}
     assert rows["long"].locator(".error").inner_text() == "cancelled by user"
     assert rows["after"].locator(".error").count() == 0
+
+
+def test_a_refused_or_unsent_action_says_why(page, server, store):
+    """New-user trial: a job queued from another project's definitions
+    folder; its Re-run (confirmed) did nothing on screen, a 404 in the
+    console. Then the server is stopped and Delete is clicked: nothing either."""
+    job_id = store.create_job(make_definition('[step.a]\ntype = "shell"\nrun = "true"',
+                                              name="elsewhere"), {})
+    store.request_cancel(job_id)  # pending: cancelled at once, so it can be re-run
+    page.goto(f"{server.url}/jobs/{job_id}")
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.click(".job-header button:text('Re-run')")
+    page.wait_for_timeout(2000)
+    alert = page.locator("#action-error")
+    assert "no definition named 'elsewhere'" in alert.inner_text()
+    assert page.url == f"{server.url}/jobs/{job_id}"  # still here, and told why
+
+    server.stop()
+    page.click(".job-header button:text('Delete')")
+    wait_for(lambda: "could not reach the server" in alert.inner_text(), 10,
+             what="the unsent delete said so")
 
 
 # A step whose one line (~1,000 characters) is wider than any phone.

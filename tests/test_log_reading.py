@@ -163,3 +163,36 @@ def test_toggles_say_whether_their_panel_is_open(page, server, store,  # noqa: F
     page.click(f"#toggle-{step_id}")
     assert page.get_attribute(f"#toggle-{step_id}", "aria-expanded") == "false"
     assert page.locator(f"#logs-{step_id}").count() == 0
+
+
+def test_scrolling_up_stops_following_and_follow_returns_to_the_end(
+        page, server, store, start_worker, load):  # noqa: F811
+    """New-user trial: scrolled up in a running log, "follow" stayed ticked
+    while the view stayed put, and ticking it again did not go back to the
+    newest line. Now the box says what the panel does."""
+    job_id, step_id = streaming_job(store, start_worker, burst=20, pause=0.1)
+    page.goto(f"{server.url}/jobs/{job_id}")
+    open_panel(page, step_id)
+    follow = page.locator(f"#logpanel-{step_id} .follow")
+    wait_for(lambda: len(numbers(page, step_id)) > 300, 30, what="a screenful of lines")
+    assert follow.is_checked()
+    page.locator(f"#logs-{step_id}").hover()
+    page.mouse.wheel(0, -600)  # up, to read
+    page.wait_for_timeout(2000)
+    assert not follow.is_checked()
+    top = page.evaluate(f"""() => {{  // the first line wholly showing in the box
+      const box = document.getElementById('logs-{step_id}').getBoundingClientRect();
+      return [...document.querySelectorAll('#logs-{step_id} .ll')].find(
+        (el) => el.getBoundingClientRect().top >= box.top).id; }}""")
+    newest = numbers(page, step_id)[-1]
+    wait_for(lambda: numbers(page, step_id)[-1] > newest + 40, 30, what="more lines")
+    assert in_view(page, f"#{top}")  # still reading where the person was
+    assert not in_view(page, f"#log-{step_id}-L{numbers(page, step_id)[-1]}")
+
+    follow.check()  # back to the newest lines, and following them
+    page.wait_for_timeout(2000)
+    assert follow.is_checked()
+    assert page.evaluate(f"""() => {{  // the box shows its newest line, at its end
+      const box = document.getElementById('logs-{step_id}');
+      return box.scrollTop + box.clientHeight >= box.scrollHeight - 8; }}""")
+    assert numbers(page, step_id)[-1] > newest + 40
