@@ -261,14 +261,18 @@ stepline.growTimelines = (now) => {
     });
   }
 };
+// A text is written only when it changes: the same text written again is
+// still a new text node, and 25 "just now"s a second cost the jobs list a
+// layout and paint of its table every second.
+const setText = (el, text) => { if (el.textContent !== text) el.textContent = text; };
 setInterval(() => {
   const now = Date.now() / 1000;
   stepline.growTimelines(now);
   for (const el of document.querySelectorAll("[data-since]")) {
-    el.textContent = stepline.duration(now - parseFloat(el.dataset.since));
+    setText(el, stepline.duration(now - parseFloat(el.dataset.since)));
   }
   for (const el of document.querySelectorAll("time[data-at]")) {
-    el.textContent = stepline.ago(now - parseFloat(el.dataset.at));
+    setText(el, stepline.ago(now - parseFloat(el.dataset.at)));
   }
 }, 1000);
 
