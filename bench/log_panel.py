@@ -86,8 +86,12 @@ def one_run(browser, lines: int, pause: float) -> dict:
 
 # One append of 2,000 lines through the panel's own pipeline (htmx swap,
 # stepline.js trim and follow), timed until two frames later so style,
-# layout and paint are in. `level=info` matches every line and keeps the
-# server from jumping to the tail. A full page of lines brings the trigger
+# layout and paint are in. The panel's filter `level=info` matches every
+# line and keeps the server from jumping to the tail: unfiltered, a panel
+# more than its window behind gets the newest lines instead (HX-Reswap
+# innerHTML). The request takes the filter from the panel's cursor, not from
+# the URL: until 2026-11-24 the bench set it only in the URL, so 19 of its
+# 20 "appends" were such tail replacements. A full page of lines brings the trigger
 # of the panel's next fetch: ONE_FETCH drops those fetches, or each measured
 # append would sometimes include one or more others (the figures up to
 # 2026-11-23 did: 342-651 ms "per append").
@@ -96,6 +100,7 @@ ONE_FETCH = """document.addEventListener("htmx:config:request", (e) => {
 })"""
 APPEND = """async ([id, url, after]) => {
   document.querySelector(`#logs-${id}-cursor [name=after]`).value = after;
+  document.querySelector(`#logs-${id}-cursor [name=level]`).value = "info";
   await htmx.ajax('GET', url, {target: `#logs-${id}`, swap: 'beforeend'});
   for (let i = 0; i < 2; i++) await new Promise(requestAnimationFrame);
 }"""

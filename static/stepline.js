@@ -159,7 +159,11 @@ htmx.registerExtension("stepline-logs", {
     const swap = ctx.hx?.reswap || ctx.swap;
     if (end < 0 || !["beforeend", "afterbegin", "innerHTML"].includes(swap)) return;
     if (swap === "innerHTML") box.replaceChildren();
+    const none = box.querySelector(":scope > .none");  // "no lines yet"
     box.insertAdjacentHTML(swap === "afterbegin" ? "afterbegin" : "beforeend", ctx.text.slice(0, end));
+    // It goes once lines come. A CSS rule (`.none:not(:only-child)`) did
+    // that, at the price of a style check of the box's children per append.
+    if (none && box.childElementCount > 1) none.remove();
     ctx.text = ctx.text.slice(end + ROWS_END.length);
     ctx.rowsSwap = swap;
     ctx.swap = "none";  // the out-of-band parts still swap, each by its own hx-swap-oob
@@ -257,14 +261,18 @@ stepline.growTimelines = (now) => {
     });
   }
 };
+// A text is written only when it changes: the same text written again is
+// still a new text node, and 25 "just now"s a second cost the jobs list a
+// layout and paint of its table every second.
+const setText = (el, text) => { if (el.textContent !== text) el.textContent = text; };
 setInterval(() => {
   const now = Date.now() / 1000;
   stepline.growTimelines(now);
   for (const el of document.querySelectorAll("[data-since]")) {
-    el.textContent = stepline.duration(now - parseFloat(el.dataset.since));
+    setText(el, stepline.duration(now - parseFloat(el.dataset.since)));
   }
   for (const el of document.querySelectorAll("time[data-at]")) {
-    el.textContent = stepline.ago(now - parseFloat(el.dataset.at));
+    setText(el, stepline.ago(now - parseFloat(el.dataset.at)));
   }
 }, 1000);
 
@@ -276,6 +284,10 @@ for (const type of ["input", "change"]) {
   document.addEventListener(type, (event) => {
     if (!event.target.matches(".ts-toggle, .follow")) return;
     event.stopPropagation();
+    // A class, not `.log-panel:has(.ts-toggle:checked)`: see stepline.css.
+    if (event.target.matches(".ts-toggle")) {
+      event.target.closest(".log-panel").classList.toggle("with-ts", event.target.checked);
+    }
     if (type === "change" && event.target.matches(".follow:checked")) followAgain(event.target);
   }, true);
 }

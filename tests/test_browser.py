@@ -184,17 +184,32 @@ def test_expanded_step_follows_new_lines_and_search_covers_all(page, server, sto
     job_id = run_from_ui(page, server, "slow_pipeline")
     fan = next(s["id"] for s in reads.job_steps(store.db, job_id) if s["name"] == "fan")
     page.click(f"#step-{fan} .toggle")
+    # Opened before the step ran: it says so, and its toggle points down.
+    # (stepline.js removes the note once lines come; the toggle turns by its
+    # aria-expanded: neither is a CSS :has()/:only-child rule any more)
+    note = page.locator(f"#logs-{fan} .none")
+    note.wait_for()
+    assert note.inner_text() == "no lines yet"
+    wait_for(lambda: toggle_turn(page, fan) != "none", 5, what="the toggle turned")
     start_worker()
     page.locator(f"#step-{fan}[data-status=completed]").wait_for(timeout=30_000)
     total = reads.get_step(store.db, fan)["log_count"]
     wait_for(lambda: page.locator(f"#logs-{fan} .ll").count() == total, 10,
              what="all fan lines")
+    assert not note.is_visible()  # the lines came: no "no lines yet" above them
     numbers = page.locator(f"#logs-{fan} .ll .ln").all_text_contents()
     assert numbers == [str(n) for n in range(1, total + 1)]
     page.fill(f"#logpanel-{fan} input[type=search]", "line 20 of 20")
     page.locator(f"#logpanel-{fan} .matches").wait_for()
     wait_for(lambda: page.locator(f"#logs-{fan} .ll").count() == 6, 10, what="search results")
     assert "6 matching lines" in page.inner_text(f"#logpanel-{fan} .matches")
+    page.click(f"#step-{fan} .toggle")  # collapse: the toggle points right again
+    wait_for(lambda: toggle_turn(page, fan) == "none", 5, what="the toggle back")
+
+
+def toggle_turn(page, step_id: str) -> str:
+    """The step's log toggle's transform ("none": pointing right)."""
+    return page.eval_on_selector(f"#step-{step_id} .toggle", "b => getComputedStyle(b).transform")
 
 
 def test_page_resyncs_after_the_server_restarts(page, server, store, start_worker,
