@@ -236,3 +236,32 @@ always_run = true
     assert "second run" in log_messages(store, steps["retried"]["id"])
     assert job["status"] == "failed"
     assert violations(store.db) == []
+
+
+def test_sigterm_while_two_steps_run_hands_both_back(store, start_worker, tmp_path):
+    """A worker told to stop leaves its running steps to recovery (as with
+    one step): the one without retries fails as interrupted, the one with
+    retries runs again on the next worker, which finishes the job."""
+    flag = tmp_path / "flag"
+    job_id = store.create_job(make_definition(f"""
+[step.stuck]
+type = "shell"
+run = "sleep 60"
+[step.retried]
+type = "shell"
+run = '''if [ -e {flag} ]; then echo second run; else touch {flag}; sleep 60; fi'''
+retries = 1
+"""), {})
+    worker = start_worker()
+    wait_for(lambda: flag.exists() and steps_by_name(store, job_id)["stuck"]["status"]
+             == "running", timeout=60, what="stuck and retried running")
+    worker.stop(signal.SIGTERM, timeout=30)
+    assert worker.proc.returncode == 0
+    assert reads.get_job(store.db, job_id)["status"] == "pending"
+    start_worker()
+    job = wait_job(store, job_id, timeout=60)
+    steps = steps_by_name(store, job_id)
+    assert (steps["stuck"]["status"], steps["retried"]["status"]) == ("failed", "completed")
+    assert steps["stuck"]["error"].startswith("interrupted: worker ")
+    assert job["status"] == "failed"
+    assert violations(store.db) == []
