@@ -232,9 +232,10 @@ class JobRun:
 
     def _run_steps(self) -> None:
         """Start what is ready, wait for any running step to end, repeat. Only
-        this thread changes the steps' dicts; a step's own thread returns its
-        status. A step that crashed (not failed: its store writes did) is
-        re-raised once the others have ended, for run() to recover the job."""
+        this thread changes the steps' dicts; a step's thread returns its
+        status. A step thread that raised (a store write failed for good: a
+        failing step only returns FAILED) raises here once the other running
+        steps have ended, and run() hands the job to recovery."""
         job = reads.get_job(self.store.db, self.job_id)
         steps = reads.job_steps(self.store.db, self.job_id, with_spec=True)
         by_name = {s["name"]: s for s in steps}
