@@ -1,6 +1,8 @@
 """In Chromium, on a phone: the built-in load_demo's two independent steps
 run side by side, in the steps table and on the timeline."""
 
+import pytest
+
 from stepline.engine.states import TERMINAL
 
 from .conftest import wait_for
@@ -21,11 +23,15 @@ def bar_extent(page, step: str) -> tuple[float, float]:
     return x, x + width
 
 
-def test_load_demo_runs_fan_out_and_flaky_side_by_side(page, server, store, start_worker):
+@pytest.mark.parametrize("load", ["idle", "cpu_saturated"])
+def test_load_demo_runs_fan_out_and_flaky_side_by_side(page, server, store, start_worker,
+                                                       request, load):
     """A person runs load_demo with 8 tasks and watches its job page: once
     warm_up is done, fan_out and flaky both say "running" at the same time;
     2 s later fan_out still runs; when the job has ended, their bars on the
     timeline overlap, both after warm_up's."""
+    if load == "cpu_saturated":
+        request.getfixturevalue("cpu_saturated")
     page.set_viewport_size({"width": 390, "height": 844})
     start_worker()
     page.goto(f"{server.url}/definitions/load_demo")
@@ -36,7 +42,7 @@ def test_load_demo_runs_fan_out_and_flaky_side_by_side(page, server, store, star
 
     page.wait_for_function(BOTH_RUNNING, arg=["fan_out", "flaky"], timeout=60_000)
     OUTPUT.mkdir(exist_ok=True)
-    page.screenshot(path=str(OUTPUT / "parallel-steps-phone.png"), full_page=True)
+    page.screenshot(path=str(OUTPUT / f"parallel-steps-phone-{load}.png"), full_page=True)
     page.wait_for_timeout(2000)  # fan_out's tasks log for 7.5 s each: it still runs
     fan_out = page.locator("tr.step-row", has=page.locator("td.name:text-is('fan_out')"))
     assert fan_out.get_attribute("data-status") == "running"
@@ -52,5 +58,5 @@ def test_load_demo_runs_fan_out_and_flaky_side_by_side(page, server, store, star
     warm_end = bar_extent(page, "warm_up")[1]
     # both waited for warm_up (0.5 %: the rounding of x and width)
     assert warm_end <= min(fan_start, flaky_start) + 0.5
-    page.screenshot(path=str(OUTPUT / "parallel-timeline-phone.png"), full_page=True)
+    page.screenshot(path=str(OUTPUT / f"parallel-timeline-phone-{load}.png"), full_page=True)
     check_trace(store, job_id, page.evaluate("window.__trace"))
