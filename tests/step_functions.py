@@ -142,3 +142,11 @@ def wait_for_step(ctx, step: str, status: str, timeout: float = 60) -> None:
         if ctx.wait(0.05):
             return  # stopped: the runner records why
     raise StepFailed(f"{step} never became {status} in {timeout:g}s")
+
+
+def deaf(ctx, seconds: float = 120) -> None:
+    """Step code that never looks at ctx.cancelled: nothing can stop it early."""
+    import time
+
+    ctx.log("not listening")
+    time.sleep(seconds)

@@ -265,3 +265,26 @@ retries = 1
     assert steps["stuck"]["error"].startswith("interrupted: worker ")
     assert job["status"] == "failed"
     assert violations(store.db) == []
+
+
+def test_a_step_deaf_to_stop_does_not_keep_a_stopped_worker_alive(store, start_worker):
+    """SIGTERM: the worker waits a while for its steps (10 s), then leaves the
+    ones that ignore it to recovery and exits, instead of waiting the step's
+    120 s. The step threads must not hold the process open."""
+    job_id = store.create_job(make_definition("""
+[step.deaf]
+type = "python"
+call = "tests.step_functions:deaf"
+[step.other]
+type = "python"
+call = "tests.step_functions:wait_until_cancelled"
+"""), {})
+    worker = start_worker()
+    wait_for(lambda: all(s["status"] == "running"
+                         for s in steps_by_name(store, job_id).values()),
+             timeout=60, what="both steps running")
+    worker.stop(signal.SIGTERM, timeout=60)  # TimeoutExpired if it waits for `deaf`
+    steps = steps_by_name(store, job_id)
+    assert steps["deaf"]["status"] == "failed"
+    assert steps["deaf"]["error"].startswith("interrupted: worker ")
+    assert reads.get_job(store.db, job_id)["status"] == "pending"  # for the next worker

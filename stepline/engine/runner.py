@@ -5,11 +5,11 @@ use CPU. A watchdog thread heartbeats, notices cancel requests and timeouts,
 and recovers jobs left running by dead workers.
 """
 
+import queue
 import sys
 import threading
 import time
 import traceback
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from stepline.engine.context import StepContext, StepFailed
@@ -171,8 +171,9 @@ class StepRun:
 
 
 class JobRun:
-    """One job: its steps on a pool of `max_parallel` threads, each started
-    as soon as its dependencies have settled and a slot is free."""
+    """One job: each step on a thread of its own, started as soon as its
+    dependencies have settled and one of the job's `max_parallel` slots is
+    free."""
 
     def __init__(self, worker: Worker, job_id: str):
         self.worker = worker
@@ -183,9 +184,7 @@ class JobRun:
         self._lock = threading.Lock()  # stop() against a step starting
         self.thread = threading.Thread(target=self.run, name=f"job-{job_id}", daemon=True)
         job = reads.get_job(self.store.db, job_id)
-        self.job_deadline = (
-            job["started"] + job["timeout_s"] if job and job["timeout_s"] else None
-        )
+        self.job_deadline = job["started"] + job["timeout_s"] if job and job["timeout_s"] else None
         self.job_timeout = job["timeout_s"] if job else None
         # a job created before the column existed has none
         self.max_parallel = (job and job["max_parallel"]) or DEFAULT_MAX_PARALLEL
@@ -232,30 +231,53 @@ class JobRun:
 
     def _run_steps(self) -> None:
         """Start what is ready, wait for any running step to end, repeat. Only
-        this thread changes the steps' dicts; a step's thread returns its
-        status. A step thread that raised (a store write failed for good: a
-        failing step only returns FAILED) raises here once the other running
-        steps have ended, and run() hands the job to recovery."""
+        this thread changes the steps' dicts; each step's thread reports its
+        status through `ended`. A step thread that raised (a store write
+        failed for good: a failing step only reports FAILED) stops the
+        starting of steps and raises here once the others have ended, and
+        run() hands the job to recovery."""
         job = reads.get_job(self.store.db, self.job_id)
         steps = reads.job_steps(self.store.db, self.job_id, with_spec=True)
         by_name = {s["name"]: s for s in steps}
         # a resumed job: the terminal steps finished before a crash
         waiting = [s for s in steps if s["status"] not in TERMINAL]
-        running: dict[Future, dict] = {}
-        with ThreadPoolExecutor(self.max_parallel, f"job-{self.job_id}") as pool:
-            while True:
-                if self.stop_reason is not StopReason.SHUTDOWN:
-                    free = self.max_parallel - len(running)
+        ended: queue.SimpleQueue[tuple[dict, str | Exception]] = queue.SimpleQueue()
+        running, crash = 0, None
+        while True:
+            if self.stop_reason is not StopReason.SHUTDOWN and crash is None:
+                try:
+                    free = self.max_parallel - running
                     for step in self._settle_or_start(waiting, by_name, free):
-                        running[pool.submit(self._run_one, step, job["params"])] = step
-                if not running:
-                    break
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    running.pop(future)["status"] = future.result()
+                        self._start(step, job["params"], ended)
+                        running += 1
+                except Exception as exc:  # noqa: BLE001 - as a step thread's: raised below
+                    crash = exc
+            if not running:
+                break
+            step, outcome = ended.get()
+            running -= 1
+            if isinstance(outcome, Exception):
+                crash = crash or outcome
+            else:
+                step["status"] = outcome
+        if crash is not None:
+            raise crash
         if self.stop_reason is StopReason.SHUTDOWN:
             return  # running steps were left for recovery, which re-queues the job
         self._finish_job(steps)
+
+    def _start(self, step: dict, params: dict, ended: queue.SimpleQueue) -> None:
+        """Run one step on a daemon thread: a step deaf to stop must not keep
+        a stopped worker alive (Worker._shutdown waits 10 s, then recovers)."""
+        def run() -> None:
+            try:
+                outcome = self._run_one(step, params)
+            except BaseException as exc:  # noqa: BLE001 - even sys.exit(): _run_steps waits
+                outcome = exc if isinstance(exc, Exception) else RuntimeError(repr(exc))
+            ended.put((step, outcome))
+
+        threading.Thread(target=run, name=f"job-{self.job_id}-{step['name']}",
+                         daemon=True).start()
 
     def _settle_or_start(self, waiting: list[dict], by_name: dict[str, dict],
                          free: int) -> list[dict]:
@@ -286,7 +308,7 @@ class JobRun:
         step["status"] = status
 
     def _run_one(self, step: dict, params: dict) -> str:
-        """Run one step on a pool thread; its final status (RUNNING: left
+        """Run one step on its own thread; its final status (RUNNING: left
         for recovery by a shutdown)."""
         ctx = StepContext(self.store, self.worker.writer, self.job_id, step["id"], params,
                           retries=step["retries"])
