@@ -126,3 +126,27 @@ def flaky_tasks(ctx, items: int = 60, pause: float = 0.0) -> None:
     result = ctx.spawn(range(items), task, concurrency=4)
     if result.failed:
         raise StepFailed(f"{len(result.failed)} of {items} tasks failed")
+
+
+def wait_for_step(ctx, step: str, status: str, timeout: float = 60) -> None:
+    """Run until another step of this job has `status`: orders a test's steps
+    by what happened, not by how long a sleep lasts. Reads the job's steps
+    through the worker's own store, as any step could."""
+    from stepline.store import reads
+
+    for _ in range(int(timeout / 0.05)):
+        if any(s["name"] == step and s["status"] == status
+               for s in reads.job_steps(ctx.store.db, ctx.job_id)):
+            ctx.log(f"{step} is {status}")
+            return
+        if ctx.wait(0.05):
+            return  # stopped: the runner records why
+    raise StepFailed(f"{step} never became {status} in {timeout:g}s")
+
+
+def deaf(ctx, seconds: float = 120) -> None:
+    """Step code that never looks at ctx.cancelled: nothing can stop it early."""
+    import time
+
+    ctx.log("not listening")
+    time.sleep(seconds)

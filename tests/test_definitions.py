@@ -80,6 +80,17 @@ def test_bad_definition_names_file_step_and_problem(tmp_path, mutation, step, pr
     assert problem in message
 
 
+def test_max_parallel_defaults_to_four_and_bad_values_name_file_and_problem(tmp_path):
+    assert load_file(write(tmp_path, "default", GOOD)).max_parallel == 4
+    assert load_file(write(tmp_path, "two", "max_parallel = 2\n" + GOOD)).max_parallel == 2
+    for bad, shown in (("0", "0"), ("-1", "-1"), ("1.5", "1.5"), ('"2"', "'2'"),
+                       ("true", "True")):
+        path = write(tmp_path, "bad", f"max_parallel = {bad}\n" + GOOD)
+        with pytest.raises(DefinitionError) as info:
+            load_file(path)
+        assert str(info.value) == f"{path}: max_parallel must be a whole number >= 1, not {shown}"
+
+
 def test_missing_run_and_bad_toml(tmp_path):
     with pytest.raises(DefinitionError, match=r"step 'a': missing 'run'"):
         load_file(write(tmp_path, "x", '[step.a]\ntype = "shell"\n'))

@@ -168,6 +168,7 @@ run = "sleep 60 & echo $! > {pidfile}; wait"
 [step.later]
 type = "shell"
 run = "echo never"
+depends = ["long"]
 """)
     job_id = store.create_job(definition, {})
     start_worker()
@@ -277,6 +278,7 @@ run = "sleep 30"
 [step.next]
 type = "shell"
 run = "echo next"
+depends = ["slow"]
 """)
     steps = steps_by_name(store, job_id)
     assert job["status"] == "failed" and "timed out" in job["error"]

@@ -28,6 +28,7 @@ REQUIRED_KEYS = {"shell": "run", "python": "call"}
 PARAM_REF = re.compile(r"\{params\.([A-Za-z_][A-Za-z0-9_]*)\}")
 DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+DEFAULT_MAX_PARALLEL = 4  # steps of one job running at once, unless `max_parallel` says
 
 
 class DefinitionError(ValueError):
@@ -68,6 +69,7 @@ class Definition:
     path: str
     description: str = ""
     timeout_s: float | None = None
+    max_parallel: int = DEFAULT_MAX_PARALLEL
     params: dict[str, Any] = field(default_factory=dict)  # name -> default
     limits: dict[str, ParamLimit] = field(default_factory=dict)  # only the limited ones
     steps: list[StepDef] = field(default_factory=list)
@@ -102,7 +104,7 @@ def build_definition(data: dict, where: str, default_name: str) -> Definition:
         at = f"step '{step}': " if step else ""
         return DefinitionError(f"{where}: {at}{problem}")
 
-    unknown = set(data) - {"name", "description", "timeout", "params", "step"}
+    unknown = set(data) - {"name", "description", "timeout", "max_parallel", "params", "step"}
     if unknown:
         raise fail(f"unknown key(s) {', '.join(sorted(unknown))}")
     name = data.get("name", default_name)
@@ -126,6 +128,9 @@ def build_definition(data: dict, where: str, default_name: str) -> Definition:
             timeout_s = parse_duration(data["timeout"])
         except ValueError as exc:
             raise fail(f"timeout: {exc}") from None
+    max_parallel = data.get("max_parallel", DEFAULT_MAX_PARALLEL)
+    if not isinstance(max_parallel, int) or isinstance(max_parallel, bool) or max_parallel < 1:
+        raise fail(f"max_parallel must be a whole number >= 1, not {max_parallel!r}")
     raw_steps = data.get("step", {})
     if not isinstance(raw_steps, dict) or not raw_steps:
         raise fail("no steps: add at least one [step.NAME] table")
@@ -143,7 +148,8 @@ def build_definition(data: dict, where: str, default_name: str) -> Definition:
         raise fail(f"dependency cycle {' -> '.join(cycle)}", cycle[0])
     return Definition(
         name=name, path=where, description=str(data.get("description", "")),
-        timeout_s=timeout_s, params=params, limits=limits, steps=execution_order(steps),
+        timeout_s=timeout_s, max_parallel=max_parallel, params=params, limits=limits,
+        steps=execution_order(steps),
     )
 
 

@@ -5,12 +5,15 @@ use CPU. A watchdog thread heartbeats, notices cancel requests and timeouts,
 and recovers jobs left running by dead workers.
 """
 
+import queue
 import sys
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 
 from stepline.engine.context import StepContext, StepFailed
+from stepline.engine.definitions import DEFAULT_MAX_PARALLEL
 from stepline.engine.logwriter import BatchWriter
 from stepline.engine.states import TERMINAL, Status, StopReason
 from stepline.engine.steps import run_step
@@ -158,30 +161,44 @@ class Worker:
                       flush=True)
 
 
+@dataclass
+class StepRun:
+    """One step running in a job: how to stop it, and when it times out."""
+
+    ctx: StepContext
+    always_run: bool
+    deadline: float | None  # time.time() after which its own timeout stops it
+
+
 class JobRun:
-    """One job on one worker thread: its steps in order, honouring depends."""
+    """One job: each step on a thread of its own, started as soon as its
+    dependencies have settled and one of the job's `max_parallel` slots is
+    free."""
 
     def __init__(self, worker: Worker, job_id: str):
         self.worker = worker
         self.store = worker.store
         self.job_id = job_id
         self.stop_reason: StopReason | None = None
-        self.ctx: StepContext | None = None
-        self.ctx_always_run = False  # the running step's always_run
-        self.step_deadline: float | None = None
+        self._steps: dict[str, StepRun] = {}  # step id -> its run, while it runs
+        self._lock = threading.Lock()  # stop() against a step starting
         self.thread = threading.Thread(target=self.run, name=f"job-{job_id}", daemon=True)
         job = reads.get_job(self.store.db, job_id)
-        self.job_deadline = (
-            job["started"] + job["timeout_s"] if job and job["timeout_s"] else None
-        )
+        self.job_deadline = job["started"] + job["timeout_s"] if job and job["timeout_s"] else None
         self.job_timeout = job["timeout_s"] if job else None
+        # a job created before the column existed has none
+        self.max_parallel = (job and job["max_parallel"]) or DEFAULT_MAX_PARALLEL
 
     def stop(self, reason: StopReason) -> None:
-        if self.stop_reason is None:
-            self.stop_reason = reason
-        ctx = self.ctx  # once: the job's own thread may clear it meanwhile
-        if ctx is not None and not self._runs_anyway(self.ctx_always_run):
-            ctx.stop(reason)
+        """Stop every running step (but a cleanup on cancel); the scheduler
+        then settles the ones not started."""
+        with self._lock:
+            if self.stop_reason is None:
+                self.stop_reason = reason
+            runs = list(self._steps.values())
+        for run in runs:
+            if not self._runs_anyway(run.always_run):
+                run.ctx.stop(reason)
 
     def _runs_anyway(self, always_run: bool) -> bool:
         """An always_run step (a cleanup) runs to its end when the job is
@@ -192,8 +209,12 @@ class JobRun:
         now = time.time()
         if self.job_deadline and now > self.job_deadline:
             self.stop(StopReason.JOB_TIMEOUT)
-        elif self.step_deadline and now > self.step_deadline and (ctx := self.ctx) is not None:
-            ctx.stop(StopReason.STEP_TIMEOUT)
+            return
+        with self._lock:
+            runs = list(self._steps.values())
+        for run in runs:
+            if run.deadline and now > run.deadline:
+                run.ctx.stop(StopReason.STEP_TIMEOUT)
 
     def run(self) -> None:
         try:
@@ -209,39 +230,95 @@ class JobRun:
             self.worker._finished(self.job_id)
 
     def _run_steps(self) -> None:
+        """Start what is ready, wait for any running step to end, repeat. Only
+        this thread changes the steps' dicts; each step's thread reports its
+        status through `ended`. A step thread that raised (a store write
+        failed for good: a failing step only reports FAILED) stops the
+        starting of steps and raises here once the others have ended, and
+        run() hands the job to recovery."""
         job = reads.get_job(self.store.db, self.job_id)
-        params = job["params"]
         steps = reads.job_steps(self.store.db, self.job_id, with_spec=True)
         by_name = {s["name"]: s for s in steps}
-        for step in steps:
-            if step["status"] in TERMINAL:
-                continue  # a resumed job: this step finished before a crash
-            if self.stop_reason is StopReason.SHUTDOWN:
-                return
-            if self.stop_reason and not self._runs_anyway(step["always_run"]):
-                # never started: a quiet grey "cancelled"; the job says why
-                self._transition("step", step["id"], Status.CANCELLED)
-                step["status"] = Status.CANCELLED
-                continue
-            blocker = next((d for d in step["depends"] if _blocks(by_name[d])), None)
-            if blocker and not step["always_run"]:
-                self._transition("step", step["id"], Status.SKIPPED,
-                                 f"dependency '{blocker}' {by_name[blocker]['status']}")
-                step["status"] = Status.SKIPPED
-                continue
-            step["status"] = self._run_one(step, params)
-            if self.stop_reason is StopReason.SHUTDOWN:
-                return
+        # a resumed job: the terminal steps finished before a crash
+        waiting = [s for s in steps if s["status"] not in TERMINAL]
+        ended: queue.SimpleQueue[tuple[dict, str | Exception]] = queue.SimpleQueue()
+        running, crash = 0, None
+        while True:
+            if self.stop_reason is not StopReason.SHUTDOWN and crash is None:
+                try:
+                    free = self.max_parallel - running
+                    for step in self._settle_or_start(waiting, by_name, free):
+                        self._start(step, job["params"], ended)
+                        running += 1
+                except Exception as exc:  # noqa: BLE001 - as a step thread's: raised below
+                    crash = exc
+            if not running:
+                break
+            step, outcome = ended.get()
+            running -= 1
+            if isinstance(outcome, Exception):
+                crash = crash or outcome
+            else:
+                step["status"] = outcome
+        if crash is not None:
+            raise crash
+        if self.stop_reason is StopReason.SHUTDOWN:
+            return  # running steps were left for recovery, which re-queues the job
         self._finish_job(steps)
 
+    def _start(self, step: dict, params: dict, ended: queue.SimpleQueue) -> None:
+        """Run one step on a daemon thread: a step deaf to stop must not keep
+        a stopped worker alive (Worker._shutdown waits 10 s, then recovers)."""
+        def run() -> None:
+            try:
+                outcome = self._run_one(step, params)
+            except BaseException as exc:  # noqa: BLE001 - even sys.exit(): _run_steps waits
+                outcome = exc if isinstance(exc, Exception) else RuntimeError(repr(exc))
+            ended.put((step, outcome))
+
+        threading.Thread(target=run, name=f"job-{self.job_id}-{step['name']}",
+                         daemon=True).start()
+
+    def _settle_or_start(self, waiting: list[dict], by_name: dict[str, dict],
+                         free: int) -> list[dict]:
+        """Settle the waiting steps that will never run (cancelled, skipped)
+        and take off `waiting` the ones to start now, at most `free`. Steps
+        come in execution order (dependencies first), so a skip reaches its
+        dependents in the same pass."""
+        start = []
+        for step in list(waiting):
+            if self.stop_reason and not self._runs_anyway(step["always_run"]):
+                # never started: a quiet grey "cancelled"; the job says why
+                self._settle(step, Status.CANCELLED)
+            elif any(by_name[d]["status"] not in TERMINAL for d in step["depends"]):
+                continue  # its dependencies are still to run, or running
+            elif ((blocker := next((d for d in step["depends"] if _blocks(by_name[d])), None))
+                  and not step["always_run"]):
+                self._settle(step, Status.SKIPPED,
+                             f"dependency '{blocker}' {by_name[blocker]['status']}")
+            elif len(start) < free:
+                start.append(step)
+            else:
+                continue  # no slot yet
+            waiting.remove(step)
+        return start
+
+    def _settle(self, step: dict, status: Status, error: str | None = None) -> None:
+        self._transition("step", step["id"], status, error)
+        step["status"] = status
+
     def _run_one(self, step: dict, params: dict) -> str:
+        """Run one step on its own thread; its final status (RUNNING: left
+        for recovery by a shutdown)."""
         ctx = StepContext(self.store, self.worker.writer, self.job_id, step["id"], params,
                           retries=step["retries"])
         self._transition("step", step["id"], Status.RUNNING)
-        self.step_deadline = time.time() + step["timeout_s"] if step["timeout_s"] else None
-        self.ctx, self.ctx_always_run = ctx, bool(step["always_run"])
-        if self.stop_reason and not self._runs_anyway(step["always_run"]):
-            ctx.stop(self.stop_reason)  # stopped between steps
+        deadline = time.time() + step["timeout_s"] if step["timeout_s"] else None
+        with self._lock:  # from here on stop() reaches it; or it saw the stop already
+            self._steps[step["id"]] = StepRun(ctx, bool(step["always_run"]), deadline)
+            stopped = self.stop_reason
+        if stopped and not self._runs_anyway(step["always_run"]):
+            ctx.stop(stopped)  # stopped while it was starting
         status, error = Status.COMPLETED, None
         try:
             run_step(ctx, step["type"], step["spec"])
@@ -258,8 +335,8 @@ class JobRun:
                 ctx.log("".join(traceback.format_exception(exc)).rstrip(), "error")
             ctx.log(error, "error")
         finally:
-            self.ctx = None
-            self.step_deadline = None
+            with self._lock:
+                del self._steps[step["id"]]
         if status == Status.COMPLETED:  # a step whose tasks failed did not succeed
             self._retry(self.worker.writer.flush)  # its task changes, counted below
             tasks = reads.get_step(self.store.db, step["id"])["tasks"]

@@ -27,7 +27,7 @@ SCHEMA: dict[str, tuple[dict[str, type], str | tuple[str, ...], dict[str, object
             "id": str, "definition": str, "params": str, "status": str, "error": str,
             "created": float, "started": float, "finished": float, "version": int,
             "worker_id": str, "cancel_requested": int, "timeout_s": float,
-            "rerun_of": str,
+            "rerun_of": str, "max_parallel": int,
         },
         "id",
         {"version": 1, "cancel_requested": 0},

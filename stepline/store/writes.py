@@ -274,9 +274,10 @@ class Store:
         with self.write() as tx:
             tx.conn.execute(
                 "INSERT INTO jobs (id, definition, params, status, created, version,"
-                " cancel_requested, timeout_s, rerun_of) VALUES (?, ?, ?, ?, ?, 1, 0, ?, ?)",
+                " cancel_requested, timeout_s, rerun_of, max_parallel)"
+                " VALUES (?, ?, ?, ?, ?, 1, 0, ?, ?, ?)",
                 (job_id, definition.name, json.dumps(params), Status.PENDING, dbmod.now(),
-                 definition.timeout_s, rerun_of),
+                 definition.timeout_s, rerun_of, definition.max_parallel),
             )
             tx.conn.executemany(
                 "INSERT INTO steps (id, job_id, idx, name, type, spec, depends, on_error,"
