@@ -1,0 +1,160 @@
+"""A worker's task slots: it claims pending tasks of ANY running step whose
+type runs remote tasks (`stepline.engine.fanout.REMOTE_TASKS`), whoever
+owns the step, and runs them in threads.
+
+One thread claims: woken by the worker's watchdog when another process
+commits (tasks made, a step stopped) and when a slot frees up, else at the
+latest every IDLE_RECHECK_S. A claim takes at most the free slots, so the
+tasks of one step spread over every worker that has room.
+"""
+
+import sys
+import threading
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from stepline.engine.definitions import substitute
+from stepline.engine.fanout import REMOTE_TASKS, TaskRun
+from stepline.engine.logwriter import BatchWriter, StepLog
+from stepline.engine.states import Status
+from stepline.store import reads, tasks
+from stepline.store.errors import unavailable
+from stepline.store.workers import RETRY_MAX_S
+from stepline.store.writes import Store
+
+IDLE_RECHECK_S = 1.0
+TASK_SLOTS = 8  # a worker's default: tasks it runs at once, beside its jobs
+
+
+@dataclass
+class HeldStep:
+    """A step this worker runs tasks of: what every task of it needs."""
+
+    job_id: str
+    step_id: str
+    type: str
+    spec: dict
+    retries: int
+    log: StepLog
+    stopped: threading.Event = field(default_factory=threading.Event)
+    held: int = 0  # its tasks in this worker's slots now
+
+
+class TaskSlots:
+    def __init__(self, store: Store, writer: BatchWriter, slots: int):
+        self.store = store
+        self.writer = writer
+        self.slots = max(1, slots)
+        self.worker_id = ""
+        self._free = self.slots
+        self._steps: dict[str, HeldStep] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._shutdown = threading.Event()  # tasks stopped by it go back to the queue
+        self._pool = ThreadPoolExecutor(self.slots, thread_name_prefix="task")
+        self._thread = threading.Thread(target=self._run, name="task-claims", daemon=True)
+
+    def start(self, worker_id: str) -> None:
+        self.worker_id = worker_id
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop claiming; running tasks stop and go back to pending (another
+        worker takes them); waits up to `timeout` for them to hand back."""
+        self._shutdown.set()
+        self._stop.set()
+        self._wake.set()
+        with self._lock:
+            for step in self._steps.values():
+                step.stopped.set()
+        self._thread.join(timeout)
+        self._pool.shutdown(wait=True, cancel_futures=False)
+
+    # -- claiming ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        types = sorted(REMOTE_TASKS)
+        while not self._stop.is_set():
+            self._wake.clear()  # before looking: a wake-up from now on is kept
+            try:
+                self._notice_stopped_steps()
+                with self._lock:
+                    free = self._free
+                if free and reads.claimable_tasks_exist(self.store.db, types):
+                    with self.store.write() as tx:
+                        claimed = tasks.claim(tx, self.worker_id, free, types)
+                    if claimed:
+                        self._start(claimed)
+                        continue
+            except unavailable() as exc:
+                print(f"stepline: cannot claim tasks: {exc}", file=sys.stderr, flush=True)
+                self._stop.wait(RETRY_MAX_S)
+                continue
+            except Exception:  # a bug: keep the worker alive, say what broke
+                print(f"stepline: task claims:\n{traceback.format_exc()}", file=sys.stderr)
+                self._stop.wait(RETRY_MAX_S)
+                continue
+            self._wake.wait(IDLE_RECHECK_S)
+
+    def _start(self, claimed: list[dict]) -> None:
+        for task in claimed:
+            step = self._steps.get(task["step_id"]) or self._hold(task["step_id"])
+            with self._lock:
+                self._free -= 1
+                step.held += 1
+            self._pool.submit(self._run_task, step, task)
+
+    def _hold(self, step_id: str) -> HeldStep:
+        row = reads.get_step(self.store.db, step_id)
+        params = reads.get_job(self.store.db, row["job_id"])["params"]
+        step = HeldStep(row["job_id"], step_id, row["type"], substitute(row["spec"], params),
+                        row["retries"], self.writer.open_step(row["job_id"], step_id))
+        with self._lock:
+            self._steps[step_id] = step
+        return step
+
+    def _notice_stopped_steps(self) -> None:
+        """Steps that no longer run (cancelled, failed, timed out): their tasks
+        here stop; a step with none left here is forgotten."""
+        with self._lock:
+            ids = list(self._steps)
+        if not ids:
+            return
+        running = reads.running_among(self.store.db, ids)
+        for step_id in ids:
+            if step_id in running:
+                continue
+            step = self._steps[step_id]
+            step.stopped.set()
+            if step.held == 0:
+                with self._lock:
+                    del self._steps[step_id]
+                self.writer.close_step(step.log)
+
+    # -- running -----------------------------------------------------------------
+
+    def _run_task(self, step: HeldStep, task: dict) -> None:
+        status, error = Status.COMPLETED, None
+        try:
+            REMOTE_TASKS[step.type](TaskRun(step.spec, task["idx"], task["attempt"],
+                                            step.log, step.stopped))
+        except Exception as exc:  # noqa: BLE001 - task code may raise anything
+            error = f"{type(exc).__name__}: {exc}"
+            if self._shutdown.is_set():
+                status, error = Status.PENDING, "worker shutting down"
+            elif step.stopped.is_set():
+                status, error = Status.CANCELLED, None
+            elif task["attempt"] <= step.retries:
+                status = Status.PENDING  # back in line: any worker retries it
+            else:
+                status = Status.FAILED
+        self.writer.task(task["id"], status, error)
+        with self._lock:
+            self._free += 1
+            step.held -= 1
+        self._wake.set()
