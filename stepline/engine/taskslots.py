@@ -110,7 +110,9 @@ class TaskSlots:
 
     def _start(self, claimed: list[dict]) -> None:
         for task in claimed:
-            step = self._steps.get(task["step_id"]) or self._hold(task["step_id"])
+            step = self._steps.get(task["step_id"])
+            if step is None or step.stopped.is_set():  # new, or running again after a retry
+                step = self._hold(task["step_id"])
             with self._lock:
                 self._held += 1
                 step.held += 1
@@ -152,21 +154,11 @@ class TaskSlots:
             return self.slots * (1 + QUEUE_PER_SLOT if short else 1) - self._held
 
     def _run_task(self, step: HeldStep, task: dict) -> None:
-        status, error = Status.COMPLETED, None
         started = time.monotonic()
-        try:
-            REMOTE_TASKS[step.type](TaskRun(step.spec, task["idx"], task["attempt"],
-                                            step.log, step.stopped))
-        except Exception as exc:  # noqa: BLE001 - task code may raise anything
-            error = f"{type(exc).__name__}: {exc}"
-            if self._shutdown.is_set():
-                status, error = Status.PENDING, "worker shutting down"
-            elif step.stopped.is_set():
-                status, error = Status.CANCELLED, None
-            elif task["attempt"] <= step.retries:
-                status = Status.PENDING  # back in line: any worker retries it
-            else:
-                status = Status.FAILED
+        if self._shutdown.is_set():  # queued here, never started: straight back in line
+            status, error = Status.PENDING, "worker shutting down"
+        else:
+            status, error = self._attempt(step, task)
         self.writer.task(task["id"], status, error)
         took = time.monotonic() - started
         with self._lock:
@@ -174,3 +166,19 @@ class TaskSlots:
             step.held -= 1
             self._task_s = took if self._task_s is None else 0.9 * self._task_s + 0.1 * took
         self._wake.set()
+
+    def _attempt(self, step: HeldStep, task: dict) -> tuple[str, str | None]:
+        """Run the task once: (status, error) to record."""
+        try:
+            REMOTE_TASKS[step.type](TaskRun(step.spec, task["idx"], task["attempt"],
+                                            step.log, step.stopped))
+        except Exception as exc:  # noqa: BLE001 - task code may raise anything
+            if self._shutdown.is_set():
+                return Status.PENDING, "worker shutting down"
+            if step.stopped.is_set():
+                return Status.CANCELLED, None
+            error = f"{type(exc).__name__}: {exc}"
+            if task["attempt"] <= step.retries:
+                return Status.PENDING, error  # back in line: any worker retries it
+            return Status.FAILED, error
+        return Status.COMPLETED, None
