@@ -46,7 +46,10 @@ def rss_mb(pid: int) -> float:
     return int(status.split("VmRSS:")[1].split()[0]) / 1024
 
 
-def test_tasks_of_one_step_run_on_several_workers(store, db_path, start_worker):
+@pytest.mark.parametrize("cpu", ["idle", "saturated"])
+def test_tasks_of_one_step_run_on_several_workers(store, start_worker, request, cpu):
+    if cpu == "saturated":
+        request.getfixturevalue("cpu_saturated")
     started_workers(start_worker, 3)
     # 300 tasks of 50 ms: one worker's 8 slots alone would take ~2 s, long
     # enough for the others to wake up and claim their share
@@ -85,7 +88,7 @@ def test_failed_tasks_are_retried_by_any_worker_and_then_fail_the_step(store, st
 
 @pytest.mark.parametrize("victim", ["task holder", "job owner"])
 def test_kill_9_mid_fan_out_recovers_only_what_the_worker_held(store, db_path, start_worker,
-                                                               victim):
+                                                               victim, cpu_saturated):
     workers = started_workers(start_worker, 3)
     job_id, step_id = generate_job(store, 300, logs_per_task=4, log_delay_ms=50, retries=1)
     wait_for(lambda: reads.task_counts(store.db, step_id)["running"], what="tasks running")
