@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from stepline.engine.states import Status
+from stepline.engine.states import TERMINAL, Status
 from stepline.store import reads
 from stepline.store.check import violations
 
@@ -181,3 +181,30 @@ def test_sigterm_while_tasks_are_made_stops_the_worker_within_10s(store, start_w
     # the job waits for the next worker; nothing was left running
     assert reads.get_job(store.db, job_id)["status"] == "pending"
     assert violations(store.db) == []
+
+
+def test_a_million_tasks_run_to_the_end_in_bounded_memory(store, db_path, start_worker, soak):
+    """--soak only (90 s on SQLite, 2 busy cores): every one of 1,000,000
+    tasks runs, counted exactly, no worker over 200 MB."""
+    if not soak:
+        pytest.skip("runs with --soak (the CI test above cancels after 100,000)")
+    total = 1_000_000
+    workers = started_workers(start_worker, 2)
+    job_id, step_id = generate_job(store, total)
+    peak_mb = 0.0
+
+    def finished():
+        nonlocal peak_mb
+        peak_mb = max([peak_mb, *(rss_mb(w.proc.pid) for w in workers)])
+        return reads.get_job(store.db, job_id)["status"] in TERMINAL
+
+    started = time.monotonic()
+    wait_for(finished, timeout=1800, interval=0.5, what="the job to end")
+    print(f"\n{total:,} tasks in {time.monotonic() - started:.0f} s,"
+          f" peak worker RSS {peak_mb:.0f} MB")
+    assert reads.get_job(store.db, job_id)["status"] == "completed"
+    assert reads.task_counts(store.db, step_id) == {
+        "pending": 0, "running": 0, "completed": total, "failed": 0}
+    assert peak_mb <= 200
+    result = stepline(db_path, "check")
+    assert result.returncode == 0, result.stdout + result.stderr

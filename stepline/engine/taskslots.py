@@ -25,7 +25,7 @@ from stepline.engine.logwriter import BatchWriter, StepLog
 from stepline.engine.states import Status
 from stepline.store import reads, tasks
 from stepline.store.errors import unavailable
-from stepline.store.workers import RETRY_MAX_S
+from stepline.store.workers import RETRY_MAX_S, retry_while_unavailable
 from stepline.store.writes import Store
 
 IDLE_RECHECK_S = 1.0
@@ -112,7 +112,10 @@ class TaskSlots:
         for task in claimed:
             step = self._steps.get(task["step_id"])
             if step is None or step.stopped.is_set():  # new, or running again after a retry
-                step = self._hold(task["step_id"])
+                # claimed already: never dropped for a busy database (given up
+                # only at shutdown, whose recovery re-queues them)
+                step = retry_while_unavailable(lambda step_id=task["step_id"]: self._hold(step_id),
+                                               self._stop.is_set, "task claims")
             with self._lock:
                 self._held += 1
                 step.held += 1

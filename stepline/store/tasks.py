@@ -4,7 +4,10 @@ them for a worker, and what a dead worker held.
 A fan-out step's tasks are made in batches by set-based inserts (no list of
 ids in memory), and claimed by any worker: on PostgreSQL with `FOR UPDATE
 SKIP LOCKED`, on SQLite inside the claim's BEGIN IMMEDIATE (which already
-holds the one write lock). Every status change goes through `Tx.transition`.
+holds the one write lock). Today PostgreSQL writes are serialised too (the
+advisory lock that keeps events in seq order), so SKIP LOCKED never skips;
+it keeps two claims apart should that lock ever become narrower. Every
+status change goes through `Tx.transition`.
 """
 
 from stepline.engine.states import Status
