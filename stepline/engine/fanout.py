@@ -55,6 +55,15 @@ class TaskRun:
 
 
 REMOTE_TASKS: dict[str, Callable[[TaskRun], None]] = {}
+# Wakes this process's task slots when it made tasks: other processes' slots
+# hear the commit through their commit watch, but on PostgreSQL a process does
+# not hear its own, and its slots looked only at their next 1 s recheck (a
+# 200-task step on one worker: 0.5-1.5 s before, see RESULTS).
+_MADE_HERE: list[Callable[[], None]] = []
+
+
+def on_tasks_made(wake: Callable[[], None]) -> None:
+    _MADE_HERE.append(wake)
 
 
 def remote_tasks(step_type: str):
@@ -81,6 +90,8 @@ def run_fanout(ctx: StepContext, total: int) -> None:
                 _write(ctx, lambda tx, first=created, n=count:
                        tasks.add_range(tx, ctx.step_id, first, n))
                 created += count
+                for wake in _MADE_HERE:
+                    wake()
                 continue
             done = created - counts[Status.PENDING] - counts[Status.RUNNING]
             if done != shown and time.monotonic() - last_shown >= PROGRESS_S:

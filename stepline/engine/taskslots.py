@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from stepline.engine.definitions import substitute
-from stepline.engine.fanout import REMOTE_TASKS, TaskRun
+from stepline.engine.fanout import REMOTE_TASKS, TaskRun, on_tasks_made
 from stepline.engine.logwriter import BatchWriter, StepLog
 from stepline.engine.states import Status
 from stepline.store import reads, tasks
@@ -66,6 +66,7 @@ class TaskSlots:
 
     def start(self, worker_id: str) -> None:
         self.worker_id = worker_id
+        on_tasks_made(self.wake)
         self._thread.start()
 
     def wake(self) -> None:
