@@ -7,6 +7,7 @@ import requests
 
 from bench.harness import Store, definition, print_table, temp_db, timed, web
 from stepline.engine.states import Status
+from stepline.store import tasks
 
 TASKS = 10_000
 
@@ -18,7 +19,7 @@ def main():
         job_id = store.create_job(definition('[step.fan]\ntype = "generate"\ntasks = 1\n'), {})
         step_id = next(store.db.query("SELECT id FROM steps WHERE job_id = ?", [job_id]))["id"]
         with store.write() as tx:  # every tenth task failed, with an error to show
-            for i, task_id in enumerate(tx.add_tasks(step_id, TASKS)):
+            for i, task_id in enumerate(tasks.add(tx, step_id, TASKS)):
                 tx.transition("task", task_id, Status.RUNNING, worker="bench-worker")
                 tx.transition("task", task_id, Status.FAILED if i % 10 == 0 else
                               Status.COMPLETED, error=f"ValueError: row {i}" if i % 10 == 0

@@ -14,6 +14,7 @@ from stepline import config
 from stepline.engine.actions import start_job
 from stepline.engine.definitions import ParamError, parse_duration
 from stepline.engine.states import TERMINAL, Status, earlier_failure
+from stepline.engine.taskslots import TASK_SLOTS
 from stepline.follow import follow_job
 from stepline.store import reads
 from stepline.store.backends import absolute, redacted
@@ -96,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="queue the demo pipeline and load_demo on start")
     p = command("worker", cmd_worker, "claim and run pending jobs")
     p.add_argument("--concurrency", type=int, default=4, help="jobs run at once (default 4)")
+    p.add_argument("--task-slots", type=int, default=TASK_SLOTS,
+                   help=f"tasks of fan-out steps (any worker's) run at once (default {TASK_SLOTS})")
     p.add_argument("--exit-when-idle", action="store_true", help=argparse.SUPPRESS)
     p = command("run", cmd_run, "queue a job from a definition")
     p.add_argument("name", help="definition name (see: stepline definitions)")
@@ -204,7 +207,8 @@ def cmd_worker(args) -> int:
     # current directory, as `python -m` would (a console script does not).
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    worker = Worker(open_store(args), concurrency=args.concurrency)
+    worker = Worker(open_store(args), concurrency=args.concurrency,
+                    task_slots=args.task_slots)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
     worker.run(exit_when_idle=args.exit_when_idle)

@@ -10,6 +10,7 @@ from typing import Any
 
 from stepline.engine.logwriter import BatchWriter
 from stepline.engine.states import Status, StopReason
+from stepline.store import tasks
 from stepline.store.backends import work_root
 from stepline.store.workers import retry_while_unavailable
 from stepline.store.writes import Store
@@ -83,11 +84,14 @@ class StepContext:
     def spawn(self, items: Iterable[Any], fn: Callable[[Any], Any],
               concurrency: int = 4) -> SpawnResult:
         """Run fn(item) as one tracked task per item, `concurrency` at a time,
-        retrying each up to the step's `retries`. Task progress feeds the step's."""
+        retrying each up to the step's `retries`. Task progress feeds the step's.
+        These tasks run here, in the step's own worker: `fn` is an in-process
+        callable (often a closure), which cannot travel to another worker.
+        (Step types whose tasks can: `stepline.engine.fanout`.)"""
         items = list(items)
         def add_tasks():
             with self.store.write() as tx:
-                return tx.add_tasks(self.step_id, len(items))
+                return tasks.add(tx, self.step_id, len(items))
 
         task_ids = retry_while_unavailable(add_tasks, lambda: self.cancelled,
                                            f"step {self.step_id}")

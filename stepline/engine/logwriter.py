@@ -11,7 +11,7 @@ import sys
 import threading
 from time import time_ns
 
-from stepline.engine.states import LOG_LEVELS, InvalidTransition
+from stepline.engine.states import LOG_LEVELS
 from stepline.store.writes import LogEntry, Store, now_us
 
 # what ctx.log accepts -> what is stored ("warning" is a common spelling of warn)
@@ -26,6 +26,7 @@ MAX_BUFFERED_CHARS = 32 * 1024 * 1024
 LONG_LINE_CHARS = 1024
 # A longer line is cut, and a warning line says how much was not kept.
 MAX_LINE_CHARS = 64 * 1024
+RUN_IDS = 500  # task ids per bulk transition
 
 
 def truncation_marker(dropped: int, unit: str = "characters") -> str:
@@ -120,8 +121,12 @@ class BatchWriter:
     # -- producers -------------------------------------------------------------
 
     def open_step(self, job_id: str, step_id: str) -> StepLog:
+        """The step's log buffer in this process: the job's own step and the
+        task slots running some of its tasks share one."""
         with self._cond:
-            log = self._steps[step_id] = StepLog(self, job_id, step_id)
+            log = self._steps.get(step_id)
+            if log is None:
+                log = self._steps[step_id] = StepLog(self, job_id, step_id)
         return log
 
     def close_step(self, log: StepLog) -> None:
@@ -171,11 +176,10 @@ class BatchWriter:
         with self.store.write() as tx:
             for log, entries in logs:
                 tx.append_logs(log.job_id, log.step_id, entries)
-            for task_id, status, error in tasks:
-                try:
-                    tx.transition("task", task_id, status, error, worker=self.worker_id)
-                except InvalidTransition as exc:  # a bug, not a reason to lose the batch
-                    print(f"stepline: dropped task change: {exc}", file=sys.stderr)
+            # A change no longer allowed (its step's owner cancelled the task
+            # meanwhile) is left out by the bulk transition, not an error.
+            for ids, status, error in _runs(tasks):
+                tx.transition("task", ids, status, error, worker=self.worker_id)
             for step_id, (done, total) in progress.items():
                 tx.set_progress(step_id, done, total)
 
@@ -201,3 +205,22 @@ class BatchWriter:
             except Exception as exc:
                 print(f"stepline: log flush failed, will retry: {exc}", file=sys.stderr)
                 backoff = min(backoff * 2, 2.0)
+
+
+def _runs(changes: list[tuple[int, str, str | None]]):
+    """Task changes as (ids, status, error) runs, each one bulk transition:
+    consecutive changes to the same status and error, a task at most once per
+    run (so each task's changes still apply in the order they were made), at
+    most RUN_IDS ids (a statement's parameters are limited)."""
+    ids: list[int] = []
+    seen: set[int] = set()
+    key: tuple[str, str | None] | None = None
+    for task_id, status, error in changes:
+        if ids and ((status, error) != key or task_id in seen or len(ids) >= RUN_IDS):
+            yield ids, *key
+            ids, seen = [], set()
+        key = (status, error)
+        ids.append(task_id)
+        seen.add(task_id)
+    if ids:
+        yield ids, *key

@@ -17,6 +17,7 @@ from stepline.engine.definitions import DEFAULT_MAX_PARALLEL
 from stepline.engine.logwriter import BatchWriter
 from stepline.engine.states import TERMINAL, Status, StopReason
 from stepline.engine.steps import run_step
+from stepline.engine.taskslots import TASK_SLOTS, TaskSlots
 from stepline.store import reads, workers
 from stepline.store.errors import unavailable
 from stepline.store.workers import RETRY_MAX_S, retry_while_unavailable
@@ -38,10 +39,12 @@ STALE_AFTER_S = 15.0
 
 
 class Worker:
-    def __init__(self, store: Store, concurrency: int = 4):
+    def __init__(self, store: Store, concurrency: int = 4, task_slots: int = TASK_SLOTS):
         self.store = store
         self.concurrency = concurrency
         self.writer = BatchWriter(store)
+        # tasks of any worker's fan-out steps (generate): see engine.taskslots
+        self.slots = TaskSlots(store, self.writer, task_slots)
         self.worker_id = ""
         self._running: dict[str, JobRun] = {}
         self._lock = threading.Lock()
@@ -56,6 +59,7 @@ class Worker:
         print(f"stepline worker {self.worker_id} started on {self.store.path}", flush=True)
         self.writer.start()
         self.recover_dead_workers()
+        self.slots.start(self.worker_id)
         watchdog = threading.Thread(target=self._watch, name="watchdog", daemon=True)
         watchdog.start()
         try:
@@ -87,6 +91,7 @@ class Worker:
             runs = list(self._running.values())
         for run in runs:
             run.stop(StopReason.SHUTDOWN)
+        self.slots.stop()  # its tasks go back in line for other workers
         for run in runs:
             run.thread.join(timeout=10)
         self.writer.stop()
@@ -120,8 +125,9 @@ class Worker:
         while not self._stop.is_set():
             try:
                 committed = commits.wait(WATCH_S)
-                if committed:  # by another connection: maybe a new job
+                if committed:  # by another connection: maybe a new job, new tasks
                     self._wake.set()
+                    self.slots.wake()
                 # Asked every round while jobs run, not only on a commit: a
                 # cancel committed just before its job reached _running is
                 # not missed. (~80 us a query.)

@@ -11,6 +11,7 @@ from typing import Any
 
 from stepline.engine.context import StepContext, StepFailed
 from stepline.engine.definitions import param_env, substitute
+from stepline.engine.fanout import TaskRun, remote_tasks, run_fanout
 from stepline.engine.logwriter import MAX_LINE_CHARS, truncation_marker
 
 KILL_GRACE_S = 1.0
@@ -127,38 +128,40 @@ def run_python(ctx: StepContext, spec: dict[str, Any]) -> None:
 
 def run_generate(ctx: StepContext, spec: dict[str, Any]) -> None:
     """Load generator: `tasks` tasks, each logging `logs_per_task` lines
-    `log_delay_ms` apart and failing with probability `failure_rate`."""
+    `log_delay_ms` apart and failing with probability `failure_rate`. Its
+    tasks are declarative (spec + index say all), so every worker runs them
+    (generate_task); this worker only makes them and waits."""
     spec = substitute(spec, ctx.params)
     tasks = int(spec.get("tasks", 0))
     lines = int(spec.get("logs_per_task", 0))
     delay = int(spec.get("log_delay_ms", 0)) / 1000
-    rate = float(spec.get("failure_rate", 0.0))
-    seed = int(spec.get("seed", 0))
-    attempts: dict[int, int] = {}
-    lock = threading.Lock()
-
-    def one_task(index: int) -> int:
-        with lock:
-            attempts[index] = attempts.get(index, 0) + 1
-            rng = random.Random(f"{seed}:{index}:{attempts[index]}")
-        for n in range(1, lines + 1):
-            if delay and ctx.wait(delay):
-                raise StepFailed(ctx.stop_reason or "stopped")
-            ctx.log(f"task {index}: line {n} of {lines}", rng.choice(GENERATED_LEVELS))
-        if rng.random() < rate:
-            raise StepFailed(f"task {index} failed (simulated, attempt {attempts[index]})")
-        return index
-
     if tasks == 0:
         for n in range(1, lines + 1):
             if delay and ctx.wait(delay):
                 break
             ctx.log(f"line {n} of {lines}")
         return
-    ctx.spawn(range(tasks), one_task, concurrency=int(spec.get("concurrency") or 8))
+    run_fanout(ctx, tasks)
     if ctx.cancelled:
         raise StepFailed(ctx.stop_reason or "stopped")
     # failed tasks fail the step: the runner says "N of M tasks failed"
+
+
+@remote_tasks("generate")
+def generate_task(task: TaskRun) -> None:
+    """One generate task, on whichever worker claimed it. Its outcome depends
+    on (seed, index, attempt) only, so a retry elsewhere is just as random."""
+    spec = task.spec
+    lines = int(spec.get("logs_per_task", 0))
+    delay = int(spec.get("log_delay_ms", 0)) / 1000
+    rng = random.Random(f"{int(spec.get('seed', 0))}:{task.index}:{task.attempt}")
+    for n in range(1, lines + 1):
+        if delay and task.wait(delay):
+            raise StepFailed("stopped")
+        task.log.append(f"task {task.index}: line {n} of {lines}",
+                        rng.choice(GENERATED_LEVELS))
+    if rng.random() < float(spec.get("failure_rate", 0.0)):
+        raise StepFailed(f"task {task.index} failed (simulated, attempt {task.attempt})")
 
 
 def run_sleep(ctx: StepContext, spec: dict[str, Any]) -> None:

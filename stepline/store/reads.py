@@ -270,3 +270,27 @@ def pending_job_exists(db: Database) -> bool:
     """The claim's cheap read first: the claim itself takes the write lock."""
     return db.execute("SELECT 1 FROM jobs WHERE status = ? LIMIT 1",
                       [Status.PENDING]).fetchone() is not None
+
+
+def task_counts(db: Database, step_id: str) -> dict[str, int]:
+    """A step's task counters: {pending, running, completed, failed}."""
+    row = db.execute(f"SELECT {', '.join(f'tasks_{s}' for s in TASK_STATUSES)}"
+                     " FROM steps WHERE id = ?", [step_id]).fetchone()
+    return dict(zip(TASK_STATUSES, row or (0,) * len(TASK_STATUSES), strict=True))
+
+
+def claimable_tasks_exist(db: Database, step_types: list[str]) -> bool:
+    """The task claim's cheap read first (indexed by steps.status)."""
+    return bool(step_types) and db.execute(
+        "SELECT 1 FROM steps WHERE status = ? AND tasks_pending > 0 AND type IN"
+        f" ({', '.join('?' * len(step_types))}) LIMIT 1",
+        [Status.RUNNING, *step_types]).fetchone() is not None
+
+
+def running_among(db: Database, step_ids: list[str]) -> set[str]:
+    """Which of these steps still run."""
+    if not step_ids:
+        return set()
+    return {r[0] for r in db.execute(
+        f"SELECT id FROM steps WHERE status = ? AND id IN ({', '.join('?' * len(step_ids))})",
+        [Status.RUNNING, *step_ids]).fetchall()}

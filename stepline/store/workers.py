@@ -14,8 +14,9 @@ from typing import TypeVar
 
 from stepline.engine.states import Status
 from stepline.store import sqlite as dbmod
+from stepline.store import tasks
 from stepline.store.errors import unavailable
-from stepline.store.writes import Store, new_id, now_us
+from stepline.store.writes import StepTasks, Store, new_id, now_us
 
 RETRY_MAX_S = 2.0
 # The database's clock, in epoch seconds: workers on different machines write
@@ -83,10 +84,12 @@ def dead(store: Store, stale_after_s: float) -> list[str]:
     ):
         if row["stale"] or (row["hostname"] == here and not _pid_alive(row["pid"])):
             dead.append(row["id"])
-    # Jobs held by a worker id that is not registered at all are orphans too.
+    # Jobs and tasks held by a worker id that is not registered at all are orphans too.
     for row in store.db.query(
         "SELECT DISTINCT worker_id FROM jobs WHERE status = ? AND worker_id NOT IN"
-        " (SELECT id FROM workers)", (Status.RUNNING,)
+        " (SELECT id FROM workers) UNION SELECT DISTINCT t.worker FROM steps s JOIN tasks t"
+        " ON t.step_id = s.id AND t.status = ? WHERE s.status = ? AND t.worker NOT IN"
+        " (SELECT id FROM workers)", (Status.RUNNING, Status.RUNNING, Status.RUNNING)
     ):
         dead.append(row["worker_id"])
     return dead
@@ -99,6 +102,8 @@ def recover(store: Store, dead_worker_id: str, only_job: str | None = None,
     rules: dependents skipped, always_run steps run."""
     error = error or f"interrupted: worker {dead_worker_id} stopped"
     with store.write() as tx:
+        if not only_job:
+            _recover_tasks(tx, dead_worker_id, error)
         job_ids = [r[0] for r in tx.conn.execute(
             "SELECT id FROM jobs WHERE worker_id = ? AND status = ? AND ? IN (id, '')",
             (dead_worker_id, Status.RUNNING, only_job or ""),
@@ -117,17 +122,32 @@ def recover(store: Store, dead_worker_id: str, only_job: str | None = None,
                     tx.clear_step_for_retry(step_id)
                     tx.transition("step", step_id, Status.PENDING)
                     continue
-                for (task_id,) in tx.conn.execute(
-                    "SELECT id FROM tasks WHERE step_id = ? AND status = ?",
-                    (step_id, Status.RUNNING),
-                ).fetchall():
-                    tx.transition("task", task_id, Status.FAILED, error)
+                # its tasks end with it, also those other workers run (which
+                # see the step stop) and those never claimed
+                tx.transition("task", StepTasks(step_id, Status.RUNNING), Status.FAILED, error)
+                tx.transition("task", StepTasks(step_id, Status.PENDING), Status.CANCELLED)
                 tx.transition("step", step_id, Status.FAILED, error)
             tx.conn.execute("UPDATE jobs SET worker_id = NULL WHERE id = ?", (job_id,))
             tx.transition("job", job_id, Status.PENDING)
         if not only_job:
             tx.conn.execute("DELETE FROM workers WHERE id = ?", (dead_worker_id,))
     return job_ids
+
+
+def _recover_tasks(tx, dead_worker_id: str, error: str) -> None:
+    """The tasks a dead worker was running, of any job: each goes back in line
+    while its step allows another attempt (attempts count starts; a step
+    with `retries = N` allows N + 1), else fails. Nothing else changes: the
+    step's owner carries on and finishes the step."""
+    held = tasks.held_by(tx, dead_worker_id)
+    again = [row for row in held if row[3] <= row[4]]
+    for job_id, step_id in {(row[1], row[2]) for row in held}:
+        requeued = sum(row[2] == step_id for row in again)
+        failed = sum(row[2] == step_id for row in held) - requeued
+        tx.append_logs(job_id, step_id, [(now_us(), "error", f"{error}: {requeued} of its"
+                                          f" tasks there went back in line, {failed} failed")])
+    tx.transition("task", [row[0] for row in again], Status.PENDING, error)
+    tx.transition("task", [row[0] for row in held if row[3] > row[4]], Status.FAILED, error)
 
 
 def _pid_alive(pid: int) -> bool:

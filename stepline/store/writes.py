@@ -19,6 +19,7 @@ from typing import Any
 from stepline.engine.states import (
     TASK_STATUSES,
     TERMINAL,
+    TRANSITIONS,
     Status,
     StopReason,
     check_transition,
@@ -26,6 +27,7 @@ from stepline.engine.states import (
 )
 from stepline.store import sqlite as dbmod
 from stepline.store.backends import open_backend
+from stepline.store.logtext import encodable, storable_text
 
 TABLES = {"job": "jobs", "step": "steps", "task": "tasks"}
 
@@ -36,6 +38,14 @@ class NotFound(LookupError):
 
 class Conflict(RuntimeError):
     """The request is valid but the entity's state forbids it (HTTP 409)."""
+
+
+@dataclass(frozen=True)
+class StepTasks:
+    """For `Tx.transition`: every task of one step that is in `status`."""
+
+    step_id: str
+    status: str
 
 
 def new_id() -> str:
@@ -62,55 +72,88 @@ class Tx:
     last_seq: int | None = None  # of the last event written
     _touched: dict[str, bool] = field(default_factory=dict)  # step_id -> log_refresh
 
-    def transition(self, kind: str, entity_id: str | int, to: str, error: str | None = None,
-                   worker: str | None = None):
+    def transition(self, kind: str, entity_id: "str | int | list[int] | StepTasks", to: str,
+                   error: str | None = None, worker: str | None = None) -> int:
         """THE status writer: validate against the table, write state, write event.
-        A task that starts running records the `worker` running it."""
+        A task that starts running records the `worker` running it.
+
+        Tasks also change in bulk (a fan-out claims and finishes hundreds at a
+        time: one statement per batch, not four per task): `entity_id` a list
+        of task ids, of which those no longer in a state that allows the change
+        (cancelled meanwhile by their step's owner, deleted by a retry) are left
+        as they are; or `StepTasks(step_id, status)`, every task of a step in
+        that status (a stopped fan-out's queue). Returns how many changed."""
         table = TABLES[kind]
-        row = self.conn.execute(
-            f"SELECT status FROM {table} WHERE id = ?", (entity_id,)
-        ).fetchone()
-        if row is None:
-            raise NotFound(f"{kind} {entity_id} not found")
-        current = row[0]
-        check_transition(kind, current, to)
-        if kind == "job" and to in TERMINAL:
-            open_steps = self.conn.execute(
-                "SELECT count(*) FROM steps WHERE job_id = ? AND status IN (?, ?)",
-                (entity_id, Status.PENDING, Status.RUNNING),
-            ).fetchone()[0]
-            if open_steps:
-                raise Conflict(f"job {entity_id} has {open_steps} steps not yet terminal")
+        where, args, moves = self._select(kind, entity_id, to)
+        if not args:
+            return 0
         ts = dbmod.now()
         started = ts if to == Status.RUNNING else None
         finished = ts if to in TERMINAL else None
         version = "" if kind == "task" else ", version = version + 1"
         task_starts = kind == "task" and to == Status.RUNNING
         attempts = ", attempts = attempts + 1, worker = ?" if task_starts else ""
-        self.conn.execute(
+        changed = self.conn.execute(
             f"UPDATE {table} SET status = ?, error = coalesce(?, error),"
             f" started = coalesce(started, ?), finished = ?{version}{attempts}"
-            " WHERE id = ?",
-            (to, error, started, finished, *([worker] if task_starts else []), entity_id),
-        )
+            f" WHERE {where}",
+            (to, error, started, finished, *([worker] if task_starts else []), *args),
+        ).rowcount
+        if isinstance(entity_id, StepTasks):  # counted by the update itself
+            moves = {(entity_id.step_id, entity_id.status): changed} if changed else {}
         if kind == "task":
-            self._move_task_counter(entity_id, current, to)
+            for (step_id, old), count in moves.items():
+                self._move_task_counters(step_id, old, to, count)
         elif kind == "step":
             # lines appended earlier in this transaction still need their refresh
             refresh = bool(self._touched.pop(str(entity_id), False))
             self._write_step_event(str(entity_id), log_refresh=refresh)
         else:
             self.write_job_event(str(entity_id))
+        return changed
 
-    def _move_task_counter(self, task_id, old: str, new: str) -> None:
+    def _select(self, kind: str, entity_id, to: str) -> tuple[str, list, dict]:
+        """What `transition` changes: (WHERE clause, its args, task counter
+        moves {(step_id, old status): count}). A single entity that may not
+        make the change raises; a list of tasks keeps those that may."""
+        if isinstance(entity_id, StepTasks):
+            check_transition(kind, entity_id.status, to)
+            return "step_id = ? AND status = ?", [entity_id.step_id, entity_id.status], {}
+        if isinstance(entity_id, list):
+            marks = ", ".join("?" * len(entity_id))
+            rows = self.conn.execute(
+                f"SELECT id, status, step_id FROM tasks WHERE id IN ({marks})", entity_id
+            ).fetchall() if entity_id else []
+            rows = [r for r in rows if to in TRANSITIONS[kind].get(r[1], ())]
+        else:
+            step = ", step_id" if kind == "task" else ", NULL"
+            rows = self.conn.execute(f"SELECT id, status{step} FROM {TABLES[kind]}"
+                                     " WHERE id = ?", (entity_id,)).fetchall()
+            if not rows:
+                raise NotFound(f"{kind} {entity_id} not found")
+            check_transition(kind, rows[0][1], to)
+            if kind == "job" and to in TERMINAL:
+                self._check_steps_terminal(str(entity_id))
+        moves: dict[tuple[str, str], int] = {}
+        for _id, old, step_id in rows:
+            moves[(step_id, old)] = moves.get((step_id, old), 0) + 1
+        ids = [r[0] for r in rows]
+        return f"id IN ({', '.join('?' * len(ids))})", ids, moves
+
+    def _check_steps_terminal(self, job_id: str) -> None:
+        open_steps = self.conn.execute(
+            "SELECT count(*) FROM steps WHERE job_id = ? AND status IN (?, ?)",
+            (job_id, Status.PENDING, Status.RUNNING),
+        ).fetchone()[0]
+        if open_steps:
+            raise Conflict(f"job {job_id} has {open_steps} steps not yet terminal")
+
+    def _move_task_counters(self, step_id: str, old: str, new: str, count: int) -> None:
         sets = ["version = version + 1"]
         if old in TASK_STATUSES:
-            sets.append(f"tasks_{old} = tasks_{old} - 1")
+            sets.append(f"tasks_{old} = tasks_{old} - {int(count)}")
         if new in TASK_STATUSES:
-            sets.append(f"tasks_{new} = tasks_{new} + 1")
-        step_id = self.conn.execute(
-            "SELECT step_id FROM tasks WHERE id = ?", (task_id,)
-        ).fetchone()[0]
+            sets.append(f"tasks_{new} = tasks_{new} + {int(count)}")
         self.conn.execute(f"UPDATE steps SET {', '.join(sets)} WHERE id = ?", (step_id,))
         self._touch(step_id)
 
@@ -167,7 +210,7 @@ class Tx:
             "SELECT log_count FROM steps WHERE id = ?", (step_id,)
         ).fetchone()[0]
         batch = json.dumps(entries, ensure_ascii=False)
-        if "\\u0000" in batch or not _encodable(batch):
+        if "\\u0000" in batch or not encodable(batch):
             batch = json.dumps([(ts, level, storable_text(message))
                                 for ts, level, message in entries], ensure_ascii=False)
         self.conn.execute(INSERT_LOGS[self.dialect], (step_id, start + 1, job_id, batch))
@@ -197,27 +240,6 @@ class Tx:
             " tasks_failed = 0, progress_done = 0, progress_total = 0, error = NULL,"
             " version = version + 1 WHERE id = ?", (step_id,))
         self._touch(step_id)
-
-    def add_tasks(self, step_id: str, count: int) -> list[int]:
-        """Create `count` pending tasks; returns their ids in order."""
-        first = self.conn.execute(
-            "SELECT coalesce(max(idx), -1) + 1 FROM tasks WHERE step_id = ?", (step_id,)
-        ).fetchone()[0]
-        self.conn.executemany(
-            "INSERT INTO tasks (step_id, idx, status, attempts) VALUES (?, ?, ?, 0)",
-            [(step_id, first + i, Status.PENDING) for i in range(count)],
-        )
-        rows = self.conn.execute(
-            "SELECT id FROM tasks WHERE step_id = ? AND idx >= ? ORDER BY idx",
-            (step_id, first),
-        ).fetchall()
-        self.conn.execute(
-            "UPDATE steps SET tasks_pending = tasks_pending + ?, version = version + 1"
-            " WHERE id = ?",
-            (count, step_id),
-        )
-        self._touch(step_id)
-        return [r[0] for r in rows]
 
 
 class Store:
@@ -348,21 +370,6 @@ class Store:
             tx.conn.execute("DELETE FROM events WHERE ts < ? AND job_id NOT IN"
                             " (SELECT id FROM jobs)", (cutoff,))
         return len(ids)
-
-
-def storable_text(text: str) -> str:
-    """SQLite text would end at a NUL, and UTF-8 has no lone surrogates: both
-    become U+FFFD, and the rest of the line is kept."""
-    text = text.replace("\x00", "\ufffd")
-    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 INSERT_LOGS = {
