@@ -19,6 +19,7 @@ A transaction that wrote events NOTIFYs its last seq, delivered on commit.
 
 import atexit
 import functools
+import itertools
 import os
 import re
 import threading
@@ -148,13 +149,17 @@ class TxConnection:
         (the earlier way); end to end see bench.logs in RESULTS.md.
         False, with nothing written, when a message cannot be stored as it
         is (a NUL, a lone surrogate): the caller cleans them and calls again."""
-        head = f"{_copy_text(step_id)}\t"
-        tail = f"\t{_copy_text(job_id)}\t"
-        payload = "".join(
-            f"{head}{first_line + n}{tail}{ts / 1e6!r}\t{level}\t{_copy_text(message)}\n"
-            for n, (ts, level, message) in enumerate(entries))
-        if "\x00" in payload:
-            return False
+        # The messages are escaped in one go, joined by NULs (which no
+        # storable message holds) and split again: 2.3-3.4 ms per 2,000
+        # lines against 5.9-7.0 ms escaping each one (timeit, 50-char lines).
+        joined = "\x00".join([message for _ts, _level, message in entries])
+        if joined.count("\x00") != len(entries) - 1:
+            return False  # a NUL inside a message
+        texts = _copy_text(joined).split("\x00")
+        head, tail = f"{_copy_text(step_id)}\t", f"\t{_copy_text(job_id)}\t"
+        payload = "".join([f"{head}{line}{tail}{ts / 1e6!r}\t{level}\t{text}\n"
+                           for line, (ts, level, _), text
+                           in zip(itertools.count(first_line), entries, texts)])
         try:
             data = payload.encode()
         except UnicodeEncodeError:
