@@ -31,7 +31,11 @@ def definition(toml_text: str, name: str = "bench"):
 
 
 @contextmanager
-def temp_db():
+def temp_db(db: str | None = None):
+    """A fresh database, or `db` itself when a script was given one (--db)."""
+    if db:
+        yield db
+        return
     if os.environ.get("STEPLINE_BENCH_BACKEND") == "postgres":
         yield _postgres().create_database()
         return

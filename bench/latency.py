@@ -1,5 +1,6 @@
 """Latency from a step's status commit to the WebSocket message (#1) and to
-the DOM of a real Chromium page (#2)."""
+the DOM of a real Chromium page (#2). `--db postgresql://...` measures on
+that database (or STEPLINE_BENCH_BACKEND=postgres: a fresh one)."""
 
 import argparse
 import asyncio
@@ -32,8 +33,8 @@ def drive(store: Store, job_id: str, pause_s: float) -> dict[int, float]:
     return committed
 
 
-def ws_latency(transitions: int, pause_s: float) -> list[float]:
-    with temp_db() as path:
+def ws_latency(transitions: int, pause_s: float, db: str | None = None) -> list[float]:
+    with temp_db(db) as path:
         store = Store(path)
         job_id = store.create_job(definition(steps_toml(transitions // 2)), {})
         with web(path) as server:
@@ -63,10 +64,11 @@ document.addEventListener('htmx:ws:after:message:incoming', (e) => {
 """
 
 
-def dom_latency(transitions: int, pause_s: float) -> tuple[list[float], int]:
+def dom_latency(transitions: int, pause_s: float, db: str | None = None
+                ) -> tuple[list[float], int]:
     from playwright.sync_api import sync_playwright
 
-    with temp_db() as path:
+    with temp_db(db) as path:
         store = Store(path)
         job_id = store.create_job(definition(steps_toml(transitions // 2)), {})
         with web(path) as server, sync_playwright() as p:
@@ -92,14 +94,16 @@ def main():
     parser.add_argument("--transitions", type=int, default=1000)
     parser.add_argument("--pause-ms", type=float, default=10)
     parser.add_argument("--no-browser", action="store_true")
+    parser.add_argument("--db", metavar="PATH|URL",
+                        help="run on this database, e.g. postgresql://user@host:port/db")
     args = parser.parse_args()
     rows = []
-    ws, missing = ws_latency(args.transitions, args.pause_ms / 1000)
+    ws, missing = ws_latency(args.transitions, args.pause_ms / 1000, args.db)
     rows.append((f"commit -> WS message, {len(ws)} transitions, p50 / p99 / max",
                  f"{median(ws):.1f} / {pct(ws, 99):.1f} / {max(ws):.1f} ms ({missing} missing)",
                  "p99 <= 50 ms", pct(ws, 99) <= 50 and missing == 0))
     if not args.no_browser:
-        dom, missing = dom_latency(args.transitions, args.pause_ms / 1000)
+        dom, missing = dom_latency(args.transitions, args.pause_ms / 1000, args.db)
         rows.append((f"commit -> Chromium DOM swapped, {len(dom)} transitions, p50 / p99 / max",
                      f"{median(dom):.1f} / {pct(dom, 99):.1f} / {max(dom):.1f} ms "
                      f"({missing} missing)", "p99 <= 150 ms",

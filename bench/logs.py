@@ -1,4 +1,9 @@
-"""Log ingest (#6), a 1,000,000-line log (#7) and coalescing (#10)."""
+"""Log ingest (#6), a 1,000,000-line log (#7) and coalescing (#10).
+
+`--db postgresql://...` runs them on that database (a SQLite file path
+works too); the ingest baseline is then one bare COPY of the same rows.
+Without it each part gets a fresh SQLite file (or a fresh PostgreSQL
+database with STEPLINE_BENCH_BACKEND=postgres, see bench.harness)."""
 
 import argparse
 import json
@@ -18,6 +23,7 @@ from bench.harness import (
     worker,
 )
 from stepline.store import reads
+from stepline.store.backends import is_url
 
 FLOOD = """
 [step.flood]
@@ -27,10 +33,11 @@ config = {{ lines = {lines} }}
 """
 
 
-def ingest(lines: int) -> tuple[float, float, str]:
+def ingest(lines: int, db: str | None = None) -> tuple[float, float, str]:
     """Lines/s from a python step's first log call to the last line being
-    visible through the logs API, against a bare executemany baseline."""
-    with temp_db() as path:
+    visible through the logs API, against a bare baseline (executemany on
+    SQLite, COPY on PostgreSQL)."""
+    with temp_db(db) as path:
         store = Store(path)
         job_id = store.create_job(definition(FLOOD.format(lines=lines)), {})
         step_id = reads.job_steps(store.db, job_id)[0]["id"]
@@ -44,19 +51,44 @@ def ingest(lines: int) -> tuple[float, float, str]:
                                        [step_id]))["ts"]
         stepline_rate = lines / (visible - first_ts)
         assert step["log_count"] == lines
-    with temp_db() as path:
+    rows = [("bare", i, "j", time.time(), "info", f"line {i} of a step logging as fast as it can")
+            for i in range(1, lines + 1)]
+    with temp_db(db) as path:
         Store(path)
-        conn = sqlite3.connect(path, isolation_level=None)
-        conn.execute("PRAGMA synchronous = NORMAL")
-        rows = [("s", i, "j", time.time(), "info", f"line {i} of a step logging as fast as it can")
-                for i in range(1, lines + 1)]
-        start = time.perf_counter()
-        conn.execute("BEGIN")
-        conn.executemany("INSERT INTO logs (step_id, line, job_id, ts, level, message)"
-                         " VALUES (?, ?, ?, ?, ?, ?)", rows)
-        conn.execute("COMMIT")
-        bare_rate = lines / (time.perf_counter() - start)
+        bare_rate = lines / (bare_copy(path, rows) if is_url(path) else bare_insert(path, rows))
     return stepline_rate, bare_rate, f"{lines:,} lines"
+
+
+def bare_insert(path: str, rows: list[tuple]) -> float:
+    """Seconds for one executemany of the rows into a SQLite file's logs."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA synchronous = NORMAL")
+    start = time.perf_counter()
+    conn.execute("BEGIN")
+    conn.executemany("INSERT INTO logs (step_id, line, job_id, ts, level, message)"
+                     " VALUES (?, ?, ?, ?, ?, ?)", rows)
+    conn.execute("COMMIT")
+    elapsed = time.perf_counter() - start
+    conn.execute("DELETE FROM logs WHERE step_id = 'bare'")
+    return elapsed
+
+
+def bare_copy(url: str, rows: list[tuple]) -> float:
+    """Seconds for one COPY of the rows (text prepared beforehand) into
+    PostgreSQL's logs: what the server and the wire cost, nothing else."""
+    import psycopg
+
+    data = "".join("\t".join(map(str, row)) + "\n" for row in rows).encode()
+    with psycopg.connect(url) as conn:
+        start = time.perf_counter()
+        with conn.cursor() as cur, cur.copy(
+                "COPY logs (step_id, line, job_id, ts, level, message) FROM STDIN") as copy:
+            copy.write(data)
+        conn.commit()
+        elapsed = time.perf_counter() - start
+        conn.execute("DELETE FROM logs WHERE step_id = 'bare'")
+        conn.commit()
+    return elapsed
 
 
 BIG = """
@@ -67,8 +99,8 @@ config = { lines = 1000000 }
 """
 
 
-def big_log() -> list[tuple]:
-    with temp_db() as path:
+def big_log(db: str | None = None) -> list[tuple]:
+    with temp_db(db) as path:
         store = Store(path)
         job_id = store.create_job(definition(BIG), {})
         step_id = reads.job_steps(store.db, job_id)[0]["id"]
@@ -132,10 +164,10 @@ config = {{ per_second = 20000, seconds = {seconds} }}
 """
 
 
-def coalescing(seconds: float) -> list[tuple]:
+def coalescing(seconds: float, db: str | None = None) -> list[tuple]:
     from simple_websocket import Client
 
-    with temp_db() as path:
+    with temp_db(db) as path:
         store = Store(path)
         job_id = store.create_job(definition(PACED.format(seconds=seconds)), {})
         step_id = reads.job_steps(store.db, job_id)[0]["id"]
@@ -177,19 +209,23 @@ def main():
     parser.add_argument("--lines", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--only", choices=["ingest", "big", "coalescing"])
+    parser.add_argument("--db", metavar="PATH|URL",
+                        help="run on this database, e.g. postgresql://user@host:port/db")
     args = parser.parse_args()
     rows = []
     if args.only in (None, "ingest"):
-        rate, bare, label = ingest(args.lines)
+        rate, bare, label = ingest(args.lines, args.db)
+        bare_what = ("one bare COPY, same schema" if args.db and is_url(args.db)
+                     else "bare sqlite3 executemany, same schema")
         rows += [(f"log ingest, python step, {label}, end to end", f"{rate:,.0f} lines/s",
                   ">= 200,000 lines/s", rate >= 200_000),
-                 ("bare sqlite3 executemany, same schema", f"{bare:,.0f} lines/s",
+                 (bare_what, f"{bare:,.0f} lines/s",
                   "reference", True),
                  ("stepline / bare", f"{rate / bare:.2f}", ">= 0.5", rate / bare >= 0.5)]
     if args.only in (None, "big"):
-        rows += big_log()
+        rows += big_log(args.db)
     if args.only in (None, "coalescing"):
-        rows += coalescing(args.seconds)
+        rows += coalescing(args.seconds, args.db)
     print_table("Logs", rows)
 
 

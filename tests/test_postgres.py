@@ -14,7 +14,7 @@ import pytest
 
 from stepline.store import reads, workers
 from stepline.store.sqlite import SCHEMA
-from stepline.store.writes import Store
+from stepline.store.writes import Store, now_us
 
 from .conftest import ROOT, make_definition, stepline, wait_for
 
@@ -356,3 +356,26 @@ def test_heartbeats_and_staleness_use_the_databases_clock(backend, tmp_path, req
                         (worker_id,))
     assert worker_id in workers.dead(store, stale_after_s=30)
     store.close()
+
+
+def test_log_lines_go_in_through_copy_exactly_as_logged(pg_url):
+    """COPY's text format gives a backslash, tab, newline and `\\N` meanings of
+    their own: each line reads back as logged, numbered on from the last
+    flush, with one log_refresh event per flush."""
+    store = Store(pg_url)
+    job_id = store.create_job(make_definition('[step.s]\ntype = "shell"\nrun = "true"'), {})
+    step_id = reads.job_steps(store.db, job_id)[0]["id"]
+    first = ["tab\there", "new\nline", "back\\slash \\N \\t", "cr\r", "\\.", "ü日本 😀", ""]
+    second = ["nul \x00 inside", "lone \udcff surrogate", "last"]
+    for flush in (first, second):
+        with store.write() as tx:
+            tx.append_logs(job_id, step_id, [(now_us(), "warn", m) for m in flush])
+    rows = reads.log_lines(store.db, step_id, limit=100)
+    assert [r["line"] for r in rows] == list(range(1, 11))
+    assert [r["message"] for r in rows] == [*first, "nul \ufffd inside",
+                                            "lone \ufffd surrogate", "last"]
+    assert {r["level"] for r in rows} == {"warn"}
+    refreshes = [e for e in reads.events_after(store.db, 0, 100, job_id=job_id)
+                 if e["log_refresh"]]
+    assert [e["log_count"] for e in refreshes] == [7, 10]
+    assert reads.get_step(store.db, step_id)["log_count"] == 10

@@ -201,19 +201,25 @@ class Tx:
     def append_logs(self, job_id: str, step_id: str, entries: list[LogEntry]) -> int:
         """Number lines after the step's committed count, inside this
         transaction, so they stay 1..n with no gap even across processes.
-        The batch travels as one JSON parameter: SQLite unpacks it in C with
-        the GIL released, where executemany would bind row by row and hand
-        the GIL back and forth with the step that is logging."""
+        On SQLite the batch travels as one JSON parameter: SQLite unpacks it
+        in C with the GIL released, where executemany would bind row by row
+        and hand the GIL back and forth with the step that is logging. On
+        PostgreSQL it is one COPY."""
         if not entries:
             return 0
         start = self.conn.execute(
             "SELECT log_count FROM steps WHERE id = ?", (step_id,)
         ).fetchone()[0]
-        batch = json.dumps(entries, ensure_ascii=False)
-        if "\\u0000" in batch or not encodable(batch):
-            batch = json.dumps([(ts, level, storable_text(message))
-                                for ts, level, message in entries], ensure_ascii=False)
-        self.conn.execute(INSERT_LOGS[self.dialect], (step_id, start + 1, job_id, batch))
+        if self.dialect == "postgres":  # COPY (see PgTxConnection.copy_logs)
+            if not self.conn.copy_logs(step_id, start + 1, job_id, entries):
+                self.conn.copy_logs(step_id, start + 1, job_id, [
+                    (ts, level, storable_text(message)) for ts, level, message in entries])
+        else:
+            batch = json.dumps(entries, ensure_ascii=False)
+            if "\\u0000" in batch or not encodable(batch):
+                batch = json.dumps([(ts, level, storable_text(message))
+                                    for ts, level, message in entries], ensure_ascii=False)
+            self.conn.execute(INSERT_LOGS, (step_id, start + 1, job_id, batch))
         self.conn.execute(
             "UPDATE steps SET log_count = ?, version = version + 1 WHERE id = ?",
             (start + len(entries), step_id),
@@ -372,14 +378,10 @@ class Store:
         return len(ids)
 
 
-INSERT_LOGS = {
-    "sqlite": "INSERT INTO logs (step_id, line, job_id, ts, level, message)"
-              " SELECT ?, ? + key, ?, (value ->> 0) / 1e6, value ->> 1, value ->> 2"
-              " FROM json_each(?)",
-    "postgres": "INSERT INTO logs (step_id, line, job_id, ts, level, message)"
-                " SELECT ?, ?::bigint + n - 1, ?, (e ->> 0)::float8 / 1e6, e ->> 1, e ->> 2"
-                " FROM jsonb_array_elements(?::jsonb) WITH ORDINALITY AS t(e, n)",
-}
+# SQLite's: the batch as one JSON parameter (see Tx.append_logs).
+INSERT_LOGS = ("INSERT INTO logs (step_id, line, job_id, ts, level, message)"
+               " SELECT ?, ? + key, ?, (value ->> 0) / 1e6, value ->> 1, value ->> 2"
+               " FROM json_each(?)")
 
 
 def _delete_jobs(tx: Tx, job_ids: Iterable[str]) -> None:

@@ -47,7 +47,7 @@ def create_app(db_path: str | None = None, definitions_dir: str | None = None,
     app.secret_key = os.environ.get("STEPLINE_SECRET") or store.secret("session",
                                                                        secrets.token_hex(32))
     app.extensions["stepline"] = Stepline(store, Hub(store.event_watch,
-                                                     live.render_for_hub(app, store)))
+                                                     live.render_for_hub(app)))
 
     render.register(app)
     app.jinja_env.globals["csrf_token"] = auth.csrf_token

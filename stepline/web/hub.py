@@ -58,8 +58,10 @@ class Hub:
     """Views are hashable objects with `.key`, `.wants(event)`, and either
     `render_event(db, event)` (the fragment for one event: one message per
     event) or, with `.coalesce` true, `render_batch(db, events, shown)` (one
-    message for many events, see `send_batches`). `call(method, *args)` runs
-    a view's method with the database inside the app. A subscription is any
+    message for many events, see `send_batches`). `call(method, db, *args)`
+    runs a view's method inside the app, on `db`: the tailer's own
+    connection (the watch's), never the process's shared pool, where a render
+    would queue behind page requests. A subscription is any
     object with `.view`, `.transport`, `.put(message)` and `.flush()` (after
     each poll's messages); both run in the tailer and must never block."""
 
@@ -138,7 +140,7 @@ class Hub:
                 if more or watch.wait(IDLE_POLL_S if idle else POLL_S):
                     more = self.poll_once(watch.db) > 0
                     event_at = time.monotonic() if more else event_at
-                self.send_batches()
+                self.send_batches(watch.db)
             except Exception as exc:  # a locked or briefly missing database
                 print(f"stepline: event tailer: {exc}", file=sys.stderr)
                 more = True
@@ -154,12 +156,12 @@ class Hub:
         for event in events:
             self.last_seq = event["seq"]
             self.events_seen += 1
-            touched.update(self.dispatch(event))
+            touched.update(self.dispatch(event, db))
         for sub in touched:
             sub.flush()
         return len(events)
 
-    def dispatch(self, event: dict) -> list:
+    def dispatch(self, event: dict, db) -> list:
         """Hand one event to every subscriber whose view wants it; returns them.
         A coalescing view only collects it for its next batch."""
         with self._lock:
@@ -172,7 +174,7 @@ class Hub:
                 self._batches.setdefault(view.key, Batch()).events.append(event)
                 continue
             try:
-                content = self.call(view.render_event, event)
+                content = self.call(view.render_event, db, event)
             except Exception as exc:  # never let one bad render stop the stream...
                 print(f"stepline: render {view.key} seq {event['seq']}: {exc}",
                       file=sys.stderr)
@@ -188,7 +190,7 @@ class Hub:
     def _batches_due(self) -> bool:
         return any(batch.events for batch in self._batches.values())
 
-    def send_batches(self) -> None:
+    def send_batches(self, db) -> None:
         """Send each coalescing view that has a token ONE message for all its
         events since its last: a token bucket of BURST, refilled one per
         COALESCE_S. The first events after a quiet spell go out at once (a
@@ -212,7 +214,8 @@ class Hub:
             # what `shown` records: send it the whole list once.
             shown = batch.shown if subs <= batch.subs else None
             try:
-                fields, content, batch.shown = self.call(view.render_batch, events, shown)
+                fields, content, batch.shown = self.call(view.render_batch, db, events,
+                                                         shown)
             except Exception as exc:  # never let one bad render stop the stream
                 print(f"stepline: render {key} seq {events[-1]['seq']}: {exc}",
                       file=sys.stderr)

@@ -24,14 +24,14 @@ KEEPALIVE_S = 15.0
 SNAPSHOT_CACHE_SIZE = 64
 
 
-def render_for_hub(app, store):
-    """The Hub's `call`: runs a view's render method with the database,
-    outside any request, inside the app (templates build links with
-    `render.path_builder`, which needs no request)."""
+def render_for_hub(app):
+    """The Hub's `call`: runs a view's render method on the tailer's
+    database connection, outside any request, inside the app (templates
+    build links with `render.path_builder`, which needs no request)."""
 
-    def call_view(method, *args):
+    def call_view(method, db, *args):
         with app.app_context():
-            return method(store.db, *args)
+            return method(db, *args)
 
     return call_view
 
