@@ -15,6 +15,7 @@ latest every WAIT_S, as its own process's commits do not wake it on
 PostgreSQL. It never holds a task list in memory.
 """
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,7 +48,7 @@ class TaskRun:
     index: int
     attempt: int
     log: StepLog
-    stopped: Any  # threading.Event: set when the step stops or the worker shuts down
+    stopped: threading.Event  # set when the step stops or the worker shuts down
 
     def wait(self, seconds: float) -> bool:
         """Sleep that wakes early on stop; returns True if stopped."""
@@ -82,6 +83,7 @@ def run_fanout(ctx: StepContext, total: int) -> None:
     created, shown, last_shown = 0, -1, 0.0
     ctx.progress(0, total)
     watch = ctx.store.commit_watch()
+    all_done = False
     try:
         while not ctx.cancelled:
             counts = reads.task_counts(ctx.store.db, ctx.step_id)
@@ -99,11 +101,12 @@ def run_fanout(ctx: StepContext, total: int) -> None:
                 shown, last_shown = done, time.monotonic()
             if created == total and done == total:
                 ctx.progress(done, total)
+                all_done = True
                 return
             watch.wait(WAIT_S)
     finally:
         watch.close()
-        if ctx.cancelled:
+        if not all_done:  # stopped, or broken: no task of it may wait on for ever
             _write(ctx, _cancel_open(ctx.step_id), lambda: ctx.stop_reason is
                    StopReason.SHUTDOWN)
 

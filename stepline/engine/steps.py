@@ -156,7 +156,9 @@ def generate_task(task: TaskRun) -> None:
     delay = int(spec.get("log_delay_ms", 0)) / 1000
     rng = random.Random(f"{int(spec.get('seed', 0))}:{task.index}:{task.attempt}")
     for n in range(1, lines + 1):
-        if delay and task.wait(delay):
+        # with no delay, still a look at the stop flag per line (~50 ns): a
+        # task of many lines must not hold up a cancel or a shutdown
+        if task.wait(delay) if delay else task.stopped.is_set():
             raise StepFailed("stopped")
         task.log.append(f"task {task.index}: line {n} of {lines}",
                         rng.choice(GENERATED_LEVELS))

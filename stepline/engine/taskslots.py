@@ -73,8 +73,10 @@ class TaskSlots:
         self._wake.set()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop claiming; running tasks stop and go back to pending (another
-        worker takes them); waits up to `timeout` for them to hand back."""
+        """Stop claiming (waiting up to `timeout` for the claim in progress);
+        running tasks stop and go back to pending (another worker takes them).
+        Then waits for them to hand back: a task stops at its next look at its
+        stop flag (a generate task looks once per line)."""
         self._shutdown.set()
         self._stop.set()
         self._wake.set()
@@ -93,7 +95,7 @@ class TaskSlots:
             try:
                 self._notice_stopped_steps()
                 free = self._room()
-                if free and reads.claimable_tasks_exist(self.store.db, types):
+                if free > 0 and reads.claimable_tasks_exist(self.store.db, types):
                     with self.store.write() as tx:
                         claimed = tasks.claim(tx, self.worker_id, free, types)
                     if claimed:
@@ -161,6 +163,8 @@ class TaskSlots:
         started = time.monotonic()
         if self._shutdown.is_set():  # queued here, never started: straight back in line
             status, error = Status.PENDING, "worker shutting down"
+        elif step.stopped.is_set():  # queued, and its step stopped meanwhile
+            status, error = Status.CANCELLED, None
         else:
             status, error = self._attempt(step, task)
         self.writer.task(task["id"], status, error)
@@ -176,7 +180,7 @@ class TaskSlots:
         try:
             REMOTE_TASKS[step.type](TaskRun(step.spec, task["idx"], task["attempt"],
                                             step.log, step.stopped))
-        except Exception as exc:  # noqa: BLE001 - task code may raise anything
+        except BaseException as exc:  # noqa: BLE001 - task code may raise anything, even exit
             if self._shutdown.is_set():
                 return Status.PENDING, "worker shutting down"
             if step.stopped.is_set():
