@@ -199,7 +199,9 @@ class JobRun:
         """Stop every running step (but a cleanup on cancel); the scheduler
         then settles the ones not started."""
         with self._lock:
-            if self.stop_reason is None:
+            # a shutdown wins over a cancel: the cleanups a cancel lets run
+            # stop too, and the job goes back to the queue (still cancelled)
+            if self.stop_reason is None or reason is StopReason.SHUTDOWN:
                 self.stop_reason = reason
             runs = list(self._steps.values())
         for run in runs:
