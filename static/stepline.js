@@ -310,9 +310,12 @@ function stopFollowing(event) {
   const follow = box?.closest(".log-panel")?.querySelector(".follow");
   if (follow) follow.checked = false;
 }
+let touchY = 0;  // where the finger was: dragging it down scrolls back
+document.addEventListener("touchstart", (event) => { touchY = event.touches[0].clientY; },
+                          {capture: true, passive: true});
 const backwards = {
   wheel: (event) => event.deltaY < 0,
-  touchmove: () => true,
+  touchmove: (event) => event.touches[0].clientY > touchY,
   keydown: (event) => ["PageUp", "ArrowUp", "Home"].includes(event.key),
   pointerdown: (event) => event.target.classList?.contains("log-lines")
     && event.offsetX > event.target.clientWidth,  // on the scrollbar itself
@@ -322,6 +325,12 @@ for (const [type, isBack] of Object.entries(backwards)) {
                             {capture: true, passive: true});
 }
 
+// A button's new request clears what the last one said went wrong.
+document.addEventListener("htmx:before:request", (event) => {
+  if (event.detail.ctx?.sourceElement?.matches?.("button[hx-post]")) {
+    document.getElementById("action-error")?.replaceChildren();
+  }
+});
 // A button whose request never reached the server (offline, or the server
 // stopped): say so where a refused action says why (#action-error).
 document.addEventListener("htmx:error", (event) => {
