@@ -29,7 +29,11 @@ from stepline.web.frames import Message
 POLL_S = 0.01  # while events flow: commit -> tailer in ~5 ms
 IDLE_POLL_S = 0.2  # after IDLE_AFTER_S without an event (10 ms polls: 1.4 s CPU/min idle)
 IDLE_AFTER_S = 1.0
-COALESCE_S = 0.1  # a coalescing view gets one message per 100 ms on average...
+# A coalescing view gets one message per COALESCE_S on average... Each costs
+# the browser a frame: at 10 jobs/s, 100 ms took 8.2 % of its main thread,
+# 200 ms 3.8-4.0 % (100 jobs/s: 13.8 -> 9.7-14.8 %), with `completed` p99 at
+# 125-220 ms of the 250 allowed (bench.jobs_list, RESULTS).
+COALESCE_S = 0.2
 BURST = 2  # ...and after a quiet spell up to 2 at once: a job's pending and running
 
 
