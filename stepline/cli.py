@@ -92,12 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--workers", type=int, default=1, help="gunicorn web workers (default 1)")
+    p.add_argument("--workers", type=at_least_one, default=1,
+                   help="gunicorn web workers (default 1)")
     p.add_argument("--demo", action="store_true",
                    help="queue the demo pipeline and load_demo on start")
     p = command("worker", cmd_worker, "claim and run pending jobs")
-    p.add_argument("--concurrency", type=int, default=4, help="jobs run at once (default 4)")
-    p.add_argument("--task-slots", type=int, default=TASK_SLOTS,
+    p.add_argument("--concurrency", type=at_least_one, default=4,
+                   help="jobs run at once (default 4)")
+    p.add_argument("--task-slots", type=at_least_one, default=TASK_SLOTS,
                    help=f"tasks of fan-out steps (any worker's) run at once (default {TASK_SLOTS})")
     p.add_argument("--exit-when-idle", action="store_true", help=argparse.SUPPRESS)
     p = command("run", cmd_run, "queue a job from a definition")
@@ -130,6 +132,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--live", action="store_true",
                    help="workers are running: allow running work a registered worker owns")
     return parser
+
+
+def at_least_one(text: str) -> int:
+    """A count of processes, jobs or slots: 0 or less would run nothing."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
 def open_store(args) -> Store:

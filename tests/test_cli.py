@@ -196,3 +196,14 @@ def test_run_wait_without_a_worker_says_so_once_and_keeps_waiting(db_path, tmp_p
     assert proc.returncode == 0, stderr
     assert stderr == ""  # said once only
     assert "  completed  say (1 log line)" in stdout.splitlines()
+
+
+def test_a_count_of_zero_is_refused_in_one_line(db_path):
+    """`--task-slots 0` used to mean 1, silently; `--concurrency 0` a worker
+    that claims nothing."""
+    for args in (["worker", "--task-slots", "0"], ["worker", "--concurrency", "-1"],
+                 ["serve", "--workers", "zero"]):
+        result = stepline(db_path, *args, timeout=30)
+        assert result.returncode == 2, (args, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and args[1] in lines[0], (args, lines)

@@ -22,9 +22,10 @@ INSERT_RANGE = {
                 " ?::bigint AS hi, ?::text AS step_id, ?::text AS status) r,"
                 " generate_series(r.lo, r.hi - 1) AS i",
 }
-# No ORDER BY: the (step_id, status) index hands pending tasks over in the
-# order they were made, and sorting a million pending ones for each claim
-# would cost more than the tasks.
+# No ORDER BY: sorting a million pending tasks for each claim would cost more
+# than the tasks. On SQLite the (step_id, status) index hands them over in the
+# order they were made; on PostgreSQL the order is the plan's (retried tasks
+# may come first).
 CLAIM = "SELECT id, idx, attempts FROM tasks WHERE step_id = ? AND status = ? LIMIT ?"
 CLAIM_LOCK = {"sqlite": "", "postgres": " FOR UPDATE SKIP LOCKED"}
 
