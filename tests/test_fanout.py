@@ -208,3 +208,37 @@ def test_a_million_tasks_run_to_the_end_in_bounded_memory(store, db_path, start_
     assert peak_mb <= 200
     result = stepline(db_path, "check")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_two_fan_out_steps_side_by_side_both_progress(store, start_worker):
+    """Review: claims took the oldest step's tasks first, so of two fan-out
+    steps running at once (the demo's `fan_out` and `flaky`) the second
+    showed "running" with nothing done until the first had handed out its
+    last task. Now each gets a share of every claim."""
+    job_id = store.create_job(make_definition("""
+[step.big]
+type = "generate"
+tasks = 100
+logs_per_task = 2
+log_delay_ms = 100
+[step.gate]
+type = "sleep"
+seconds = 0.5
+[step.small]
+type = "generate"
+depends = ["gate"]
+tasks = 8
+logs_per_task = 2
+log_delay_ms = 100
+"""), {})
+    start_worker("--task-slots", "4")
+    steps = {s["name"]: s["id"] for s in reads.job_steps(store.db, job_id)}
+
+    def small_done():
+        if reads.get_step(store.db, steps["small"])["status"] in TERMINAL:
+            return reads.task_counts(store.db, steps["big"])  # big's tasks at that moment
+    big = wait_for(small_done, 60, interval=0.02, what="the small step done")
+    # 100 tasks of 0.2 s on 4 slots: ~5 s in all; `small`, started 0.5 s
+    # after `big`, ended well before
+    assert big[Status.PENDING] >= 30, big
+    assert wait_job(store, job_id, timeout=60)["status"] == "completed"

@@ -52,24 +52,34 @@ def add(tx: Tx, step_id: str, count: int) -> list[int]:
 
 
 def claim(tx: Tx, worker_id: str, limit: int, step_types: list[str]) -> list[dict]:
-    """Take up to `limit` pending tasks of running steps of `step_types`
-    (oldest step first) for `worker_id`: each becomes running, attempts + 1."""
+    """Take up to `limit` pending tasks of running steps of `step_types` for
+    `worker_id`: each becomes running, attempts + 1. Each step first gets a
+    fair share of the limit (oldest step first), then the rest goes to
+    whichever still has some: two fan-out steps running side by side (the
+    demo's `fan_out` and `flaky`) both progress, where the oldest used to
+    take every slot until its last task was handed out."""
     if limit <= 0 or not step_types:
         return []
-    steps = tx.conn.execute(
+    steps = [row[0] for row in tx.conn.execute(
         "SELECT id FROM steps WHERE status = ? AND tasks_pending > 0 AND type IN"
         f" ({', '.join('?' * len(step_types))}) ORDER BY started LIMIT 16",
         (Status.RUNNING, *step_types),
-    ).fetchall()
+    ).fetchall()]
     claimed: list[dict] = []
-    for (step_id,) in steps:
-        rows = tx.conn.execute(CLAIM + CLAIM_LOCK[tx.dialect],
-                               (step_id, Status.PENDING, limit - len(claimed))).fetchall()
-        tx.transition("task", [r[0] for r in rows], Status.RUNNING, worker=worker_id)
-        claimed += [{"id": task_id, "step_id": step_id, "idx": idx, "attempt": attempts + 1}
-                    for task_id, idx, attempts in rows]
-        if len(claimed) >= limit:
-            break
+    taken = dict.fromkeys(steps, 0)
+    for cap in (max(1, limit // max(1, len(steps))), limit):  # a fair share, then the rest
+        for step_id in steps:
+            room = min(cap - taken[step_id], limit - len(claimed))
+            if room <= 0:
+                continue
+            rows = tx.conn.execute(CLAIM + CLAIM_LOCK[tx.dialect],
+                                   (step_id, Status.PENDING, room)).fetchall()
+            if not rows:
+                continue
+            tx.transition("task", [r[0] for r in rows], Status.RUNNING, worker=worker_id)
+            taken[step_id] += len(rows)
+            claimed += [{"id": task_id, "step_id": step_id, "idx": idx, "attempt": attempts + 1}
+                        for task_id, idx, attempts in rows]
     return claimed
 
 
