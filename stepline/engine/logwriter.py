@@ -137,8 +137,14 @@ class BatchWriter:
                 del self._steps[log.step_id]
 
     def wake(self, log: StepLog) -> None:
-        """A buffer is full enough to flush now; past the bound, wait for it."""
+        """A buffer is full enough to flush now; past the bound, wait for it.
+        A buffer already closed (its step ended while a task of it still ran
+        here and logged) is never flushed: waiting for room would block that
+        task for good, so its late lines are dropped, as the step's are done."""
         with self._cond:
+            if self._steps.get(log.step_id) is not log:
+                log.take()
+                return
             self._cond.notify_all()
             while log.full() and not self._stop.is_set():
                 self._cond.wait(0.1)
