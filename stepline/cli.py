@@ -13,7 +13,7 @@ from pathlib import Path
 from stepline import config
 from stepline.engine.actions import start_job
 from stepline.engine.definitions import ParamError, parse_duration
-from stepline.engine.states import TERMINAL, Status, earlier_failure
+from stepline.engine.states import TERMINAL, Status, earlier_failure, failures_past
 from stepline.engine.taskslots import TASK_SLOTS
 from stepline.follow import follow_job
 from stepline.store import reads
@@ -258,8 +258,10 @@ def cmd_jobs(args) -> int:
     if not rows:  # a note, not output: a pipe reading stdout sees no rows
         print(f"no {args.status} jobs" if args.status else "no jobs", file=sys.stderr)
     for row in rows:
+        past = failures_past(row["status"], row["steps_failed"])  # the web's badge
+        failed = f" ({past} failed)" if past else ""
         print(f"{row['id']}  {row['status']:<9}  {row['definition']:<24}"
-              f"  {row['steps_done']}/{row['steps_total']} steps"
+              f"  {row['steps_done']}/{row['steps_total']} steps{failed}"
               f"  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(row['created']))}")
     return 0
 

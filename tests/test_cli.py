@@ -207,3 +207,15 @@ def test_a_count_of_zero_is_refused_in_one_line(db_path):
         assert result.returncode == 2, (args, result.stderr)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and args[1] in lines[0], (args, lines)
+
+
+def test_jobs_says_a_completed_job_had_failed_steps(store, db_path, start_worker):
+    """New-user trial: `stepline jobs` said "completed 2/2 steps" where the
+    web's badge says "1 failed step" (on_error = continue)."""
+    job_id = store.create_job(make_definition(
+        '[step.soft]\ntype = "shell"\nrun = "exit 1"\non_error = "continue"\n'
+        '[step.after]\ntype = "shell"\nrun = "true"\ndepends = ["soft"]\n'), {})
+    start_worker()
+    assert wait_job(store, job_id)["status"] == "completed"
+    line = stepline(db_path, "jobs").stdout.splitlines()[0]
+    assert line.startswith(job_id) and "2/2 steps (1 failed)" in line, line
