@@ -83,6 +83,12 @@ def test_failed_tasks_are_retried_by_any_worker_and_then_fail_the_step(store, st
     assert job["status"] == "failed"
     step = reads.get_step(store.db, step_id)
     assert step["error"] == f"{len(failed)} of 60 tasks failed"
+    # each failure is in the step's log as it happens: retries as warnings
+    errors = {line["message"] for line in reads.log_lines(store.db, step_id, level="error",
+                                                          limit=1000)}
+    assert errors >= {f"task {r['idx']}: StepFailed: task {r['idx']} failed (simulated,"
+                      " attempt 2)" for r in failed}
+    assert reads.count_log_lines(store.db, step_id, level="warn") > len(errors)
     assert violations(store.db) == []
 
 

@@ -186,7 +186,11 @@ class TaskSlots:
             if step.stopped.is_set():
                 return Status.CANCELLED, None
             error = f"{type(exc).__name__}: {exc}"
+            # in the step's log too, where a person reads while it runs (and a
+            # failed step's panel opens at its first error line)
             if task["attempt"] <= step.retries:
+                step.log.append(f"task {task['idx']}: {error} (will retry)", "warn")
                 return Status.PENDING, error  # back in line: any worker retries it
+            step.log.append(f"task {task['idx']}: {error}", "error")
             return Status.FAILED, error
         return Status.COMPLETED, None
