@@ -51,6 +51,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds every process on the machine spent, over all cores."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(
+        int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 # -- the writer ------------------------------------------------------------------
 
 
@@ -126,8 +133,13 @@ def summarise(conns: list[tuple[str, Connection]], committed: dict[int, float],
     in order with no gap (job page: exactly the committed seqs after the
     snapshot's; jobs list: increasing seqs ending at the last), how many
     resynced (a second snapshot), and commit -> arrival latencies in ms (the
-    jobs list: of each event, to the first message covering it)."""
+    jobs list: of each event, to the first message covering it). For the job
+    page also each event's first and last arrival over the instance's
+    clients: a late event that reached every client late was a stall
+    upstream (tailer, machine), a wide spread is the fan-out itself."""
     order = sorted(committed)
+    first: dict[int, float] = {}
+    last: dict[int, float] = {}
     result = {kind: {"clients": 0, "complete": 0, "in_order": 0, "resyncs": 0,
                      "latencies": []} for kind in ("job", "list")}
     for kind, conn in conns:
@@ -145,6 +157,9 @@ def summarise(conns: list[tuple[str, Connection]], committed: dict[int, float],
             r["complete"] += seqs == after and len(conn.snapshots) == 1
             r["latencies"] += [(t - committed[seq]) * 1000 for seq, t in received[1:]
                                if seq in committed]
+            for seq, t in received[1:]:
+                first[seq] = min(first.get(seq, t), t)
+                last[seq] = max(last.get(seq, t), t)
         else:
             r["complete"] += (len(conn.snapshots) == 1 and bool(seqs) and seqs[-1] == order[-1]
                               and increasing)
@@ -158,6 +173,12 @@ def summarise(conns: list[tuple[str, Connection]], committed: dict[int, float],
         lat = r.pop("latencies")
         r["p50"], r["p99"] = (median(lat), pct(lat, 99)) if lat else (float("nan"),) * 2
         r["max"], r["samples"] = max(lat, default=float("nan")), len(lat)
+    spreads = [(last[seq] - first[seq]) * 1000 for seq in last if seq in committed]
+    worst = max((seq for seq in last if seq in committed),
+                key=lambda seq: last[seq] - committed[seq], default=None)
+    result["spread"] = (median(spreads), pct(spreads, 99)) if spreads else (float("nan"),) * 2
+    result["worst"] = ((first[worst] - committed[worst]) * 1000,
+                       (last[worst] - committed[worst]) * 1000) if worst else (float("nan"),) * 2
     result["dropped"] = dropped
     return result
 
@@ -188,13 +209,15 @@ def run(backend: str, clients: int, list_clients: int, seconds: float, rate: flo
             time.sleep(SETTLE_S)
             for inst in instances:
                 inst["cpu"] = cpu_seconds(inst["pid"])
-            load_before = os.getloadavg()[0]
+                inst["client_cpu"] = cpu_seconds(inst["proc"].pid)
+            load_before, busy = os.getloadavg()[0], machine_busy_seconds()
             started = time.time()
             committed = drive(store, job_id, events, rate)
             elapsed = time.time() - started
-            load_after = os.getloadavg()[0]
+            load_after, busy = os.getloadavg()[0], machine_busy_seconds() - busy
             for inst in instances:
                 inst["cpu"] = cpu_seconds(inst["pid"]) - inst["cpu"]
+                inst["client_cpu"] = cpu_seconds(inst["proc"].pid) - inst["client_cpu"]
                 inst["rss"] = rss_kb(inst["pid"])
                 inst["pipe"].send(("done", committed))
             for inst in instances:
@@ -202,8 +225,8 @@ def run(backend: str, clients: int, list_clients: int, seconds: float, rate: flo
                 inst["proc"].join(30)
         store.close()
     return {"backend": backend, "events": len(committed), "elapsed": elapsed,
-            "load": (load_before, load_after), "instances": instances, "clients": clients,
-            "list_clients": list_clients}
+            "load": (load_before, load_after), "busy": busy, "instances": instances,
+            "clients": clients, "list_clients": list_clients}
 
 
 def print_results(results: list[dict]) -> None:
@@ -213,8 +236,9 @@ def print_results(results: list[dict]) -> None:
     print("| backend | instance | clients open (job page + jobs list) | events | every message"
           " in order, no gap (job page / list) | resyncs / dropped | job page: commit ->"
           " message p50 / p99 / max | jobs list: commit -> covered p50 / p99 / max |"
-          " web worker CPU / RSS | load |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          " one event to all job-page clients: spread p50 / p99; slowest event: first"
+          " / last client | web worker CPU / RSS | its clients' CPU | load (all cores busy) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for res in results:
         for n, inst in enumerate(res["instances"], 1):
             s, job, lst = inst["summary"], inst["summary"]["job"], inst["summary"]["list"]
@@ -227,8 +251,12 @@ def print_results(results: list[dict]) -> None:
                   f" | {job['resyncs'] + lst['resyncs']} / {s['dropped']} |"
                   f" {job['p50']:.0f} / {job['p99']:.0f} / {job['max']:.0f} ms |"
                   f" {lst['p50']:.0f} / {lst['p99']:.0f} / {lst['max']:.0f} ms |"
+                  f" {s['spread'][0]:.0f} / {s['spread'][1]:.0f} ms; {s['worst'][0]:.0f} /"
+                  f" {s['worst'][1]:.0f} ms |"
                   f" {inst['cpu'] / res['elapsed'] * 100:.0f} % / {inst['rss'] / 1024:.0f} MB |"
-                  f" {res['load'][0]:.1f} -> {res['load'][1]:.1f} |")
+                  f" {inst['client_cpu'] / res['elapsed'] * 100:.0f} % |"
+                  f" {res['load'][0]:.1f} -> {res['load'][1]:.1f}"
+                  f" ({res['busy'] / res['elapsed'] / os.cpu_count() * 100:.0f} %) |")
     met = all(inst["summary"]["job"]["complete"] == inst["summary"]["job"]["clients"]
               and inst["summary"]["list"]["complete"] == inst["summary"]["list"]["clients"]
               and inst["opened"] == res["clients"] and inst["summary"]["job"]["p99"] <= 250
