@@ -7,16 +7,15 @@ order, and how long from the writer's commit to each client?
 
 Each instance is its own gunicorn (one gevent worker) on its own port, as two
 machines would be; on PostgreSQL each LISTENs, on SQLite each polls the one
-file. The clients of each instance live in a process of their own (bench/
-wsclient.py, asyncio), so parsing 50,000 frames a second does not share a GIL
-with the writer whose commit times they are measured against. Most clients
+file. The clients of each instance live in a process of their own (one epoll
+loop, bench/wscrowd.py), so reading 50,000 frames a second shares no GIL with
+the writer whose commit times they are measured against. Most clients
 watch the job's page (`/ws?job=<id>`: one message per event); `--list-clients`
 of each instance watch the jobs list (`/ws?view=jobs`: coalesced, about 10
 messages a second, each carrying the seq of the last event it covers).
 """
 
 import argparse
-import asyncio
 import multiprocessing
 import os
 import resource
@@ -27,7 +26,7 @@ from urllib.parse import urlsplit
 
 from bench.harness import Store, definition, median, pct, rss_kb, temp_db, web
 from bench.latency import steps_toml
-from bench.wsclient import Connection
+from bench.wscrowd import Client, Crowd
 
 STEPS = 50  # a job of 50 steps, each running, reporting progress, completing
 SETTLE_S = 2.0  # after every client is open: the last snapshots arrive
@@ -92,42 +91,35 @@ def drive(store: Store, job_id: str, events: int, rate: float) -> dict[int, floa
 # -- one instance's clients, in a process of their own -------------------------------
 
 
-def clients_process(host: str, port: int, paths: list[str], pipe) -> None:
-    """Open a WebSocket per path; report ("ready", opened, errors); on
-    ("done", committed), wait for every client to catch up, then send back
-    this instance's summary (see `summarise`)."""
-    asyncio.run(_clients(host, port, paths, pipe))
-
-
-async def _clients(host: str, port: int, paths: list[str], pipe) -> None:
-    loop = asyncio.get_running_loop()
-    conns: list[tuple[str, Connection]] = []
-    errors: dict[str, int] = {}
+def clients_process(port: int, paths: list[str], pipe) -> None:
+    """Open a WebSocket per path; report ("ready", opened, errors, seconds);
+    read them all until ("done", committed) comes and every client has the
+    last seq (or CATCH_UP_S passed), then send back this instance's summary."""
+    crowd, errors = Crowd(), {}
     started = time.monotonic()
-    for start in range(0, len(paths), 50):  # in waves, as a crowd of tabs would
-        wave = paths[start:start + 50]
-        opened = await asyncio.gather(*(Connection.open(host, port, p) for p in wave),
-                                      return_exceptions=True)
-        for path, conn in zip(wave, opened, strict=True):
-            if isinstance(conn, Connection):
-                conns.append(("list" if "view=jobs" in path else "job", conn))
-            else:
-                errors[repr(conn)[:80]] = errors.get(repr(conn)[:80], 0) + 1
-    pipe.send(("ready", len(conns), errors, time.monotonic() - started))
-    _, committed = await loop.run_in_executor(None, pipe.recv)
-    last = max(committed)
-    deadline = time.monotonic() + CATCH_UP_S
+    for n, path in enumerate(paths, 1):
+        try:
+            crowd.open(port, path)
+        except Exception as exc:  # refused, timed out, not a 101: counted, shown
+            errors[repr(exc)[:80]] = errors.get(repr(exc)[:80], 0) + 1
+        if n % 50 == 0:  # snapshots keep coming in while the crowd grows
+            crowd.poll(0)
+    pipe.send(("ready", len(crowd.clients), errors, time.monotonic() - started))
+    while not pipe.poll(0):
+        crowd.poll(0.05)
+    _, committed = pipe.recv()
+    last, deadline = max(committed), time.monotonic() + CATCH_UP_S
+    clients = list(crowd.clients.values())
     while time.monotonic() < deadline and not all(
-            c.closed or (c.received and c.received[-1][0] >= last) for _, c in conns):
-        await asyncio.sleep(0.1)
-    dropped = sum(c.closed for _, c in conns)  # before we close them: the server did
-    for _, c in conns:
-        c.abort()
-    await asyncio.sleep(0.2)
-    pipe.send(summarise(conns, committed, dropped))
+            c.closed or (c.received and c.received[-1][0] >= last) for c in clients):
+        crowd.poll(0.1)
+    dropped = sum(c.closed for c in clients)  # before we close them: the server did
+    crowd.close_all()
+    pipe.send(summarise([("list" if "view=jobs" in c.path else "job", c) for c in clients],
+                        committed, dropped))
 
 
-def summarise(conns: list[tuple[str, Connection]], committed: dict[int, float],
+def summarise(conns: list[tuple[str, Client]], committed: dict[int, float],
               dropped: int) -> dict:
     """Per kind of client: how many got every message after their snapshot
     in order with no gap (job page: exactly the committed seqs after the
@@ -199,8 +191,8 @@ def run(backend: str, clients: int, list_clients: int, seconds: float, rate: flo
                 paths = ["/ws?view=jobs"] * list_clients + [f"/ws?job={job_id}"] * (
                     clients - list_clients)
                 parent, child = spawn.Pipe()
-                proc = spawn.Process(target=clients_process,
-                                     args=(url.hostname, url.port, paths, child), daemon=True)
+                proc = spawn.Process(target=clients_process, args=(url.port, paths, child),
+                                     daemon=True)
                 proc.start()
                 instances.append({"server": server, "pid": server.worker_pids()[0],
                                   "proc": proc, "pipe": parent})

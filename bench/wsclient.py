@@ -9,7 +9,6 @@ import re
 import time
 
 SEQ = re.compile(rb'"seq": (\d+)')
-SNAPSHOT = b'"snapshot": true'
 
 
 class Connection(asyncio.Protocol):
@@ -21,7 +20,6 @@ class Connection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.received: list[tuple[int, float]] = []  # (seq, arrival time)
-        self.snapshots: list[int] = []  # indexes into `received` of snapshot messages
         self.closed = False
         self.record = True
         self._buffer = b""
@@ -94,9 +92,6 @@ class Connection(asyncio.Protocol):
             elif opcode == 0x8:
                 return -1
             elif self.record and (match := SEQ.search(data, start, min(start + 40, end))):
-                # the fields come before `content`: a snapshot says so early on
-                if data.find(SNAPSHOT, start, min(start + 1000, end)) >= 0:
-                    self.snapshots.append(len(self.received))
                 self.received.append((int(match.group(1)), now))
             pos = end
         return pos
