@@ -31,12 +31,13 @@ def definition(toml_text: str, name: str = "bench"):
 
 
 @contextmanager
-def temp_db(db: str | None = None):
-    """A fresh database, or `db` itself when a script was given one (--db)."""
+def temp_db(db: str | None = None, backend: str | None = None):
+    """A fresh database, or `db` itself when a script was given one (--db).
+    `backend` ("sqlite" or "postgres") defaults to STEPLINE_BENCH_BACKEND."""
     if db:
         yield db
         return
-    if os.environ.get("STEPLINE_BENCH_BACKEND") == "postgres":
+    if (backend or os.environ.get("STEPLINE_BENCH_BACKEND")) == "postgres":
         yield _postgres().create_database()
         return
     with tempfile.TemporaryDirectory(prefix="stepline-bench-") as tmp:
