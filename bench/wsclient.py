@@ -7,8 +7,35 @@ import base64
 import os
 import re
 import time
+from collections.abc import Iterator
 
 SEQ = re.compile(rb'"seq": (\d+)')
+
+
+def frames(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """(opcode, payload start, payload end) of each whole RFC 6455 frame in
+    data (unmasked: from a server); a partial frame at the end is left for
+    the caller, which keeps data[last end:]."""
+    pos, end_of_data = 0, len(data)
+    while pos + 2 <= end_of_data:
+        opcode, length, head = data[pos] & 0x0F, data[pos + 1] & 0x7F, 2
+        if length >= 126:
+            head = 4 if length == 126 else 10
+            if pos + head > end_of_data:
+                return
+            length = int.from_bytes(data[pos + 2:pos + head], "big")
+        start = pos + head
+        pos = start + length
+        if pos > end_of_data:
+            return
+        yield opcode, start, pos
+
+
+def masked_frame(opcode: int, payload: bytes) -> bytes:
+    """A client's frame (clients must mask), for a short payload (a pong)."""
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked
 
 
 class Connection(asyncio.Protocol):
@@ -75,31 +102,15 @@ class Connection(asyncio.Protocol):
     def _parse(self, data: bytes, now: float) -> int:
         """Handle each whole frame in data; return where the unparsed rest
         starts, or -1 at a close frame."""
-        pos, end_of_data = 0, len(data)
-        while pos + 2 <= end_of_data:
-            opcode, length, head = data[pos] & 0x0F, data[pos + 1] & 0x7F, 2
-            if length >= 126:
-                head = 4 if length == 126 else 10
-                if pos + head > end_of_data:
-                    break
-                length = int.from_bytes(data[pos + 2:pos + head], "big")
-            start = pos + head
-            end = start + length
-            if end > end_of_data:
-                break
+        pos = 0
+        for opcode, start, pos in frames(data):
             if opcode == 0x9:  # ping
-                self.send_frame(0xA, data[start:end])
+                self.transport.write(masked_frame(0xA, data[start:pos]))
             elif opcode == 0x8:
                 return -1
-            elif self.record and (match := SEQ.search(data, start, min(start + 40, end))):
+            elif self.record and (match := SEQ.search(data, start, min(start + 40, pos))):
                 self.received.append((int(match.group(1)), now))
-            pos = end
         return pos
-
-    def send_frame(self, opcode: int, payload: bytes) -> None:
-        mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.transport.write(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
 
     async def run(self, record: bool = True) -> None:
         """Wait until the connection ends, noting each message's seq."""
