@@ -70,6 +70,12 @@ def failures_past(status: str, steps_failed: int | None) -> int:
     return (steps_failed or 0) if status == Status.COMPLETED else 0
 
 
+def may_run_again(attempts: int, retries: int) -> bool:
+    """Whether a task that failed (or lost its worker) after `attempts` runs
+    goes back in line: a step with `retries = N` allows N + 1 runs."""
+    return attempts <= retries
+
+
 def earlier_failure(status: str, attempts: int) -> int | None:
     """The attempt a task's stored error came from when the task did not end
     failed (it was retried): the task table and `stepline tasks` show that

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from stepline.engine.definitions import substitute
 from stepline.engine.fanout import REMOTE_TASKS, TaskRun, on_tasks_made
 from stepline.engine.logwriter import BatchWriter, StepLog
-from stepline.engine.states import Status
+from stepline.engine.states import Status, StopReason, may_run_again
 from stepline.store import reads, tasks
 from stepline.store.errors import unavailable
 from stepline.store.workers import RETRY_MAX_S, retry_while_unavailable
@@ -162,7 +162,7 @@ class TaskSlots:
     def _run_task(self, step: HeldStep, task: dict) -> None:
         started = time.monotonic()
         if self._shutdown.is_set():  # queued here, never started: straight back in line
-            status, error = Status.PENDING, "worker shutting down"
+            status, error = Status.PENDING, str(StopReason.SHUTDOWN)
         elif step.stopped.is_set():  # queued, and its step stopped meanwhile
             status, error = Status.CANCELLED, None
         else:
@@ -182,13 +182,13 @@ class TaskSlots:
                                             step.log, step.stopped))
         except BaseException as exc:  # noqa: BLE001 - task code may raise anything, even exit
             if self._shutdown.is_set():
-                return Status.PENDING, "worker shutting down"
+                return Status.PENDING, str(StopReason.SHUTDOWN)
             if step.stopped.is_set():
                 return Status.CANCELLED, None
             error = f"{type(exc).__name__}: {exc}"
             # in the step's log too, where a person reads while it runs (and a
             # failed step's panel opens at its first error line)
-            if task["attempt"] <= step.retries:
+            if may_run_again(task["attempt"], step.retries):
                 step.log.append(f"task {task['idx']}: {error} (will retry)", "warn")
                 return Status.PENDING, error  # back in line: any worker retries it
             step.log.append(f"task {task['idx']}: {error}", "error")

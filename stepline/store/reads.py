@@ -279,12 +279,20 @@ def task_counts(db: Database, step_id: str) -> dict[str, int]:
     return dict(zip(TASK_STATUSES, row or (0,) * len(TASK_STATUSES), strict=True))
 
 
+def claimable_steps(step_types: list[str], columns: str = "id") -> tuple[str, list]:
+    """(SQL, args) selecting running steps of `step_types` with pending tasks,
+    oldest first (indexed by steps.status): the claim and its cheap read."""
+    return (f"SELECT {columns} FROM steps WHERE status = ? AND tasks_pending > 0"
+            f" AND type IN ({', '.join('?' * len(step_types))}) ORDER BY started",
+            [Status.RUNNING, *step_types])
+
+
 def claimable_tasks_exist(db: Database, step_types: list[str]) -> bool:
-    """The task claim's cheap read first (indexed by steps.status)."""
-    return bool(step_types) and db.execute(
-        "SELECT 1 FROM steps WHERE status = ? AND tasks_pending > 0 AND type IN"
-        f" ({', '.join('?' * len(step_types))}) LIMIT 1",
-        [Status.RUNNING, *step_types]).fetchone() is not None
+    """The task claim's cheap read first."""
+    if not step_types:
+        return False
+    sql, args = claimable_steps(step_types, "1")
+    return db.execute(sql + " LIMIT 1", args).fetchone() is not None
 
 
 def running_among(db: Database, step_ids: list[str]) -> set[str]:

@@ -11,6 +11,7 @@ status change goes through `Tx.transition`.
 """
 
 from stepline.engine.states import Status
+from stepline.store.reads import claimable_steps
 from stepline.store.writes import Tx
 
 # idx first..end-1 as pending tasks of one step: (first, end, step_id, status)
@@ -60,11 +61,8 @@ def claim(tx: Tx, worker_id: str, limit: int, step_types: list[str]) -> list[dic
     take every slot until its last task was handed out."""
     if limit <= 0 or not step_types:
         return []
-    steps = [row[0] for row in tx.conn.execute(
-        "SELECT id FROM steps WHERE status = ? AND tasks_pending > 0 AND type IN"
-        f" ({', '.join('?' * len(step_types))}) ORDER BY started LIMIT 16",
-        (Status.RUNNING, *step_types),
-    ).fetchall()]
+    sql, args = claimable_steps(step_types)
+    steps = [row[0] for row in tx.conn.execute(sql + " LIMIT 16", args).fetchall()]
     claimed: list[dict] = []
     taken = dict.fromkeys(steps, 0)
     for cap in (max(1, limit // max(1, len(steps))), limit):  # a fair share, then the rest

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from stepline.engine.states import Status
+from stepline.engine.states import Status, may_run_again
 from stepline.store import sqlite as dbmod
 from stepline.store import tasks
 from stepline.store.errors import unavailable
@@ -140,14 +140,15 @@ def _recover_tasks(tx, dead_worker_id: str, error: str) -> None:
     with `retries = N` allows N + 1), else fails. Nothing else changes: the
     step's owner carries on and finishes the step."""
     held = tasks.held_by(tx, dead_worker_id)
-    again = [row for row in held if row[3] <= row[4]]
+    again = [row for row in held if may_run_again(row[3], row[4])]
     for job_id, step_id in {(row[1], row[2]) for row in held}:
         requeued = sum(row[2] == step_id for row in again)
         failed = sum(row[2] == step_id for row in held) - requeued
         tx.append_logs(job_id, step_id, [(now_us(), "error", f"{error}: {requeued} of its"
                                           f" tasks there went back in line, {failed} failed")])
     tx.transition("task", [row[0] for row in again], Status.PENDING, error)
-    tx.transition("task", [row[0] for row in held if row[3] > row[4]], Status.FAILED, error)
+    tx.transition("task", [row[0] for row in held if not may_run_again(row[3], row[4])],
+                  Status.FAILED, error)
 
 
 def _pid_alive(pid: int) -> bool:
