@@ -94,6 +94,31 @@ def make_definition(toml_text: str, name: str = "t"):
     return build_definition(tomllib.loads(toml_text), f"{name}.toml", default_name=name)
 
 
+def marking_job(tmp_path: Path):
+    """For the claim races: a one-step definition whose command leaves a file
+    `<param n>-<pid>` in the returned folder, so each run of it is counted."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    return make_definition(f"""
+[step.mark]
+type = "shell"
+run = "touch {marks}/$STEPLINE_PARAM_N-$$"
+[params]
+n = 0
+"""), marks
+
+
+def assert_each_job_ran_once(store, marks: Path, count: int) -> None:
+    """Jobs n = 0 .. count-1 of marking_job: each command ran exactly once,
+    and each job was claimed (went running) exactly once."""
+    runs = sorted(int(p.name.split("-")[0]) for p in marks.iterdir())
+    assert runs == list(range(count))
+    claims = store.db.execute(
+        "SELECT job_id, count(*) FROM events WHERE context = 'job' AND status = 'running'"
+        " GROUP BY job_id").fetchall()
+    assert len(claims) == count and {n for _, n in claims} == {1}
+
+
 class WorkerProcess:
     """A real `stepline worker` subprocess on the test's database."""
 

@@ -15,7 +15,14 @@ from stepline.engine.states import TERMINAL
 from stepline.store import reads
 from stepline.store.check import violations
 
-from .conftest import make_definition, stepline, wait_for, wait_job
+from .conftest import (
+    assert_each_job_ran_once,
+    make_definition,
+    marking_job,
+    stepline,
+    wait_for,
+    wait_job,
+)
 
 
 def committed_logs(store) -> dict[tuple[str, int], str]:
@@ -86,15 +93,7 @@ def test_kill_9_at_random_moments_loses_nothing(store, db_path, start_worker, so
 def test_racing_workers_run_each_job_exactly_once(store, db_path, start_worker, tmp_path,
                                                    workers, soak):
     count = 500 if soak else 120
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    definition = make_definition(f"""
-[step.mark]
-type = "shell"
-run = "touch {marks}/$STEPLINE_PARAM_N-$$"
-[params]
-n = 0
-""")
+    definition, marks = marking_job(tmp_path)
     job_ids = [store.create_job(definition, {"n": n}) for n in range(count)]
     started = time.monotonic()
     for _ in range(workers):
@@ -102,12 +101,7 @@ n = 0
     for job_id in job_ids:
         assert wait_job(store, job_id, timeout=300)["status"] == "completed"
     elapsed = time.monotonic() - started
-    runs = sorted(int(p.name.split("-")[0]) for p in marks.iterdir())
-    assert runs == list(range(count))  # each exactly once
-    claims = store.db.execute(
-        "SELECT job_id, count(*) FROM events WHERE context = 'job' AND status = 'running'"
-        " GROUP BY job_id HAVING count(*) != 1").fetchall()
-    assert claims == []
+    assert_each_job_ran_once(store, marks, count)
     by_worker = store.db.execute("SELECT count(DISTINCT worker_id) FROM jobs").fetchone()[0]
     assert violations(store.db) == []
     print(f"\n{workers} workers: {count} jobs, each once, in {elapsed:.1f}s"

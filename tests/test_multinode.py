@@ -18,7 +18,13 @@ from stepline.engine.states import TERMINAL
 from stepline.store import reads
 from stepline.store.writes import Store
 
-from .conftest import WorkerProcess, make_definition, stepline, wait_for
+from .conftest import (
+    WorkerProcess,
+    assert_each_job_ran_once,
+    marking_job,
+    stepline,
+    wait_for,
+)
 from .live_server import FrameReader, LiveServer, ws_connect
 
 # Long enough to kill things mid-job: `fan` runs 30 tasks x 5 lines x 100 ms,
@@ -311,15 +317,7 @@ def test_kill_9_of_a_worker_and_a_web_worker_mid_job(pg_url, tmp_path, request, 
 
 def test_500_jobs_raced_by_4_workers_each_run_once(pg_url, tmp_path):
     store = Store(pg_url)
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    definition = make_definition(f"""
-[step.mark]
-type = "shell"
-run = "touch {marks}/$STEPLINE_PARAM_N-$$"
-[params]
-n = 0
-""")
+    definition, marks = marking_job(tmp_path)
     workers = [WorkerProcess(pg_url) for _ in range(4)]
     try:
         for worker in workers:
@@ -332,12 +330,7 @@ n = 0
 
         wait_for(completed, 300, 0.2, what="500 jobs to end")
         assert reads.status_counts(store.db)["completed"] == 500
-        runs = sorted(int(p.name.split("-")[0]) for p in marks.iterdir())
-        assert runs == list(range(500))  # each step's command ran exactly once
-        claims = store.db.execute(
-            "SELECT job_id, count(*) FROM events WHERE context = 'job' AND status = 'running'"
-            " GROUP BY job_id").fetchall()
-        assert len(claims) == 500 and {count for _, count in claims} == {1}
+        assert_each_job_ran_once(store, marks, 500)
         claimants = store.db.execute("SELECT count(DISTINCT worker_id) FROM jobs").fetchone()[0]
         assert claimants >= 2
         check = stepline(pg_url, "check")

@@ -193,6 +193,20 @@ depends = ["a"]
     assert most_running(store, job_id) == 2
 
 
+def stuck_and_retried(flag) -> str:
+    """Two steps a worker leaves running: `stuck` (no retries) sleeps; `retried`
+    (retries = 1) touches `flag` and sleeps the first time, ends the second."""
+    return f"""
+[step.stuck]
+type = "shell"
+run = "sleep 60"
+[step.retried]
+type = "shell"
+run = '''if [ -e {flag} ]; then echo second run; else touch {flag}; sleep 60; fi'''
+retries = 1
+"""
+
+
 def test_kill_9_while_two_steps_run_resumes_the_job(store, start_worker, tmp_path):
     """The job resumes with some steps done and some pending: the step
     without retries fails, the one with retries runs again, and each
@@ -202,14 +216,7 @@ def test_kill_9_while_two_steps_run_resumes_the_job(store, start_worker, tmp_pat
 [step.quick]
 type = "shell"
 run = "echo quick"
-[step.stuck]
-type = "shell"
-run = "sleep 60"
-[step.retried]
-type = "shell"
-run = '''if [ -e {flag} ]; then echo second run; else touch {flag}; sleep 60; fi'''
-retries = 1
-[step.after_retried]
+{stuck_and_retried(flag)}[step.after_retried]
 type = "shell"
 run = "echo after retried"
 depends = ["retried"]
@@ -247,15 +254,7 @@ def test_sigterm_while_two_steps_run_hands_both_back(store, start_worker, tmp_pa
     one step): the one without retries fails as interrupted, the one with
     retries runs again on the next worker, which finishes the job."""
     flag = tmp_path / "flag"
-    job_id = store.create_job(make_definition(f"""
-[step.stuck]
-type = "shell"
-run = "sleep 60"
-[step.retried]
-type = "shell"
-run = '''if [ -e {flag} ]; then echo second run; else touch {flag}; sleep 60; fi'''
-retries = 1
-"""), {})
+    job_id = store.create_job(make_definition(stuck_and_retried(flag)), {})
     worker = start_worker()
     wait_for(lambda: flag.exists() and steps_by_name(store, job_id)["stuck"]["status"]
              == "running", timeout=60, what="stuck and retried running")
