@@ -32,15 +32,21 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     config.addinivalue_line("markers", "sqlite_only: about the SQLite file itself (skipped"
                             " with --db-backend=postgres)")
+    config.addinivalue_line("markers", "one_backend: the same whatever --db-backend says (no"
+                            " store, or it picks its backends itself): runs in the default"
+                            " run only")
 
 
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--db-backend") != "postgres":
         return
-    skip = pytest.mark.skip(reason="about the SQLite file itself")
+    sqlite_file = pytest.mark.skip(reason="about the SQLite file itself")
+    ran_already = pytest.mark.skip(reason="not about the store backend: the default run has it")
     for item in items:
         if item.get_closest_marker("sqlite_only"):
-            item.add_marker(skip)
+            item.add_marker(sqlite_file)
+        elif item.get_closest_marker("one_backend"):
+            item.add_marker(ran_already)
 
 
 @pytest.fixture

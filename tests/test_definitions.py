@@ -15,6 +15,8 @@ from stepline.engine.definitions import (
     substitute,
 )
 
+pytestmark = pytest.mark.one_backend  # parsing definitions only
+
 GOOD = """
 name = "good"
 timeout = "30m"

@@ -11,6 +11,8 @@ from stepline.web import render
 from stepline.web.render import LogPage
 from stepline.web.views import JobsFilters
 
+pytestmark = pytest.mark.one_backend  # renders fixed dicts, reads no store
+
 T0 = 1_700_000_000.0  # fixed clock for every timestamp and "now"
 
 

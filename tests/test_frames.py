@@ -7,6 +7,8 @@ from wsproto.events import AcceptConnection, Request, TextMessage
 
 from stepline.web.frames import text_frame
 
+pytestmark = pytest.mark.one_backend  # WebSocket framing only
+
 
 def client_receiving() -> WSConnection:
     client = WSConnection(ConnectionType.CLIENT)

@@ -22,6 +22,8 @@ from stepline.engine.definitions import (
 
 from .conftest import make_definition
 
+pytestmark = pytest.mark.one_backend  # definitions and params only
+
 FILE = "fuzz.toml"
 STEP_KEYS = ["type", "run", "call", "depends", "on_error", "always_run", "retries", "timeout",
              "args", "tasks", "logs_per_task", "log_delay_ms", "failure_rate", "seed",

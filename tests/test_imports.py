@@ -6,6 +6,10 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.one_backend  # the import graph only
+
 ROOT = Path(__file__).resolve().parent.parent
 MAX_LINES = 400
 

@@ -14,6 +14,8 @@ import requests
 from .conftest import ROOT, wait_for
 from .live_server import free_port
 
+pytestmark = pytest.mark.one_backend  # a built wheel on its own SQLite file
+
 USER_DEFINITION = """
 description = "a user's own job, its code in the user's own `jobs` package"
 [step.hello]

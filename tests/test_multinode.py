@@ -27,6 +27,8 @@ from .conftest import (
 )
 from .live_server import FrameReader, LiveServer, ws_connect
 
+pytestmark = pytest.mark.one_backend  # always on PostgreSQL
+
 # Long enough to kill things mid-job: `fan` runs 30 tasks x 5 lines x 100 ms,
 # spread over the workers' task slots; its retry lets the job still complete after its
 # worker is killed (the re-run starts the step over on another worker).

@@ -16,6 +16,8 @@ from stepline.web.views import JobView
 
 from .conftest import make_definition
 
+pytestmark = pytest.mark.one_backend  # always on PostgreSQL
+
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_live_message_is_rendered_while_every_pooled_connection_is_busy(pg_url):

@@ -18,6 +18,8 @@ from stepline.store.writes import Store, now_us
 
 from .conftest import ROOT, make_definition, stepline, wait_for
 
+pytestmark = pytest.mark.one_backend  # picks its backends itself
+
 
 def test_each_test_gets_its_own_empty_database(pg_url, pg_server):
     with psycopg.connect(pg_url) as conn:
