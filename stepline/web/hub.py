@@ -5,10 +5,11 @@ each event out to the connections watching an affected view.
 
 A fragment is rendered once per event and view, encoded once, and the same
 bytes go to every subscriber. A coalescing view (the jobs list) instead gets
-one message per COALESCE_S on average for all its events since the last (see
-`Hub.send_batches`, `JobsView.render_batch`). One that falls behind gets a
-fresh snapshot instead of an unbounded backlog. Under gevent (monkey-patched)
-the tailer is a greenlet; under a plain server, a thread.
+at most one message per window (COALESCE_S, longer in a flood) for all its
+events since the last (see `Hub.send_batches`, `JobsView.render_batch`).
+One that falls behind gets a fresh snapshot instead of an unbounded backlog.
+Under gevent (monkey-patched) the tailer is a greenlet; under a plain
+server, a thread.
 
 The connections themselves are subscriptions (stepline.web.subscriptions):
 SSE ones take messages from a bounded queue; WebSocket ones are written to by
@@ -29,11 +30,16 @@ from stepline.web.frames import Message
 POLL_S = 0.01  # while events flow: commit -> tailer in ~5 ms
 IDLE_POLL_S = 0.2  # after IDLE_AFTER_S without an event (10 ms polls: 1.4 s CPU/min idle)
 IDLE_AFTER_S = 1.0
-# A coalescing view gets one message per COALESCE_S on average... Each costs
-# the browser a frame: at 10 jobs/s, 100 ms took 8.2 % of its main thread,
-# 200 ms 3.8-4.0 % (100 jobs/s: 13.8 -> 9.7-14.8 %), with `completed` p99 at
-# 125-220 ms of the 250 allowed (bench.jobs_list, RESULTS).
-COALESCE_S = 0.2
+# A coalescing view gets one message per window for all its events since
+# the last; each costs the browser a frame (~8 ms of main thread). The window
+# is short while events trickle, so a submitted job's `running` shows at once
+# (submit -> running p50 13 ms with 100 ms, 82 ms with 200 ms), and long in a
+# flood, where every message carries many rows (100 jobs/s: 100 ms took
+# 13.8 % of the page's main thread, 200 ms 9.7-11.5 %; bench.jobs_list and
+# bench.latency_worker, RESULTS).
+COALESCE_S = 0.1
+FLOOD_COALESCE_S = 0.2
+FLOOD_EVENTS = 10  # a message that carried this many: the next waits FLOOD_COALESCE_S
 BURST = 2  # ...and after a quiet spell up to 2 at once: a job's pending and running
 
 
@@ -53,7 +59,8 @@ class Batch:
 
     events: list[dict] = field(default_factory=list)
     sent_at: float = 0.0  # time.monotonic() of the last message
-    tokens: float = BURST  # messages it may send at once (one back per COALESCE_S)
+    tokens: float = BURST  # messages it may send at once (one back per window)
+    window: float = COALESCE_S  # COALESCE_S, or FLOOD_COALESCE_S after a big message
     shown: Any = None
     subs: frozenset = frozenset()  # who got the last message
 
@@ -197,7 +204,8 @@ class Hub:
     def send_batches(self, db) -> None:
         """Send each coalescing view that has a token ONE message for all its
         events since its last: a token bucket of BURST, refilled one per
-        COALESCE_S. The first events after a quiet spell go out at once (a
+        window (COALESCE_S; FLOOD_COALESCE_S after a message of FLOOD_EVENTS
+        or more). The first events after a quiet spell go out at once (a
         submitted job's `pending` and then its `running` too: with one token,
         `running` waited out the window), a flood at 10 messages a second
         whatever its rate."""
@@ -208,11 +216,12 @@ class Hub:
             if not subs:
                 del self._batches[key]
                 continue
-            tokens = min(BURST, batch.tokens + (now - batch.sent_at) / COALESCE_S)
+            tokens = min(BURST, batch.tokens + (now - batch.sent_at) / batch.window)
             if not batch.events or tokens < 1:
                 continue
             events, batch.events = batch.events, []
             batch.tokens, batch.sent_at = tokens - 1, now
+            batch.window = FLOOD_COALESCE_S if len(events) >= FLOOD_EVENTS else COALESCE_S
             view = next(iter(subs)).view
             # A page opened since the last message shows its own snapshot, not
             # what `shown` records: send it the whole list once.

@@ -59,8 +59,9 @@ class PageShown:
 class JobsView:
     """One page of the jobs list. It coalesces: at 10 jobs/s a list re-rendered
     per event was 50 messages/s of 7.6 KB and 94 % of the browser's main
-    thread, so the hub asks it for one message per COALESCE_S (200 ms) on
-    average (`render_batch`, `Hub.send_batches`)."""
+    thread, so the hub asks it for one message per window (100 ms, 200 ms in
+    a flood) for all the events since the last (`render_batch`,
+    `Hub.send_batches`)."""
 
     filters: JobsFilters
     coalesce: ClassVar[bool] = True
