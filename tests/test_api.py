@@ -6,6 +6,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from app import create_app
+from stepline.engine.definitions import load_file
 from stepline.store import reads
 
 from .conftest import make_definition, wait_job
@@ -162,6 +163,33 @@ def test_pages_render_and_escape(client, store):
     assert client.get("/?status=bogus").status_code == 400
 
 
+def test_a_job_whose_definition_is_not_loaded_here_offers_no_rerun(client, store, tmp_path):
+    """Created through the API by another deployment (definition "t", not in
+    this server's --definitions): its page says why there is no re-run, and
+    the run form's URL, opened anyway, is a 404 page (or JSON) naming it."""
+    elsewhere = store.create_job(make_definition(TWO_STEPS), {})
+    store.request_cancel(elsewhere)  # pending: cancelled at once, so finished
+    page = client.get(f"/jobs/{elsewhere}").get_data(as_text=True)
+    told = "definition &#39;t&#39; is not loaded by this server: it cannot be run or re-run here"
+    assert f'<p class="unavailable">{told}</p>' in page
+    assert f"/jobs/{elsewhere}/rerun" not in page and "/definitions/t" not in page
+    assert f"/jobs/{elsewhere}/delete" in page  # what still works stays
+
+    form = client.get(f"/definitions/t?from={elsewhere}")
+    assert form.status_code == 404 and f'<p class="error">{told}</p>' in form.get_data(
+        as_text=True)
+    as_json = client.get(f"/definitions/t?from={elsewhere}",
+                         headers={"Accept": "application/json"})
+    assert as_json.status_code == 404 and as_json.get_json() == {
+        "error": "definition 't' is not loaded by this server: it cannot be run or re-run here"}
+
+    # ...while a job of a definition loaded here keeps both controls
+    loaded = store.create_job(load_file(tmp_path / "defs" / "two.toml"), {})
+    store.request_cancel(loaded)
+    page = client.get(f"/jobs/{loaded}").get_data(as_text=True)
+    assert 'class="unavailable"' not in page and f"/jobs/{loaded}/rerun" in page
+    assert f"/definitions/two?from={loaded}#rerun" in page
+    assert client.get(f"/definitions/two?from={loaded}").status_code == 200
 def test_run_form_needs_csrf_and_reports_bad_params(client):
     assert client.post("/definitions/load_demo/run", data={"param.tasks": "3"}).status_code == 403
     client.get("/definitions")

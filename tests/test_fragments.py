@@ -74,6 +74,16 @@ def test_job_header_cancelling(app, snapshot):
     assert render.render_job_header(job("running", cancel_requested=1), oob=True) == snapshot
 
 
+@pytest.mark.parametrize("status", ["running", "failed"])
+def test_job_header_of_a_definition_not_loaded_here(app, snapshot, status):
+    """A job created elsewhere: its definition's name is no link, and a
+    finished one says why it has no Re-run / "Edit params & re-run"."""
+    header = render.render_job_header(job(status, definition="elsewhere"))
+    assert "/definitions/" not in header
+    assert ("is not loaded by this server" in header) == (status == "failed")
+    assert header == snapshot
+
+
 @pytest.mark.parametrize("status", list(Status))
 def test_step_row(app, snapshot, status):
     assert render.render_step_row(step(status), oob=True) == snapshot

@@ -16,7 +16,7 @@ from stepline.engine.definitions import ParamError
 from stepline.store import errors as store_errors
 from stepline.store.writes import Conflict, NotFound, Store
 from stepline.web import api, auth, live, pages, parts, render
-from stepline.web.http import ApiError, error_response
+from stepline.web.http import ApiError, definition_unavailable, error_response
 from stepline.web.hub import Hub
 
 
@@ -50,7 +50,8 @@ def create_app(db_path: str | None = None, definitions_dir: str | None = None,
                                                      live.render_for_hub(app)))
 
     render.register(app)
-    app.jinja_env.globals["csrf_token"] = auth.csrf_token
+    app.jinja_env.globals.update(csrf_token=auth.csrf_token,
+                                 definition_unavailable=definition_unavailable)
     app.before_request(auth.check_request)
     for blueprint in (auth.bp, pages.bp, parts.bp, api.bp, live.bp):
         app.register_blueprint(blueprint)

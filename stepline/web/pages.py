@@ -12,13 +12,13 @@ from stepline.engine.states import JOB_STATUSES, Status
 from stepline.store import reads
 from stepline.web import charts, logview, render
 from stepline.web.http import (
-    ApiError,
     app_state,
     current_db,
     definitions,
     int_arg,
     job_or_404,
     level_arg,
+    loaded_definition,
     step_or_404,
 )
 from stepline.web.views import JobsView, jobs_filters
@@ -138,9 +138,7 @@ def definition_page(name: str):
     """One definition: its steps as a graph, its runs, the run form (pre-filled
     from an earlier job with ?from=<job id>, to re-run with edited params) and
     the file itself."""
-    definition = definitions()[0].get(name)
-    if definition is None:
-        raise ApiError(404, f"no definition named {name!r}")
+    definition = loaded_definition(name)
     values, rerun_of = None, None
     if request.args.get("from"):
         job = job_or_404(request.args["from"])
