@@ -248,3 +248,44 @@ log_delay_ms = 100
     # after `big`, ended well before
     assert big[Status.PENDING] >= 30, big
     assert wait_job(store, job_id, timeout=60)["status"] == "completed"
+
+
+def most_at_once(rows: list[dict]) -> int:
+    """The most (started, finished) spans that overlap at one moment; a task
+    that finished when another started does not overlap it."""
+    edges = sorted([(r["finished"], -1) for r in rows] + [(r["started"], 1) for r in rows])
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
+
+
+@pytest.mark.parametrize("cpu", ["idle", "saturated"])
+def test_concurrency_caps_a_steps_running_tasks_on_all_workers(store, start_worker, request,
+                                                                cpu):
+    """generate's `concurrency` was accepted and ignored: 200 tasks on 2
+    workers x 8 slots ran up to 16 at once. Now at most 3, whoever runs them."""
+    if cpu == "saturated":
+        request.getfixturevalue("cpu_saturated")
+    started_workers(start_worker, 2, "--task-slots", "8")
+    job_id, step_id = generate_job(store, 200, logs_per_task=1, log_delay_ms=20,
+                                   concurrency=3)
+    seen: set[int] = set()
+    deadline = time.monotonic() + 180
+    while reads.get_job(store.db, job_id)["status"] not in TERMINAL:
+        assert time.monotonic() < deadline, "the step did not finish"
+        seen.add(reads.task_counts(store.db, step_id)["running"])
+        seen.add(store.db.execute("SELECT count(*) FROM tasks WHERE step_id = ?"
+                                  " AND status = 'running'", [step_id]).fetchone()[0])
+        time.sleep(0.005)
+    assert reads.get_job(store.db, job_id)["status"] == "completed"
+    print(f"\nrunning at once, as sampled: {sorted(seen)}")
+    assert max(seen) <= 3
+    rows = list(store.db.query("SELECT started, finished, worker FROM tasks"
+                               " WHERE step_id = ?", [step_id]))
+    assert len(rows) == 200 and all(r["started"] and r["finished"] for r in rows)
+    assert 2 <= most_at_once(rows) <= 3  # the cap is used, and kept
+    assert len({r["worker"] for r in rows}) == 2  # across workers, not per worker
+    assert violations(store.db) == []
+

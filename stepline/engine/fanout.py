@@ -76,11 +76,13 @@ def remote_tasks(step_type: str):
     return register
 
 
-def run_fanout(ctx: StepContext, total: int) -> None:
+def run_fanout(ctx: StepContext, total: int, cap: int | None = None) -> None:
     """The owner's part of a step of `total` remote tasks: create them in
-    batches while workers run them; return when all are terminal, or when the
-    step must stop (then cancel what is left, in one write)."""
+    batches while workers run them, at most `cap` at once (None: no cap);
+    return when all are terminal, or when the step must stop (then cancel
+    what is left, in one write)."""
     created, shown, last_shown = 0, -1, 0.0
+    _write(ctx, lambda tx: tasks.set_cap(tx, ctx.step_id, cap))  # before any task exists
     ctx.progress(0, total)
     watch = ctx.store.commit_watch()
     all_done = False
