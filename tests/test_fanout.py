@@ -5,6 +5,7 @@ backends: run this module with and without --db-backend=postgres."""
 
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -289,3 +290,58 @@ def test_concurrency_caps_a_steps_running_tasks_on_all_workers(store, start_work
     assert len({r["worker"] for r in rows}) == 2  # across workers, not per worker
     assert violations(store.db) == []
 
+
+def watches_held(db_backend: str, store, pid: int) -> int:
+    """A worker's commit watches: LISTEN connections on PostgreSQL (the
+    test's database has no other process listening), inotify descriptors on
+    SQLite."""
+    if db_backend == "postgres":
+        return store.db.execute("SELECT count(*) FROM pg_stat_activity WHERE datname ="
+                                " current_database() AND query LIKE 'LISTEN%'").fetchone()[0]
+    fds = f"/proc/{pid}/fd"
+    links = [os.readlink(f"{fds}/{fd}") for fd in os.listdir(fds)]
+    return sum(link == "anon_inode:inotify" for link in links)
+
+
+def test_a_worker_running_four_fan_out_steps_holds_one_commit_watch(store, db_backend,
+                                                                   start_worker):
+    """Each running generate step opened a commit watch of its own: on
+    PostgreSQL a LISTEN connection (a worker with 4 of them held 5). Now every
+    waiter of the process shares one."""
+    worker = started_workers(start_worker, 1, "--task-slots", "4")[0]
+    steps = "".join(f'[step.fan{n}]\ntype = "generate"\ntasks = 4\nlogs_per_task = 100\n'
+                    f"log_delay_ms = 100\n" for n in range(4))
+    job_id = store.create_job(make_definition(steps), {})
+    wait_for(lambda: all(s["status"] == "running" and s["tasks_pending"] + s["tasks_running"]
+                         for s in reads.job_steps(store.db, job_id)),
+             60, what="4 fan-out steps running")
+    held = []
+    for _ in range(20):  # 2 s: each step's own watch connected on its first wait
+        held.append(watches_held(db_backend, store, worker.proc.pid))
+        time.sleep(0.1)
+    assert all(s["status"] == "running" for s in reads.job_steps(store.db, job_id))
+    print(f"\ncommit watches held: {sorted(set(held))}")
+    assert max(held) == 1
+    store.request_cancel(job_id)
+    assert wait_job(store, job_id)["status"] == "cancelled"
+
+
+def test_a_worker_keeps_no_commit_waiter_of_the_steps_it_ran(store):
+    """A wake-up callback went into a module-level list (fanout._MADE_HERE)
+    and was never taken out. Now a step's waiter goes when the step ends,
+    and the worker's own when it stops: the process's watch then stops."""
+    from stepline.engine.runner import Worker
+
+    worker = Worker(store, task_slots=2)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    for _ in range(3):
+        job_id, _ = generate_job(store, 4, logs_per_task=2)
+        assert wait_job(store, job_id)["status"] == "completed"
+    wait_for(lambda: store.commits.waiter_count() == 1, what="only the watchdog's waiter")
+    worker.stop()
+    thread.join(30)
+    assert not thread.is_alive()
+    wait_for(lambda: store.commits.waiter_count() == 0, what="the watchdog's waiter gone")
+    wait_for(lambda: not any(t.name == "commit-watch" for t in threading.enumerate()),
+             what="the commit watch thread to end")

@@ -9,7 +9,13 @@ from stepline.store import reads
 from stepline.store.check import violations
 from stepline.store.writes import Store, storable_text
 
-from .conftest import log_messages, make_definition, steps_by_name, wait_for, wait_job
+from .conftest import (
+    log_messages,
+    make_definition,
+    steps_by_name,
+    wait_for,
+    wait_job,
+)
 
 
 def run(store, start_worker, toml: str, params: dict | None = None, timeout: float = 30):
@@ -228,21 +234,26 @@ while [ ! -e {ready} ]; do sleep 0.01; done; echo from-main"
 
 
 def test_commit_watch_wakes_on_other_connections_commits_only(store):
-    """The worker's watchdog waits on this for new jobs and cancel requests:
-    a commit by any other connection wakes it, its own writes (heartbeats)
-    do not."""
+    """The worker's watchdog and its fan-out steps wait on this for new
+    jobs, tasks and cancel requests: a commit wakes every waiter of the
+    process, which share one watch (on SQLite its connection never writes, so
+    it sees every commit; PostgreSQL's ignores the process's own: see
+    test_postgres)."""
     definition = make_definition('[step.a]\ntype = "shell"\nrun = "true"\n')
-    watch = store.commit_watch()
+    watch, second = store.commit_watch(), store.commit_watch()
     try:
         assert watch.wait(0) is True  # the first call sees "a change": nothing seen yet
-        assert watch.wait(0.3) is False
-        store.create_job(definition, {})  # the watcher's own connection
+        assert second.wait(0) is True
         assert watch.wait(0.3) is False
         other = Store(store.path)  # another connection, as another process has
         threading.Timer(0.2, other.create_job, (definition, {})).start()
         assert watch.wait(30) is True
+        assert second.wait(30) is True  # the same commit, for each waiter
+        assert store.commits.waiter_count() == 2
     finally:
         watch.close()
+        second.close()
+    assert store.commits.waiter_count() == 0
 
 
 def test_cancel_pending_job_is_immediate(store):

@@ -3,7 +3,8 @@ type runs remote tasks (`stepline.engine.fanout.REMOTE_TASKS`), whoever
 owns the step, and runs them in threads.
 
 One thread claims: woken by the worker's watchdog when another process
-commits (tasks made, a step stopped) and when a slot frees up, else at the
+commits (tasks made, a step stopped) or this one made tasks
+(Store.commits.wake_all), and when a slot frees up, else at the
 latest every IDLE_RECHECK_S. A claim takes at most the free slots, so the
 tasks of one step spread over every worker that has room -- except where
 tasks take under SHORT_TASK_S: then each claim also takes a queue of
@@ -20,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from stepline.engine.definitions import substitute
-from stepline.engine.fanout import REMOTE_TASKS, TaskRun, on_tasks_made
+from stepline.engine.fanout import REMOTE_TASKS, TaskRun
 from stepline.engine.logwriter import BatchWriter, StepLog
 from stepline.engine.states import Status, StopReason, may_run_again
 from stepline.store import reads, tasks
@@ -66,7 +67,6 @@ class TaskSlots:
 
     def start(self, worker_id: str) -> None:
         self.worker_id = worker_id
-        on_tasks_made(self.wake)
         self._thread.start()
 
     def wake(self) -> None:
