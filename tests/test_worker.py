@@ -12,6 +12,7 @@ from stepline.store.writes import Store, storable_text
 from .conftest import (
     log_messages,
     make_definition,
+    stepline,
     steps_by_name,
     wait_for,
     wait_job,
@@ -331,6 +332,36 @@ always_run = true
     assert after[: len(committed)] == committed  # every committed line kept, once
     assert after[-1].startswith(error)
     assert violations(store.db) == []
+
+
+def test_sigterm_stops_a_worker_whose_task_never_returns(store, db_path, start_worker):
+    """The worker waited for its running tasks without bound on SIGTERM, and
+    Python joins pool threads at exit: a task that never looks at its stop
+    flag kept the worker alive for ever. DESIGN: it stops within 10 s."""
+    job_id = store.create_job(make_definition("""
+[step.stuck]
+type = "python"
+call = "tests.step_functions:spawn_a_task_that_never_stops"
+"""), {})
+    worker = start_worker()
+    step_id = steps_by_name(store, job_id)["stuck"]["id"]
+    wait_for(lambda: "looping for ever" in log_messages(store, step_id), what="the task running")
+    asked = time.monotonic()
+    worker.proc.send_signal(signal.SIGTERM)
+    try:
+        worker.proc.wait(timeout=30)
+    finally:
+        print(f"\nSIGTERM -> exit in {time.monotonic() - asked:.1f} s")
+    assert time.monotonic() - asked < 10
+    assert worker.proc.returncode == 0
+    # what it held went back: the job waits for the next worker, nothing runs
+    assert reads.get_job(store.db, job_id)["status"] == "pending"
+    assert store.db.execute("SELECT count(*) FROM tasks WHERE status = 'running'"
+                            ).fetchone()[0] == 0
+    assert reads.get_step(store.db, step_id)["status"] != "running"
+    assert violations(store.db) == []
+    check = stepline(db_path, "check")
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_retryable_step_is_requeued_after_a_crash(store, start_worker):

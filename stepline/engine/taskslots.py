@@ -72,19 +72,25 @@ class TaskSlots:
     def wake(self) -> None:
         self._wake.set()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop claiming (waiting up to `timeout` for the claim in progress);
-        running tasks stop and go back to pending (another worker takes them).
-        Then waits for them to hand back: a task stops at its next look at its
-        stop flag (a generate task looks once per line)."""
+    def stop(self, deadline: float) -> bool:
+        """Stop claiming; running tasks stop and go back to pending (another
+        worker takes them). Waits until they have handed back -- a task stops
+        at its next look at its stop flag (a generate task looks once per
+        line) -- or until `deadline` (time.monotonic()): a task that never
+        looks must not keep the worker from exiting. What it still holds then
+        is the worker's recovery's (Worker._shutdown: workers.recover).
+        Returns whether every task handed back."""
         self._shutdown.set()
         self._stop.set()
         self._wake.set()
         with self._lock:
             for step in self._steps.values():
                 step.stopped.set()
-        self._thread.join(timeout)
-        self._pool.shutdown(wait=True, cancel_futures=False)
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        self._pool.shutdown(wait=False, cancel_futures=False)
+        while self._held and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self._held == 0
 
     # -- claiming ----------------------------------------------------------------
 
