@@ -345,3 +345,50 @@ def test_a_worker_keeps_no_commit_waiter_of_the_steps_it_ran(store):
     wait_for(lambda: store.commits.waiter_count() == 0, what="the watchdog's waiter gone")
     wait_for(lambda: not any(t.name == "commit-watch" for t in threading.enumerate()),
              what="the commit watch thread to end")
+
+
+def test_task_slots_stop_by_their_deadline_though_a_task_never_returns(store):
+    """The slots' stop waited for running tasks without bound: a task that
+    never looks at its stop flag held up the worker's exit for ever. Now
+    they stop by the deadline, say a task is still held, and the worker's
+    recovery hands it back (Worker._shutdown does the same)."""
+    from stepline.engine.fanout import REMOTE_TASKS, remote_tasks
+    from stepline.engine.logwriter import BatchWriter
+    from stepline.engine.taskslots import TaskSlots
+    from stepline.store import tasks, workers
+
+    released = threading.Event()
+    remote_tasks("never_returns")(lambda task: released.wait())  # deaf to task.stopped
+    try:
+        writer = BatchWriter(store)
+        worker_id = writer.worker_id = workers.register(store)
+        job_id, step_id = generate_job(store, 0)
+        with store.write() as tx:  # this worker's job: a running step of that type, 1 task
+            tx.conn.execute("UPDATE jobs SET worker_id = ? WHERE id = ?", (worker_id, job_id))
+            tx.conn.execute("UPDATE steps SET type = 'never_returns' WHERE id = ?", (step_id,))
+            tx.transition("job", job_id, Status.RUNNING)
+            tx.transition("step", step_id, Status.RUNNING)
+            tasks.add_range(tx, step_id, 0, 1)
+        writer.start()
+        slots = TaskSlots(store, writer, 2)
+        slots.start(worker_id)
+        wait_for(lambda: reads.task_counts(store.db, step_id)["running"] == 1,
+                 what="the task claimed")
+        asked, answer = time.monotonic(), []
+        stopping = threading.Thread(target=lambda: answer.append(slots.stop(asked + 1.0)),
+                                    daemon=True)
+        stopping.start()
+        stopping.join(30)
+        took = time.monotonic() - asked
+        assert not stopping.is_alive(), "the slots' stop waits for the task for ever"
+        assert answer == [False]  # the task is still held...
+        assert took < 5, took
+        writer.stop()
+        workers.recover(store, worker_id)  # ...and goes back, as at a worker's exit
+        assert store.db.execute("SELECT count(*) FROM tasks WHERE status = 'running'"
+                                ).fetchone()[0] == 0
+        assert reads.get_step(store.db, step_id)["status"] != "running"
+        assert violations(store.db) == []
+    finally:
+        released.set()
+        del REMOTE_TASKS["never_returns"]
