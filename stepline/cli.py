@@ -225,6 +225,14 @@ def cmd_worker(args) -> int:
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
     worker.run(exit_when_idle=args.exit_when_idle)
+    if worker.left_running:
+        # A step or task that ignored its stop flag still runs in a thread,
+        # and Python joins pool threads at exit, for ever. Its work was
+        # handed back (Worker._shutdown): leave now.
+        print("stepline: exiting with a step or task still running", file=sys.stderr,
+              flush=True)
+        sys.stdout.flush()
+        os._exit(0)
     return 0
 
 

@@ -1,6 +1,7 @@
 """Python step functions used by the tests (called by real worker processes)."""
 
 import threading
+import time
 
 from stepline.engine.context import StepFailed
 
@@ -35,6 +36,16 @@ def fan_out(ctx, items: int = 20, fail_every: int = 0, concurrency: int = 4) -> 
     if result.failed:
         raise StepFailed(f"{len(result.failed)} tasks failed")
     ctx.log(f"sum {sum(result.results)}")
+
+
+def spawn_a_task_that_never_stops(ctx) -> None:
+    """A task that loops for ever and never looks at ctx.cancelled."""
+    def forever(_item) -> None:
+        ctx.log("looping for ever")
+        while True:
+            time.sleep(0.05)
+
+    ctx.spawn([0], forever, concurrency=1)
 
 
 def boom(ctx) -> None:

@@ -93,6 +93,21 @@ def test_max_parallel_defaults_to_four_and_bad_values_name_file_and_problem(tmp_
         assert str(info.value) == f"{path}: max_parallel must be a whole number >= 1, not {shown}"
 
 
+def test_generate_concurrency_is_a_whole_number_of_at_least_one(tmp_path):
+    step = '[step.gen]\ntype = "generate"\ntasks = 10\n'
+    good = load_file(write(tmp_path, "cap", step + "concurrency = 3\n"))
+    assert good.steps[0].spec["concurrency"] == 3
+    with_param = load_file(write(tmp_path, "param", '[params]\ncap = 2\n' + step
+                                 + 'concurrency = "{params.cap}"\n'))
+    assert with_param.steps[0].spec["concurrency"] == "{params.cap}"  # checked when it runs
+    for bad in ("0", "-1", "1.5", '"3"', "true"):
+        path = write(tmp_path, "bad", step + f"concurrency = {bad}\n")
+        with pytest.raises(DefinitionError) as info:
+            load_file(path)
+        assert str(info.value) == (f"{path}: step 'gen': concurrency must be a whole number"
+                                   " >= 1")
+
+
 def test_missing_run_and_bad_toml(tmp_path):
     with pytest.raises(DefinitionError, match=r"step 'a': missing 'run'"):
         load_file(write(tmp_path, "x", '[step.a]\ntype = "shell"\n'))

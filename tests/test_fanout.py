@@ -5,6 +5,7 @@ backends: run this module with and without --db-backend=postgres."""
 
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -248,3 +249,146 @@ log_delay_ms = 100
     # after `big`, ended well before
     assert big[Status.PENDING] >= 30, big
     assert wait_job(store, job_id, timeout=60)["status"] == "completed"
+
+
+def most_at_once(rows: list[dict]) -> int:
+    """The most (started, finished) spans that overlap at one moment; a task
+    that finished when another started does not overlap it."""
+    edges = sorted([(r["finished"], -1) for r in rows] + [(r["started"], 1) for r in rows])
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
+
+
+@pytest.mark.parametrize("cpu", ["idle", "saturated"])
+def test_concurrency_caps_a_steps_running_tasks_on_all_workers(store, start_worker, request,
+                                                                cpu):
+    """generate's `concurrency` was accepted and ignored: 200 tasks on 2
+    workers x 8 slots ran up to 16 at once. Now at most 3, whoever runs them."""
+    if cpu == "saturated":
+        request.getfixturevalue("cpu_saturated")
+    started_workers(start_worker, 2, "--task-slots", "8")
+    job_id, step_id = generate_job(store, 200, logs_per_task=1, log_delay_ms=20,
+                                   concurrency=3)
+    seen: set[int] = set()
+    deadline = time.monotonic() + 180
+    while reads.get_job(store.db, job_id)["status"] not in TERMINAL:
+        assert time.monotonic() < deadline, "the step did not finish"
+        seen.add(reads.task_counts(store.db, step_id)["running"])
+        seen.add(store.db.execute("SELECT count(*) FROM tasks WHERE step_id = ?"
+                                  " AND status = 'running'", [step_id]).fetchone()[0])
+        time.sleep(0.005)
+    assert reads.get_job(store.db, job_id)["status"] == "completed"
+    print(f"\nrunning at once, as sampled: {sorted(seen)}")
+    assert max(seen) <= 3
+    rows = list(store.db.query("SELECT started, finished, worker FROM tasks"
+                               " WHERE step_id = ?", [step_id]))
+    assert len(rows) == 200 and all(r["started"] and r["finished"] for r in rows)
+    assert 2 <= most_at_once(rows) <= 3  # the cap is used, and kept
+    assert len({r["worker"] for r in rows}) == 2  # across workers, not per worker
+    assert violations(store.db) == []
+
+
+def watches_held(db_backend: str, store, pid: int) -> int:
+    """A worker's commit watches: LISTEN connections on PostgreSQL (the
+    test's database has no other process listening), inotify descriptors on
+    SQLite."""
+    if db_backend == "postgres":
+        return store.db.execute("SELECT count(*) FROM pg_stat_activity WHERE datname ="
+                                " current_database() AND query LIKE 'LISTEN%'").fetchone()[0]
+    fds = f"/proc/{pid}/fd"
+    links = [os.readlink(f"{fds}/{fd}") for fd in os.listdir(fds)]
+    return sum(link == "anon_inode:inotify" for link in links)
+
+
+def test_a_worker_running_four_fan_out_steps_holds_one_commit_watch(store, db_backend,
+                                                                   start_worker):
+    """Each running generate step opened a commit watch of its own: on
+    PostgreSQL a LISTEN connection (a worker with 4 of them held 5). Now every
+    waiter of the process shares one."""
+    worker = started_workers(start_worker, 1, "--task-slots", "4")[0]
+    steps = "".join(f'[step.fan{n}]\ntype = "generate"\ntasks = 4\nlogs_per_task = 100\n'
+                    f"log_delay_ms = 100\n" for n in range(4))
+    job_id = store.create_job(make_definition(steps), {})
+    wait_for(lambda: all(s["status"] == "running" and s["tasks_pending"] + s["tasks_running"]
+                         for s in reads.job_steps(store.db, job_id)),
+             60, what="4 fan-out steps running")
+    held = []
+    for _ in range(20):  # 2 s: each step's own watch connected on its first wait
+        held.append(watches_held(db_backend, store, worker.proc.pid))
+        time.sleep(0.1)
+    assert all(s["status"] == "running" for s in reads.job_steps(store.db, job_id))
+    print(f"\ncommit watches held: {sorted(set(held))}")
+    assert max(held) == 1
+    store.request_cancel(job_id)
+    assert wait_job(store, job_id)["status"] == "cancelled"
+
+
+def test_a_worker_keeps_no_commit_waiter_of_the_steps_it_ran(store):
+    """A wake-up callback went into a module-level list (fanout._MADE_HERE)
+    and was never taken out. Now a step's waiter goes when the step ends,
+    and the worker's own when it stops: the process's watch then stops."""
+    from stepline.engine.runner import Worker
+
+    worker = Worker(store, task_slots=2)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    for _ in range(3):
+        job_id, _ = generate_job(store, 4, logs_per_task=2)
+        assert wait_job(store, job_id)["status"] == "completed"
+    wait_for(lambda: store.commits.waiter_count() == 1, what="only the watchdog's waiter")
+    worker.stop()
+    thread.join(30)
+    assert not thread.is_alive()
+    wait_for(lambda: store.commits.waiter_count() == 0, what="the watchdog's waiter gone")
+    wait_for(lambda: not any(t.name == "commit-watch" for t in threading.enumerate()),
+             what="the commit watch thread to end")
+
+
+def test_task_slots_stop_by_their_deadline_though_a_task_never_returns(store):
+    """The slots' stop waited for running tasks without bound: a task that
+    never looks at its stop flag held up the worker's exit for ever. Now
+    they stop by the deadline, say a task is still held, and the worker's
+    recovery hands it back (Worker._shutdown does the same)."""
+    from stepline.engine.fanout import REMOTE_TASKS, remote_tasks
+    from stepline.engine.logwriter import BatchWriter
+    from stepline.engine.taskslots import TaskSlots
+    from stepline.store import tasks, workers
+
+    released = threading.Event()
+    remote_tasks("never_returns")(lambda task: released.wait())  # deaf to task.stopped
+    try:
+        writer = BatchWriter(store)
+        worker_id = writer.worker_id = workers.register(store)
+        job_id, step_id = generate_job(store, 0)
+        with store.write() as tx:  # this worker's job: a running step of that type, 1 task
+            tx.conn.execute("UPDATE jobs SET worker_id = ? WHERE id = ?", (worker_id, job_id))
+            tx.conn.execute("UPDATE steps SET type = 'never_returns' WHERE id = ?", (step_id,))
+            tx.transition("job", job_id, Status.RUNNING)
+            tx.transition("step", step_id, Status.RUNNING)
+            tasks.add_range(tx, step_id, 0, 1)
+        writer.start()
+        slots = TaskSlots(store, writer, 2)
+        slots.start(worker_id)
+        wait_for(lambda: reads.task_counts(store.db, step_id)["running"] == 1,
+                 what="the task claimed")
+        asked, answer = time.monotonic(), []
+        stopping = threading.Thread(target=lambda: answer.append(slots.stop(asked + 1.0)),
+                                    daemon=True)
+        stopping.start()
+        stopping.join(30)
+        took = time.monotonic() - asked
+        assert not stopping.is_alive(), "the slots' stop waits for the task for ever"
+        assert answer == [False]  # the task is still held...
+        assert took < 5, took
+        writer.stop()
+        workers.recover(store, worker_id)  # ...and goes back, as at a worker's exit
+        assert store.db.execute("SELECT count(*) FROM tasks WHERE status = 'running'"
+                                ).fetchone()[0] == 0
+        assert reads.get_step(store.db, step_id)["status"] != "running"
+        assert violations(store.db) == []
+    finally:
+        released.set()
+        del REMOTE_TASKS["never_returns"]

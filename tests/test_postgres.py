@@ -86,6 +86,8 @@ def test_a_commit_wakes_the_watches_through_notify_carrying_the_seq(pg_url):
     assert events.wait(10)
     # What the hub's tailer then reads, over the watch's own connection.
     assert [e["seq"] for e in reads.events_after(events.db, seq - 1)] == [seq]
+    events.close()
+    commits.close()  # the last waiter: the process's shared watch thread ends
 
 
 def test_no_event_is_skipped_when_the_lower_seq_commits_last(pg_url, cpu_saturated):

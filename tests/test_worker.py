@@ -9,7 +9,14 @@ from stepline.store import reads
 from stepline.store.check import violations
 from stepline.store.writes import Store, storable_text
 
-from .conftest import log_messages, make_definition, steps_by_name, wait_for, wait_job
+from .conftest import (
+    log_messages,
+    make_definition,
+    stepline,
+    steps_by_name,
+    wait_for,
+    wait_job,
+)
 
 
 def run(store, start_worker, toml: str, params: dict | None = None, timeout: float = 30):
@@ -228,21 +235,26 @@ while [ ! -e {ready} ]; do sleep 0.01; done; echo from-main"
 
 
 def test_commit_watch_wakes_on_other_connections_commits_only(store):
-    """The worker's watchdog waits on this for new jobs and cancel requests:
-    a commit by any other connection wakes it, its own writes (heartbeats)
-    do not."""
+    """The worker's watchdog and its fan-out steps wait on this for new
+    jobs, tasks and cancel requests: a commit wakes every waiter of the
+    process, which share one watch (on SQLite its connection never writes, so
+    it sees every commit; PostgreSQL's ignores the process's own: see
+    test_postgres)."""
     definition = make_definition('[step.a]\ntype = "shell"\nrun = "true"\n')
-    watch = store.commit_watch()
+    watch, second = store.commit_watch(), store.commit_watch()
     try:
         assert watch.wait(0) is True  # the first call sees "a change": nothing seen yet
-        assert watch.wait(0.3) is False
-        store.create_job(definition, {})  # the watcher's own connection
+        assert second.wait(0) is True
         assert watch.wait(0.3) is False
         other = Store(store.path)  # another connection, as another process has
         threading.Timer(0.2, other.create_job, (definition, {})).start()
         assert watch.wait(30) is True
+        assert second.wait(30) is True  # the same commit, for each waiter
+        assert store.commits.waiter_count() == 2
     finally:
         watch.close()
+        second.close()
+    assert store.commits.waiter_count() == 0
 
 
 def test_cancel_pending_job_is_immediate(store):
@@ -320,6 +332,36 @@ always_run = true
     assert after[: len(committed)] == committed  # every committed line kept, once
     assert after[-1].startswith(error)
     assert violations(store.db) == []
+
+
+def test_sigterm_stops_a_worker_whose_task_never_returns(store, db_path, start_worker):
+    """The worker waited for its running tasks without bound on SIGTERM, and
+    Python joins pool threads at exit: a task that never looks at its stop
+    flag kept the worker alive for ever. DESIGN: it stops within 10 s."""
+    job_id = store.create_job(make_definition("""
+[step.stuck]
+type = "python"
+call = "tests.step_functions:spawn_a_task_that_never_stops"
+"""), {})
+    worker = start_worker()
+    step_id = steps_by_name(store, job_id)["stuck"]["id"]
+    wait_for(lambda: "looping for ever" in log_messages(store, step_id), what="the task running")
+    asked = time.monotonic()
+    worker.proc.send_signal(signal.SIGTERM)
+    try:
+        worker.proc.wait(timeout=30)
+    finally:
+        print(f"\nSIGTERM -> exit in {time.monotonic() - asked:.1f} s")
+    assert time.monotonic() - asked < 10
+    assert worker.proc.returncode == 0
+    # what it held went back: the job waits for the next worker, nothing runs
+    assert reads.get_job(store.db, job_id)["status"] == "pending"
+    assert store.db.execute("SELECT count(*) FROM tasks WHERE status = 'running'"
+                            ).fetchone()[0] == 0
+    assert reads.get_step(store.db, step_id)["status"] != "running"
+    assert violations(store.db) == []
+    check = stepline(db_path, "check")
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_retryable_step_is_requeued_after_a_crash(store, start_worker):

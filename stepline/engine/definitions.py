@@ -242,12 +242,13 @@ def _build_step(name: str, raw: Any, params: dict, fail) -> StepDef:
 
 
 def _check_generate(spec: dict, fail) -> None:
-    for key in ("tasks", "logs_per_task", "log_delay_ms", "seed", "concurrency"):
-        value = spec.get(key, 0)
+    lowest = {"tasks": 0, "logs_per_task": 0, "log_delay_ms": 0, "seed": 0, "concurrency": 1}
+    for key, least in lowest.items():
+        value = spec.get(key, least)
         if isinstance(value, str) and PARAM_REF.fullmatch(value):
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise fail(f"{key} must be a whole number >= 0")
+            continue  # its value is checked when the step runs (steps.run_generate)
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise fail(f"{key} must be a whole number >= {least}")
     rate = spec.get("failure_rate", 0.0)
     if not (isinstance(rate, str) and PARAM_REF.fullmatch(rate)):
         if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 <= rate <= 1:

@@ -10,9 +10,10 @@ the step's own worker (StepContext.spawn).
 
 The worker running the job (the step's owner) only creates the tasks, in
 batches, and waits until every one is terminal, reading the step's task
-counters when another process commits (the commit watch) -- or at the
-latest every WAIT_S, as its own process's commits do not wake it on
-PostgreSQL. It never holds a task list in memory.
+counters when another process commits (the process's one commit watch,
+shared with its watchdog and other steps) -- or at the latest every WAIT_S,
+as its own process's commits do not wake it on PostgreSQL. It never holds a
+task list in memory.
 """
 
 import threading
@@ -56,16 +57,6 @@ class TaskRun:
 
 
 REMOTE_TASKS: dict[str, Callable[[TaskRun], None]] = {}
-# Wakes this process's task slots when it made tasks: other processes' slots
-# hear the commit through their commit watch, but on PostgreSQL a process does
-# not hear its own, and its slots looked only at their next 1 s recheck (a
-# 200-task step on one worker: 0.5-1.5 s before, see RESULTS).
-_MADE_HERE: list[Callable[[], None]] = []
-
-
-def on_tasks_made(wake: Callable[[], None]) -> None:
-    _MADE_HERE.append(wake)
-
 
 def remote_tasks(step_type: str):
     """Register `fn(task: TaskRun)` as the way any worker runs one task of a
@@ -76,11 +67,13 @@ def remote_tasks(step_type: str):
     return register
 
 
-def run_fanout(ctx: StepContext, total: int) -> None:
+def run_fanout(ctx: StepContext, total: int, cap: int | None = None) -> None:
     """The owner's part of a step of `total` remote tasks: create them in
-    batches while workers run them; return when all are terminal, or when the
-    step must stop (then cancel what is left, in one write)."""
+    batches while workers run them, at most `cap` at once (None: no cap);
+    return when all are terminal, or when the step must stop (then cancel
+    what is left, in one write)."""
     created, shown, last_shown = 0, -1, 0.0
+    _write(ctx, lambda tx: tasks.set_cap(tx, ctx.step_id, cap))  # before any task exists
     ctx.progress(0, total)
     watch = ctx.store.commit_watch()
     all_done = False
@@ -92,8 +85,11 @@ def run_fanout(ctx: StepContext, total: int) -> None:
                 _write(ctx, lambda tx, first=created, n=count:
                        tasks.add_range(tx, ctx.step_id, first, n))
                 created += count
-                for wake in _MADE_HERE:
-                    wake()
+                # Wakes this process's task slots (through its watchdog): other
+                # processes hear the commit, but on PostgreSQL a process does
+                # not hear its own, and its slots looked only at their next 1 s
+                # recheck (a 200-task step on one worker: 0.5-1.5 s before).
+                ctx.store.commits.wake_all()
                 continue
             done = created - counts[Status.PENDING] - counts[Status.RUNNING]
             if done != shown and time.monotonic() - last_shown >= PROGRESS_S:

@@ -36,20 +36,20 @@ WATCH_ERROR_S = 0.2  # pause after a failed round (database locked, full)
 # The claim loop, woken by the watchdog, also looks for pending jobs this often.
 IDLE_RECHECK_S = 1.0
 STALE_AFTER_S = 15.0
-
+SHUTDOWN_S = 7.0  # to stop on SIGTERM; DESIGN: exit within 10 s (flush, recovery)
 
 class Worker:
     def __init__(self, store: Store, concurrency: int = 4, task_slots: int = TASK_SLOTS):
         self.store = store
         self.concurrency = concurrency
         self.writer = BatchWriter(store)
-        # tasks of any worker's fan-out steps (generate): see engine.taskslots
-        self.slots = TaskSlots(store, self.writer, task_slots)
+        self.slots = TaskSlots(store, self.writer, task_slots)  # see engine.taskslots
         self.worker_id = ""
         self._running: dict[str, JobRun] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()  # the claim loop's: maybe a job to claim
+        self.left_running = False  # after run(): a stuck step or task's thread lives on
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -86,14 +86,17 @@ class Worker:
         self._wake.set()
 
     def _shutdown(self) -> None:
-        """Stop running steps, then hand unfinished jobs back to the queue."""
+        """Stop running steps, then hand unfinished jobs back to the queue, also
+        of a step or task still running at SHUTDOWN_S (see `left_running`)."""
+        deadline = time.monotonic() + SHUTDOWN_S
         with self._lock:
             runs = list(self._running.values())
         for run in runs:
             run.stop(StopReason.SHUTDOWN)
-        self.slots.stop()  # its tasks go back in line for other workers
+        handed_back = self.slots.stop(deadline)  # its tasks go back in line for other workers
         for run in runs:
-            run.thread.join(timeout=10)
+            run.thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        self.left_running = not handed_back or any(run.thread.is_alive() for run in runs)
         self.writer.stop()
         workers.recover(self.store, self.worker_id)  # re-queues whatever was left
         workers.unregister(self.store, self.worker_id)
@@ -276,7 +279,7 @@ class JobRun:
 
     def _start(self, step: dict, params: dict, ended: queue.SimpleQueue) -> None:
         """Run one step on a daemon thread: a step deaf to stop must not keep
-        a stopped worker alive (Worker._shutdown waits 10 s, then recovers)."""
+        a stopped worker alive (Worker._shutdown waits SHUTDOWN_S, then recovers)."""
         def run() -> None:
             try:
                 outcome = self._run_one(step, params)

@@ -128,7 +128,8 @@ def run_python(ctx: StepContext, spec: dict[str, Any]) -> None:
 
 def run_generate(ctx: StepContext, spec: dict[str, Any]) -> None:
     """Load generator: `tasks` tasks, each logging `logs_per_task` lines
-    `log_delay_ms` apart and failing with probability `failure_rate`. Its
+    `log_delay_ms` apart and failing with probability `failure_rate`, at
+    most `concurrency` at once on all workers (default: no cap). Its
     tasks are declarative (spec + index say all), so every worker runs them
     (generate_task); this worker only makes them and waits."""
     spec = substitute(spec, ctx.params)
@@ -141,7 +142,10 @@ def run_generate(ctx: StepContext, spec: dict[str, Any]) -> None:
                 break
             ctx.log(f"line {n} of {lines}")
         return
-    run_fanout(ctx, tasks)
+    cap = spec.get("concurrency")  # a {params.x} is known only now
+    if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
+        raise StepFailed(f"concurrency must be a whole number >= 1, got {cap!r}")
+    run_fanout(ctx, tasks, cap)
     if ctx.cancelled:
         raise StepFailed(ctx.stop_reason or "stopped")
     # failed tasks fail the step: the runner says "N of M tasks failed"

@@ -3,7 +3,8 @@ type runs remote tasks (`stepline.engine.fanout.REMOTE_TASKS`), whoever
 owns the step, and runs them in threads.
 
 One thread claims: woken by the worker's watchdog when another process
-commits (tasks made, a step stopped) and when a slot frees up, else at the
+commits (tasks made, a step stopped) or this one made tasks
+(Store.commits.wake_all), and when a slot frees up, else at the
 latest every IDLE_RECHECK_S. A claim takes at most the free slots, so the
 tasks of one step spread over every worker that has room -- except where
 tasks take under SHORT_TASK_S: then each claim also takes a queue of
@@ -20,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from stepline.engine.definitions import substitute
-from stepline.engine.fanout import REMOTE_TASKS, TaskRun, on_tasks_made
+from stepline.engine.fanout import REMOTE_TASKS, TaskRun
 from stepline.engine.logwriter import BatchWriter, StepLog
 from stepline.engine.states import Status, StopReason, may_run_again
 from stepline.store import reads, tasks
@@ -66,25 +67,30 @@ class TaskSlots:
 
     def start(self, worker_id: str) -> None:
         self.worker_id = worker_id
-        on_tasks_made(self.wake)
         self._thread.start()
 
     def wake(self) -> None:
         self._wake.set()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop claiming (waiting up to `timeout` for the claim in progress);
-        running tasks stop and go back to pending (another worker takes them).
-        Then waits for them to hand back: a task stops at its next look at its
-        stop flag (a generate task looks once per line)."""
+    def stop(self, deadline: float) -> bool:
+        """Stop claiming; running tasks stop and go back to pending (another
+        worker takes them). Waits until they have handed back -- a task stops
+        at its next look at its stop flag (a generate task looks once per
+        line) -- or until `deadline` (time.monotonic()): a task that never
+        looks must not keep the worker from exiting. What it still holds then
+        is the worker's recovery's (Worker._shutdown: workers.recover).
+        Returns whether every task handed back."""
         self._shutdown.set()
         self._stop.set()
         self._wake.set()
         with self._lock:
             for step in self._steps.values():
                 step.stopped.set()
-        self._thread.join(timeout)
-        self._pool.shutdown(wait=True, cancel_futures=False)
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        self._pool.shutdown(wait=False, cancel_futures=False)
+        while self._held and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self._held == 0
 
     # -- claiming ----------------------------------------------------------------
 

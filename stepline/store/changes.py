@@ -13,8 +13,11 @@ POLL_S for FOLLOW_S. Where inotify is unavailable it asks every POLL_S.
 import ctypes
 import os
 import select
+import sys
+import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from sqlite_utils import Database
 
@@ -72,6 +75,93 @@ class CommitWatch:
         except BlockingIOError:
             pass
         return True
+
+
+class SharedWatch:
+    """A process's ONE commit watch, shared by every thread that waits for
+    commits (a worker's watchdog and each fan-out step it owns), as the web
+    side has one tailer per process. On PostgreSQL a watch is a LISTEN
+    connection, on SQLite an inotify descriptor: one per waiter made a worker
+    running 4 `generate` steps hold 5 LISTEN connections. One thread waits on
+    the watch while anyone listens, and wakes every waiter."""
+
+    def __init__(self, open_watch: Callable[[], Any]):
+        self._open_watch = open_watch  # the backend's commit_watch
+        self._waiters: set[Waiter] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def waiter(self) -> "Waiter":
+        """For one thread; close it when done (the last one out stops the
+        watch thread and lets its connection go)."""
+        waiter = Waiter(self)
+        with self._lock:
+            self._waiters.add(waiter)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="commit-watch",
+                                                daemon=True)
+                self._thread.start()
+        return waiter
+
+    def waiter_count(self) -> int:
+        with self._lock:
+            return len(self._waiters)
+
+    def wake_all(self) -> None:
+        with self._lock:
+            waiters = list(self._waiters)
+        for waiter in waiters:
+            waiter.event.set()
+
+    def _remove(self, waiter: "Waiter") -> None:
+        with self._lock:
+            self._waiters.discard(waiter)
+
+    def _run(self) -> None:
+        watch, first = self._open_watch(), True
+        try:
+            while True:
+                with self._lock:
+                    if not self._waiters:
+                        self._thread = None  # the next waiter starts a new one
+                        return
+                try:
+                    # The first answer is "connected, look" (true): a new
+                    # waiter starts woken already.
+                    if watch.wait(SHARED_WAIT_S) and not first:
+                        self.wake_all()
+                    first = False
+                except Exception as exc:  # a lost connection: the watch reconnects
+                    print(f"stepline: commit watch: {exc}", file=sys.stderr, flush=True)
+                    time.sleep(SHARED_ERROR_S)
+        finally:
+            watch.close()
+
+
+# How often the shared watch thread looks whether anyone still listens, and
+# how long it pauses after an error (the database restarting, say).
+SHARED_WAIT_S = 0.5
+SHARED_ERROR_S = 0.2
+
+
+class Waiter:
+    """One thread's view of the SharedWatch: `wait(timeout)` is True as soon
+    as another connection has committed since the last call (or someone
+    called `wake_all`), False at the timeout."""
+
+    def __init__(self, shared: SharedWatch):
+        self._shared = shared
+        self.event = threading.Event()
+        self.event.set()  # as a fresh watch: the first call says "look"
+
+    def wait(self, timeout: float) -> bool:
+        if not self.event.wait(timeout):
+            return False
+        self.event.clear()  # a wake-up from now on is kept for the next call
+        return True
+
+    def close(self) -> None:
+        self._shared._remove(self)
 
 
 class DataVersionPoll:

@@ -280,9 +280,11 @@ def task_counts(db: Database, step_id: str) -> dict[str, int]:
 
 
 def claimable_steps(step_types: list[str], columns: str = "id") -> tuple[str, list]:
-    """(SQL, args) selecting running steps of `step_types` with pending tasks,
-    oldest first (indexed by steps.status): the claim and its cheap read."""
+    """(SQL, args) selecting running steps of `step_types` with pending tasks
+    and room under their `task_cap`, oldest first (indexed by steps.status):
+    the claim and its cheap read."""
     return (f"SELECT {columns} FROM steps WHERE status = ? AND tasks_pending > 0"
+            " AND (task_cap IS NULL OR tasks_running < task_cap)"
             f" AND type IN ({', '.join('?' * len(step_types))}) ORDER BY started",
             [Status.RUNNING, *step_types])
 

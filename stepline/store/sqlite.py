@@ -40,6 +40,7 @@ SCHEMA: dict[str, tuple[dict[str, type], str | tuple[str, ...], dict[str, object
             "finished": float, "log_count": int, "tasks_pending": int,
             "tasks_running": int, "tasks_completed": int, "tasks_failed": int,
             "progress_done": int, "progress_total": int, "attempts": int, "version": int,
+            "task_cap": int,  # its tasks running at once on all workers; NULL: no cap
         },
         "id",
         {

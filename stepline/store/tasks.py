@@ -41,6 +41,12 @@ def add_range(tx: Tx, step_id: str, first: int, count: int) -> None:
     tx._touch(step_id)
 
 
+def set_cap(tx: Tx, step_id: str, cap: int | None) -> None:
+    """At most `cap` of the step's tasks running at once, on all workers
+    together (None: no cap): `claim` keeps to it."""
+    tx.conn.execute("UPDATE steps SET task_cap = ? WHERE id = ?", (cap, step_id))
+
+
 def add(tx: Tx, step_id: str, count: int) -> list[int]:
     """Create `count` pending tasks after the step's last; returns their ids in order."""
     first = tx.conn.execute(
@@ -58,16 +64,22 @@ def claim(tx: Tx, worker_id: str, limit: int, step_types: list[str]) -> list[dic
     fair share of the limit (oldest step first), then the rest goes to
     whichever still has some: two fan-out steps running side by side (the
     demo's `fan_out` and `flaky`) both progress, where the oldest used to
-    take every slot until its last task was handed out."""
+    take every slot until its last task was handed out. A step with a
+    `task_cap` (generate's `concurrency`) gets no more than it leaves room
+    for, counting its tasks running on every worker."""
     if limit <= 0 or not step_types:
         return []
-    sql, args = claimable_steps(step_types)
-    steps = [row[0] for row in tx.conn.execute(sql + " LIMIT 16", args).fetchall()]
+    sql, args = claimable_steps(step_types, "id, task_cap - tasks_running")
+    # step id -> how many it may take under its cap (no cap: all of the limit)
+    under_cap = {step_id: limit if left is None else left
+                 for step_id, left in tx.conn.execute(sql + " LIMIT 16", args).fetchall()}
+    steps = list(under_cap)
     claimed: list[dict] = []
     taken = dict.fromkeys(steps, 0)
-    for cap in (max(1, limit // max(1, len(steps))), limit):  # a fair share, then the rest
+    for share in (max(1, limit // max(1, len(steps))), limit):  # a fair share, then the rest
         for step_id in steps:
-            room = min(cap - taken[step_id], limit - len(claimed))
+            room = min(share, under_cap[step_id]) - taken[step_id]
+            room = min(room, limit - len(claimed))
             if room <= 0:
                 continue
             rows = tx.conn.execute(CLAIM + CLAIM_LOCK[tx.dialect],

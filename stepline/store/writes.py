@@ -27,6 +27,7 @@ from stepline.engine.states import (
 )
 from stepline.store import sqlite as dbmod
 from stepline.store.backends import open_backend
+from stepline.store.changes import SharedWatch
 from stepline.store.logtext import encodable, storable_text
 
 TABLES = {"job": "jobs", "step": "steps", "task": "tasks"}
@@ -255,6 +256,8 @@ class Store:
     def __init__(self, path: str):
         self.path = path
         self.backend = open_backend(path)
+        # commits.wake_all(): for own commits, which PostgreSQL does not report
+        self.commits = SharedWatch(self.backend.commit_watch)
 
     @property
     def db(self):
@@ -278,8 +281,8 @@ class Store:
         """For one thread: `wait(timeout)` is True as soon as another process
         commits (a new job), False at the timeout. SQLite sees every commit;
         PostgreSQL only those that wrote events (no heartbeats, no cancel
-        flags: workers poll those every round)."""
-        return self.backend.commit_watch()
+        flags: workers poll those every round). All share one watch."""
+        return self.commits.waiter()
 
     def event_watch(self):
         """For the web's tailer: `wait(timeout)` is True when new events may
