@@ -281,11 +281,15 @@ def task_counts(db: Database, step_id: str) -> dict[str, int]:
 
 def claimable_steps(step_types: list[str], columns: str = "id") -> tuple[str, list]:
     """(SQL, args) selecting running steps of `step_types` with pending tasks
-    and room under their `task_cap`, oldest first (indexed by steps.status):
-    the claim and its cheap read."""
+    and room under their `task_cap` (indexed by steps.status): the claim and
+    its cheap read. The step with the fewest tasks running on all workers
+    comes first, ties in random order, so a claim for one free slot goes to
+    the least served step: by age, the oldest step won every such claim, and
+    under load, where slots free one at a time, a second step starved."""
     return (f"SELECT {columns} FROM steps WHERE status = ? AND tasks_pending > 0"
             " AND (task_cap IS NULL OR tasks_running < task_cap)"
-            f" AND type IN ({', '.join('?' * len(step_types))}) ORDER BY started",
+            f" AND type IN ({', '.join('?' * len(step_types))})"
+            " ORDER BY tasks_running, random()",
             [Status.RUNNING, *step_types])
 
 

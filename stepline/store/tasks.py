@@ -61,7 +61,7 @@ def add(tx: Tx, step_id: str, count: int) -> list[int]:
 def claim(tx: Tx, worker_id: str, limit: int, step_types: list[str]) -> list[dict]:
     """Take up to `limit` pending tasks of running steps of `step_types` for
     `worker_id`: each becomes running, attempts + 1. Each step first gets a
-    fair share of the limit (oldest step first), then the rest goes to
+    fair share of the limit (the least served first), then the rest goes to
     whichever still has some: two fan-out steps running side by side (the
     demo's `fan_out` and `flaky`) both progress, where the oldest used to
     take every slot until its last task was handed out. A step with a
