@@ -111,7 +111,8 @@ retries = 1
 """)
     assert job["status"] == "completed"
     step = steps_by_name(store, job_id)["fan"]
-    assert step["tasks"] == {"pending": 0, "running": 0, "completed": 30, "failed": 0}
+    assert step["tasks"] == {"pending": 0, "running": 0, "completed": 30, "failed": 0,
+                             "cancelled": 0}
     assert (step["progress_done"], step["progress_total"]) == (30, 30)
     retried = list(store.db.query("SELECT attempts FROM tasks WHERE step_id = ? AND idx % 7 = 0",
                                   [step["id"]]))

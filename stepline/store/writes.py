@@ -84,7 +84,7 @@ class Tx:
         as they are; or `StepTasks(step_id, status)`, every task of a step in
         that status (a stopped fan-out's queue). Returns how many changed."""
         table = TABLES[kind]
-        where, args, moves = self._select(kind, entity_id, to)
+        where, args, moves = self._select(kind, entity_id, to, worker)
         if not args:
             return 0
         ts = dbmod.now()
@@ -112,7 +112,8 @@ class Tx:
             self.write_job_event(str(entity_id))
         return changed
 
-    def _select(self, kind: str, entity_id, to: str) -> tuple[str, list, dict]:
+    def _select(self, kind: str, entity_id, to: str,
+                worker: str | None = None) -> tuple[str, list, dict]:
         """What `transition` changes: (WHERE clause, its args, task counter
         moves {(step_id, old status): count}). A single entity that may not
         make the change raises; a list of tasks keeps those that may."""
@@ -122,9 +123,12 @@ class Tx:
         if isinstance(entity_id, list):
             marks = ", ".join("?" * len(entity_id))
             rows = self.conn.execute(
-                f"SELECT id, status, step_id FROM tasks WHERE id IN ({marks})", entity_id
+                f"SELECT id, status, step_id, worker FROM tasks WHERE id IN ({marks})", entity_id
             ).fetchall() if entity_id else []
-            rows = [r for r in rows if to in TRANSITIONS[kind].get(r[1], ())]
+            # a worker's report ends only a run it holds (recovery may have moved it on)
+            report = worker and to != Status.RUNNING
+            rows = [r[:3] for r in rows if to in TRANSITIONS[kind].get(r[1], ())
+                    and not (report and r[1] == Status.RUNNING and r[3] != worker)]
         else:
             step = ", step_id" if kind == "task" else ", NULL"
             rows = self.conn.execute(f"SELECT id, status{step} FROM {TABLES[kind]}"
@@ -241,9 +245,9 @@ class Tx:
         never ends with "10 completed, 6 pending" for 8 tasks or an old
         "interrupted" error beside a success."""
         self.conn.execute("DELETE FROM tasks WHERE step_id = ?", (step_id,))
+        counters = "".join(f"tasks_{s} = 0, " for s in TASK_STATUSES)
         self.conn.execute(
-            "UPDATE steps SET tasks_pending = 0, tasks_running = 0, tasks_completed = 0,"
-            " tasks_failed = 0, progress_done = 0, progress_total = 0, error = NULL,"
+            f"UPDATE steps SET {counters}progress_done = 0, progress_total = 0, error = NULL,"
             " version = version + 1 WHERE id = ?", (step_id,))
         self._touch(step_id)
 
