@@ -95,7 +95,8 @@ class Worker:
         for run in runs:
             run.thread.join(timeout=10)
         self.writer.stop()
-        workers.recover(self.store, self.worker_id)  # re-queues whatever was left
+        # re-queues whatever was left, without charging its steps an attempt
+        workers.recover(self.store, self.worker_id, shutdown=True)
         workers.unregister(self.store, self.worker_id)
 
     def _free_slot(self) -> bool:

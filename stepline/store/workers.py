@@ -95,11 +95,20 @@ def dead(store: Store, stale_after_s: float) -> list[str]:
     return dead
 
 def recover(store: Store, dead_worker_id: str, only_job: str | None = None,
-            error: str | None = None) -> list[str]:
+            error: str | None = None, shutdown: bool = False) -> list[str]:
     """Fail (or re-queue, where the step allows retries) what a dead worker
     left running -- or one job of a live worker whose run crashed. The job
     goes back to pending so a live worker finishes it with the normal
-    rules: dependents skipped, always_run steps run."""
+    rules: dependents skipped, always_run steps run.
+
+    `shutdown`: the worker stopped cleanly (SIGTERM) and hands its running
+    steps back. They go back in line without an attempt charged, whatever
+    their `retries`: the operator stopped the worker, the step did nothing
+    wrong. A crash (kill -9, a dead heartbeat) charges one, as the step
+    itself may be what kills its worker (memory, a segfault in its code):
+    re-running such a step for free would crash worker after worker."""
+    if shutdown:
+        error = error or f"worker {dead_worker_id} shutting down: the step goes back in line"
     error = error or f"interrupted: worker {dead_worker_id} stopped"
     with store.write() as tx:
         if not only_job:
@@ -113,11 +122,12 @@ def recover(store: Store, dead_worker_id: str, only_job: str | None = None,
                 "SELECT id, retries, attempts FROM steps WHERE job_id = ? AND status = ?",
                 (job_id, Status.RUNNING),
             ).fetchall():
-                retry = attempts < retries
-                tx.append_logs(job_id, step_id, [(now_us(), "error", error)])
-                tx.conn.execute(
-                    "UPDATE steps SET attempts = attempts + 1 WHERE id = ?", (step_id,)
-                )
+                retry = shutdown or attempts < retries
+                tx.append_logs(job_id, step_id, [(now_us(), "warn" if shutdown else "error",
+                                                  error)])
+                if not shutdown:
+                    tx.conn.execute(
+                        "UPDATE steps SET attempts = attempts + 1 WHERE id = ?", (step_id,))
                 if retry:  # it runs again from the start
                     tx.clear_step_for_retry(step_id)
                     tx.transition("step", step_id, Status.PENDING)
