@@ -325,6 +325,29 @@ def test_a_cancelled_fan_out_counts_its_cancelled_tasks(store, db_path, start_wo
     assert stepline(db_path, "check").returncode == 0
 
 
+def test_sigterm_hands_a_workers_tasks_back_without_charging_an_attempt(store, start_worker):
+    """Review: the tasks a worker's slots hand back at SIGTERM kept the attempt
+    their claim counted, so a clean shutdown cost each a retry of its step's
+    `retries` (and the next run drew attempt 2's random outcome). Now a task
+    handed back is as if never claimed: every task ends after one attempt."""
+    started_workers(start_worker, 1, "--task-slots", "2")  # the job's owner
+    job_id, step_id = generate_job(store, 60, logs_per_task=4, log_delay_ms=100)
+    wait_for(lambda: reads.task_counts(store.db, step_id)["running"], what="tasks running")
+    leaving = started_workers(start_worker, 1, "--task-slots", "4")[0]
+
+    def held_by_leaving():
+        return [r for r in task_rows(store, step_id) if r["status"] == Status.RUNNING
+                and pid_of(r["worker"]) == leaving.proc.pid]
+    wait_for(held_by_leaving, what="tasks on the second worker")
+    leaving.proc.send_signal(signal.SIGTERM)
+    assert leaving.proc.wait(timeout=30) == 0
+    assert wait_job(store, job_id, timeout=120)["status"] == "completed"
+    rows = task_rows(store, step_id)
+    assert {r["status"] for r in rows} == {Status.COMPLETED} and len(rows) == 60
+    assert [r["idx"] for r in rows if r["attempts"] != 1] == []
+    assert violations(store.db) == []
+
+
 OLD_TASKS = """CREATE TABLE [tasks] ([id] INTEGER PRIMARY KEY, [step_id] TEXT, [idx] INTEGER,
     [status] TEXT, [attempts] INTEGER DEFAULT 0, [error] TEXT, [started] FLOAT,
     [finished] FLOAT)"""

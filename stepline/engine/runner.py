@@ -95,8 +95,8 @@ class Worker:
         for run in runs:
             run.thread.join(timeout=10)
         self.writer.stop()
-        # re-queues whatever was left, without charging its steps an attempt
-        workers.recover(self.store, self.worker_id, shutdown=True)
+        workers.recover(self.store, self.worker_id,  # re-queued; uncharged if they stopped
+                        handed_back=set().union(*(run.handed_back for run in runs)))
         workers.unregister(self.store, self.worker_id)
 
     def _free_slot(self) -> bool:
@@ -188,6 +188,7 @@ class JobRun:
         self.job_id = job_id
         self.stop_reason: StopReason | None = None
         self._steps: dict[str, StepRun] = {}  # step id -> its run, while it runs
+        self.handed_back: set[str] = set()  # steps that stopped for a shutdown
         self._lock = threading.Lock()  # stop() against a step starting
         self.thread = threading.Thread(target=self.run, name=f"job-{job_id}", daemon=True)
         job = reads.get_job(self.store.db, job_id)
@@ -355,8 +356,9 @@ class JobRun:
                 ctx.log(error, "error")
         # lines and tasks land before the status
         self._retry(lambda: self.worker.writer.close_step(ctx.logbook))
-        if self.stop_reason is StopReason.SHUTDOWN:
-            return Status.RUNNING  # left for recovery, which re-queues the job
+        if self.stop_reason is StopReason.SHUTDOWN:  # left for recovery, which re-queues it
+            self.handed_back.add(step["id"])
+            return Status.RUNNING
         self._transition("step", step["id"], status, error)
         return status
 

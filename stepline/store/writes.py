@@ -78,11 +78,10 @@ class Tx:
         A task that starts running records the `worker` running it.
 
         Tasks also change in bulk (a fan-out claims and finishes hundreds at a
-        time: one statement per batch, not four per task): `entity_id` a list
-        of task ids, of which those no longer in a state that allows the change
-        (cancelled meanwhile by their step's owner, deleted by a retry) are left
-        as they are; or `StepTasks(step_id, status)`, every task of a step in
-        that status (a stopped fan-out's queue). Returns how many changed."""
+        time): `entity_id` a list of task ids, of which those no longer in a
+        state that allows the change (cancelled by their step's owner, deleted
+        by a retry) are left as they are; or `StepTasks(step_id, status)`, every
+        task of a step in that status. Returns how many changed."""
         table = TABLES[kind]
         where, args, moves = self._select(kind, entity_id, to, worker)
         if not args:
@@ -93,6 +92,9 @@ class Tx:
         version = "" if kind == "task" else ", version = version + 1"
         task_starts = kind == "task" and to == Status.RUNNING
         attempts = ", attempts = attempts + 1, worker = ?" if task_starts else ""
+        if kind == "task" and to == Status.PENDING and error == StopReason.SHUTDOWN:
+            # handed back by a worker shutting down: as if never claimed (workers.recover)
+            attempts, error = ", attempts = attempts - 1", None
         changed = self.conn.execute(
             f"UPDATE {table} SET status = ?, error = coalesce(?, error),"
             f" started = coalesce(started, ?), finished = ?{version}{attempts}"
@@ -147,8 +149,7 @@ class Tx:
     def _check_steps_terminal(self, job_id: str) -> None:
         open_steps = self.conn.execute(
             "SELECT count(*) FROM steps WHERE job_id = ? AND status IN (?, ?)",
-            (job_id, Status.PENDING, Status.RUNNING),
-        ).fetchone()[0]
+            (job_id, Status.PENDING, Status.RUNNING)).fetchone()[0]
         if open_steps:
             raise Conflict(f"job {job_id} has {open_steps} steps not yet terminal")
 
@@ -246,9 +247,8 @@ class Tx:
         "interrupted" error beside a success."""
         self.conn.execute("DELETE FROM tasks WHERE step_id = ?", (step_id,))
         counters = "".join(f"tasks_{s} = 0, " for s in TASK_STATUSES)
-        self.conn.execute(
-            f"UPDATE steps SET {counters}progress_done = 0, progress_total = 0, error = NULL,"
-            " version = version + 1 WHERE id = ?", (step_id,))
+        self.conn.execute(f"UPDATE steps SET {counters}progress_done = 0, progress_total = 0,"
+                          " error = NULL, version = version + 1 WHERE id = ?", (step_id,))
         self._touch(step_id)
 
 
