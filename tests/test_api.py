@@ -56,7 +56,8 @@ def test_run_structure_logs_and_download(client, store, start_worker):
     assert [s["name"] for s in structure["steps"]] == ["hello", "bye"]
     hello = structure["steps"][0]
     assert hello["log_count"] == 2 and hello["depends"] == []
-    assert hello["tasks"] == {"pending": 0, "running": 0, "completed": 0, "failed": 0}
+    assert hello["tasks"] == {"pending": 0, "running": 0, "completed": 0, "failed": 0,
+                             "cancelled": 0}
     assert structure["steps"][1]["depends"] == ["hello"]
     assert structure["updated_at"] >= hello["finished_at"]
 

@@ -114,8 +114,10 @@ def test_a_retried_fan_out_step_starts_clean_after_a_crash(store, start_worker):
     'interrupted' error from the first attempt."""
     job_id = store.create_job(make_definition(
         '[step.fan]\ntype = "generate"\ntasks = 8\nlogs_per_task = 10\nlog_delay_ms = 50\n'
-        'concurrency = 2\nretries = 1'), {})
-    victim = start_worker()
+        'retries = 1'), {})
+    # 2 task slots: 4 rounds of 0.5 s. With the default 8 the step was done
+    # before the kill, and this test never saw a retry.
+    victim = start_worker("--task-slots", "2")
 
     def some_tasks_done():
         step = reads.job_steps(store.db, job_id)[0]
@@ -123,10 +125,16 @@ def test_a_retried_fan_out_step_starts_clean_after_a_crash(store, start_worker):
     wait_for(some_tasks_done, what="the first tasks")
     os.kill(victim.proc.pid, signal.SIGKILL)
     victim.proc.wait()
+    first = {r[0] for r in store.db.execute("SELECT id FROM tasks").fetchall()}
     start_worker()
     assert wait_job(store, job_id)["status"] == "completed"
+    # new ids: a worker still holding a first-attempt task cannot report onto
+    # one of the second (SQLite reused deleted ids before AUTOINCREMENT)
+    second = {r[0] for r in store.db.execute("SELECT id FROM tasks").fetchall()}
+    assert len(first) == len(second) == 8 and not first & second, (first, second)
     step = reads.job_steps(store.db, job_id)[0]
-    assert step["status"] == "completed" and step["error"] is None
-    assert step["tasks"] == {"pending": 0, "running": 0, "completed": 8, "failed": 0}
+    assert step["status"] == "completed" and step["error"] is None and step["attempts"] == 1
+    assert step["tasks"] == {"pending": 0, "running": 0, "completed": 8, "failed": 0,
+                             "cancelled": 0}
     assert store.db.execute("SELECT count(*) FROM tasks").fetchone()[0] == 8
     assert violations(store.db) == []

@@ -5,14 +5,18 @@ backends: run this module with and without --db-backend=postgres."""
 
 import os
 import signal
+import sqlite3
 import threading
 import time
 
 import pytest
 
+from stepline.engine.logwriter import BatchWriter
 from stepline.engine.states import TERMINAL, Status
-from stepline.store import reads
+from stepline.store import reads, tasks
 from stepline.store.check import violations
+from stepline.store.workers import recover
+from stepline.store.writes import Store
 
 from .conftest import make_definition, stepline, wait_for, wait_job
 
@@ -64,7 +68,8 @@ def test_tasks_of_one_step_run_on_several_workers(store, start_worker, request, 
     assert len(ran_on) >= 2, ran_on
     assert None not in ran_on
     step = reads.get_step(store.db, step_id)
-    assert step["tasks"] == {"pending": 0, "running": 0, "completed": 300, "failed": 0}
+    assert step["tasks"] == {"pending": 0, "running": 0, "completed": 300, "failed": 0,
+                             "cancelled": 0}
     assert step["log_count"] == 300
     assert (step["progress_done"], step["progress_total"]) == (300, 300)
     # the tasks API and the task table show who ran each task
@@ -211,7 +216,7 @@ def test_a_million_tasks_run_to_the_end_in_bounded_memory(store, db_path, start_
           f" peak worker RSS {peak_mb:.0f} MB")
     assert reads.get_job(store.db, job_id)["status"] == "completed"
     assert reads.task_counts(store.db, step_id) == {
-        "pending": 0, "running": 0, "completed": total, "failed": 0}
+        "pending": 0, "running": 0, "completed": total, "failed": 0, "cancelled": 0}
     assert peak_mb <= 200
     result = stepline(db_path, "check")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -397,3 +402,127 @@ def test_task_slots_stop_by_their_deadline_though_a_task_never_returns(store):
     finally:
         released.set()
         del REMOTE_TASKS["never_returns"]
+
+
+def claim_tasks(store, worker_id: str, count: int) -> list[int]:
+    """What a worker's task slots do: take up to `count` pending tasks."""
+    with store.write() as tx:
+        return [t["id"] for t in tasks.claim(tx, worker_id, count, ["generate"])]
+
+
+def report(store, worker_id: str, task_ids: list[int], status: str) -> None:
+    """What a worker's task slots do with a result: the batch writer's flush."""
+    writer = BatchWriter(store)
+    writer.worker_id = worker_id
+    for task_id in task_ids:
+        writer.task(task_id, status)
+    writer.flush()
+
+
+def test_a_retried_step_gets_new_task_ids_and_a_stale_report_is_dropped(store):
+    """Review: SQLite handed a retried step's new tasks the ids of the ones its
+    first attempt had deleted, so a worker still holding an old task reported
+    its result onto a new one. Ids never come back (AUTOINCREMENT; identity on
+    PostgreSQL), and a report from a worker that no longer holds the task is
+    dropped: here a task given to w3 after w2 was thought dead."""
+    job_id, step_id = generate_job(store, 4, retries=1)
+    assert store.claim_next_job("w1") == job_id
+    with store.write() as tx:
+        tx.transition("step", step_id, Status.RUNNING)
+        tasks.add(tx, step_id, 4)
+    first = claim_tasks(store, "w2", 4)
+    assert len(first) == 4
+    recover(store, "w1")  # the job's owner died: the step runs again, clean
+    assert reads.get_step(store.db, step_id)["status"] == Status.PENDING
+    assert store.claim_next_job("w1b") == job_id
+    with store.write() as tx:
+        tx.transition("step", step_id, Status.RUNNING)
+        second = tasks.add(tx, step_id, 4)
+    assert not set(first) & set(second), (first, second)
+    report(store, "w2", first, Status.COMPLETED)  # w2 ran the first attempt's tasks
+    assert reads.task_counts(store.db, step_id)[Status.PENDING] == 4
+    # w2 takes two of the new tasks, then seems dead: they go back in line,
+    # w3 takes them, and w2's late results must not end w3's runs
+    stale = claim_tasks(store, "w2", 2)
+    recover(store, "w2")
+    assert sorted(claim_tasks(store, "w3", 4)) == sorted(second)
+    report(store, "w2", stale, Status.COMPLETED)
+    rows = task_rows(store, step_id)
+    assert [(r["status"], r["worker"]) for r in rows] == [(Status.RUNNING, "w3")] * 4
+    assert reads.task_counts(store.db, step_id)[Status.RUNNING] == 4
+    report(store, "w3", second, Status.COMPLETED)  # w3's own results land
+    assert reads.task_counts(store.db, step_id)[Status.COMPLETED] == 4
+    assert violations(store.db, allow_running=True) == []
+
+
+def test_a_cancelled_fan_out_counts_its_cancelled_tasks(store, db_path, start_worker):
+    """Review: a cancelled generate step's open tasks became cancelled and were
+    counted nowhere: the step row showed nothing for them. Now every task is
+    in exactly one counter, `stepline check` agrees, and the API says so."""
+    started_workers(start_worker, 1, "--task-slots", "2")
+    job_id, step_id = generate_job(store, 40, logs_per_task=20, log_delay_ms=50)
+    wait_for(lambda: reads.task_counts(store.db, step_id)["running"], what="tasks running")
+    assert store.request_cancel(job_id) == "cancelling"
+    assert wait_job(store, job_id, timeout=60)["status"] == "cancelled"
+    counts = reads.get_step(store.db, step_id)["tasks"]
+    made = store.db.execute("SELECT count(*) FROM tasks WHERE step_id = ?",
+                            [step_id]).fetchone()[0]
+    assert counts["pending"] == counts["running"] == counts["failed"] == 0
+    assert counts["cancelled"] == 40 - counts["completed"] > 0, counts
+    assert made == 40
+    assert violations(store.db) == []
+    assert stepline(db_path, "check").returncode == 0
+
+
+def test_sigterm_hands_a_workers_tasks_back_without_charging_an_attempt(store, start_worker):
+    """Review: the tasks a worker's slots hand back at SIGTERM kept the attempt
+    their claim counted, so a clean shutdown cost each a retry of its step's
+    `retries` (and the next run drew attempt 2's random outcome). Now a task
+    handed back is as if never claimed: every task ends after one attempt."""
+    started_workers(start_worker, 1, "--task-slots", "2")  # the job's owner
+    job_id, step_id = generate_job(store, 60, logs_per_task=4, log_delay_ms=100)
+    wait_for(lambda: reads.task_counts(store.db, step_id)["running"], what="tasks running")
+    leaving = started_workers(start_worker, 1, "--task-slots", "4")[0]
+
+    def held_by_leaving():
+        return [r for r in task_rows(store, step_id) if r["status"] == Status.RUNNING
+                and pid_of(r["worker"]) == leaving.proc.pid]
+    wait_for(held_by_leaving, what="tasks on the second worker")
+    leaving.proc.send_signal(signal.SIGTERM)
+    assert leaving.proc.wait(timeout=30) == 0
+    assert wait_job(store, job_id, timeout=120)["status"] == "completed"
+    rows = task_rows(store, step_id)
+    assert {r["status"] for r in rows} == {Status.COMPLETED} and len(rows) == 60
+    assert [r["idx"] for r in rows if r["attempts"] != 1] == []
+    assert violations(store.db) == []
+
+
+OLD_TASKS = """CREATE TABLE [tasks] ([id] INTEGER PRIMARY KEY, [step_id] TEXT, [idx] INTEGER,
+    [status] TEXT, [attempts] INTEGER DEFAULT 0, [error] TEXT, [started] FLOAT,
+    [finished] FLOAT)"""
+
+
+@pytest.mark.sqlite_only
+def test_an_old_tasks_table_is_migrated_keeping_its_ids(db_path):
+    """A file from before AUTOINCREMENT (and before tasks.worker) is rebuilt
+    on open: its tasks keep their ids, and new ones continue past the highest
+    even once it is deleted, as a retried step deletes its tasks."""
+    conn = sqlite3.connect(db_path)
+    conn.execute(OLD_TASKS)
+    conn.execute("CREATE INDEX idx_tasks_step_id_idx ON tasks (step_id, idx)")
+    conn.executemany("INSERT INTO tasks (id, step_id, idx, status) VALUES (?, 'old', ?,"
+                     " 'completed')", [(3, 0), (7, 1)])
+    conn.commit()
+    conn.close()
+    store = Store(db_path)
+    schema = store.db.execute("SELECT sql FROM sqlite_master WHERE name = 'tasks'").fetchone()
+    assert "AUTOINCREMENT" in schema[0] and "worker" in schema[0]
+    assert [r["id"] for r in store.db.query("SELECT id FROM tasks ORDER BY id")] == [3, 7]
+    store.db.execute("DELETE FROM tasks WHERE id = 7")
+    job_id, step_id = generate_job(store, 2)
+    with store.write() as tx:
+        assert tasks.add(tx, step_id, 2) == [8, 9]
+    Store(db_path)  # opening again leaves it alone
+    indexes = {r["name"] for r in store.db.query(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'tasks'")}
+    assert indexes == {"idx_tasks_step_id_idx", "idx_tasks_step_id_status"}

@@ -1,6 +1,8 @@
 """What a person sees of a fan-out step run by several workers, in Chromium:
 the task table says which worker ran each task (#12)."""
 
+import pytest
+
 from .conftest import wait_for
 from .test_browser import browser, page, server  # noqa: F401 - fixtures
 from .test_journeys import job_status
@@ -36,3 +38,32 @@ def test_the_task_table_shows_the_tasks_spread_over_two_workers(page, server, st
     assert len(ran_on) == 2, ran_on  # both workers took a share, and each says so
     wait_for(lambda: job_status(server, job_id) == "completed", 30, what="the job")
     page.locator(".job-header[data-status=completed]").wait_for()
+
+
+@pytest.mark.parametrize("cpu", ["idle", "saturated"])
+def test_cancel_a_running_fan_out_and_see_its_cancelled_tasks_counted(page, server,
+                                                                     start_worker, request, cpu):
+    """Review: a cancelled fan-out's open tasks were counted nowhere, so its
+    row showed nothing for them. A person runs 200 tasks (4 at a time, 0.4 s
+    each: 20 s), cancels once some are done, and looking 2 s later reads "N
+    cancelled" beside the completed ones, N being the tasks that never ran."""
+    if cpu == "saturated":
+        request.getfixturevalue("cpu_saturated")
+    start_worker("--task-slots", "4").wait_started()
+    page.goto(f"{server.url}/definitions/{DEF}")
+    page.fill(f"#run-{DEF} input[name='param.tasks']", "")
+    page.type(f"#run-{DEF} input[name='param.tasks']", "200")
+    page.click(f"#run-{DEF} button[type=submit]")
+    page.wait_for_url(f"{server.url}/jobs/*")
+    fan = page.locator("tr.step-row", has=page.locator("td.name:has-text('fan generate')"))
+    fan.locator(".tc-completed:not(:text-is('0 completed'))").wait_for(timeout=30_000)
+    page.on("dialog", lambda dialog: dialog.accept())  # "Cancel this job?"
+    page.click(".job-header button:text('Cancel')")
+    page.wait_for_timeout(2000)
+    page.locator(".job-header[data-status=cancelled]").wait_for(timeout=10_000)
+    assert fan.get_attribute("data-status") == "cancelled"
+    completed = int(fan.locator(".tc-completed").inner_text().split()[0])
+    cancelled = fan.locator(".tc-cancelled").inner_text()
+    assert 0 < completed < 200
+    assert cancelled == f"{200 - completed} cancelled", (completed, cancelled)
+    assert "0 pending" in fan.locator("td.tasks").inner_text()

@@ -33,7 +33,8 @@ def job(status: str, **extra) -> dict:
             "status": status, "error": "step 'code_map' failed" if status == "failed" else None,
             "created": T0, "started": started, "finished": finished, "version": 3,
             "steps_total": 4, "steps_done": 2, "cancel_requested": 0, "rerun_of": None,
-            "tasks": {"pending": 3, "running": 1, "completed": 40, "failed": 2}, **extra}
+            "tasks": {"pending": 3, "running": 1, "completed": 40, "failed": 2, "cancelled": 0},
+            **extra}
 
 
 def step(status: str, **extra) -> dict:
@@ -44,7 +45,7 @@ def step(status: str, **extra) -> dict:
     return {"id": "step0001", "job_id": "job0001", "name": "import_files", "type": "python",
             "status": status, "error": error, "started": started, "finished": finished,
             "log_count": 1234, "version": 7, "depends": ["a"],
-            "tasks": {"pending": 0, "running": 0, "completed": 0, "failed": 0},
+            "tasks": {"pending": 0, "running": 0, "completed": 0, "failed": 0, "cancelled": 0},
             "progress_done": 0, "progress_total": 0, **extra}
 
 
@@ -99,6 +100,19 @@ def test_step_row_with_tasks(app, snapshot):
     fragment = render.render_step_row(step("running", tasks=tasks, progress_done=42,
                                            progress_total=46))
     assert "3 pending" in fragment and "40 completed" in fragment and "2 failed" in fragment
+    assert fragment == snapshot
+
+
+def test_a_cancelled_fan_out_step_row_counts_its_cancelled_tasks(app, snapshot):
+    """Review: a cancelled fan-out's open tasks were counted nowhere, so the
+    row showed nothing for them; "0 cancelled" stays off every other row."""
+    tasks = {"pending": 0, "running": 0, "completed": 12, "failed": 1, "cancelled": 35}
+    fragment = render.render_step_row(step("cancelled", tasks=tasks, progress_done=13,
+                                           progress_total=48))
+    assert '<span class="tc tc-cancelled">35 cancelled</span>' in fragment
+    assert "12 completed" in fragment and "1 failed" in fragment
+    assert "cancelled</span>" not in render.render_step_row(step("completed", tasks={
+        **tasks, "completed": 48, "failed": 0, "cancelled": 0}))
     assert fragment == snapshot
 
 

@@ -118,7 +118,8 @@ retries = 1
 """)
     assert job["status"] == "completed"
     step = steps_by_name(store, job_id)["fan"]
-    assert step["tasks"] == {"pending": 0, "running": 0, "completed": 30, "failed": 0}
+    assert step["tasks"] == {"pending": 0, "running": 0, "completed": 30, "failed": 0,
+                             "cancelled": 0}
     assert (step["progress_done"], step["progress_total"]) == (30, 30)
     retried = list(store.db.query("SELECT attempts FROM tasks WHERE step_id = ? AND idx % 7 = 0",
                                   [step["id"]]))
@@ -388,6 +389,39 @@ flag = ""
     step = steps_by_name(store, job_id)["work"]
     assert step["attempts"] == 1
     assert "second run" in log_messages(store, step["id"])
+    assert violations(store.db) == []
+
+
+def test_sigterm_hands_a_running_step_back_without_charging_an_attempt(
+        store, start_worker, tmp_path):
+    """Review: a clean shutdown (SIGTERM) charged the running step an attempt,
+    so a step with retries = 0 failed "interrupted" instead of running again
+    on the next worker. A kill -9 still charges one (the test above): a crash
+    may be the step's own doing (see workers.recover)."""
+    definition = make_definition("""
+[step.work]
+type = "shell"
+run = '''if [ -e $STEPLINE_PARAM_FLAG ]; then echo second run;
+else touch $STEPLINE_PARAM_FLAG; sleep 60; fi'''
+[params]
+flag = ""
+""")
+    flag = tmp_path / "first-run"
+    job_id = store.create_job(definition, {"flag": str(flag)})
+    leaving = start_worker()
+    wait_for(flag.exists, what="first run")
+    leaving.proc.send_signal(signal.SIGTERM)
+    assert leaving.proc.wait(timeout=30) == 0
+    step = steps_by_name(store, job_id)["work"]
+    assert (step["status"], step["attempts"], step["error"]) == ("pending", 0, None)
+    assert reads.get_job(store.db, job_id)["status"] == "pending"
+    start_worker()
+    job = wait_job(store, job_id)
+    step = steps_by_name(store, job_id)["work"]
+    assert job["status"] == "completed", job
+    assert (step["status"], step["attempts"], step["error"]) == ("completed", 0, None)
+    messages = log_messages(store, step["id"])
+    assert any("shutting down" in m for m in messages) and "second run" in messages
     assert violations(store.db) == []
 
 

@@ -98,7 +98,8 @@ class Worker:
             run.thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self.left_running = not handed_back or any(run.thread.is_alive() for run in runs)
         self.writer.stop()
-        workers.recover(self.store, self.worker_id)  # re-queues whatever was left
+        workers.recover(self.store, self.worker_id,  # re-queued; uncharged if they stopped
+                        handed_back=set().union(*(run.handed_back for run in runs)))
         workers.unregister(self.store, self.worker_id)
 
     def _free_slot(self) -> bool:
@@ -190,6 +191,7 @@ class JobRun:
         self.job_id = job_id
         self.stop_reason: StopReason | None = None
         self._steps: dict[str, StepRun] = {}  # step id -> its run, while it runs
+        self.handed_back: set[str] = set()  # steps that stopped for a shutdown
         self._lock = threading.Lock()  # stop() against a step starting
         self.thread = threading.Thread(target=self.run, name=f"job-{job_id}", daemon=True)
         job = reads.get_job(self.store.db, job_id)
@@ -357,8 +359,9 @@ class JobRun:
                 ctx.log(error, "error")
         # lines and tasks land before the status
         self._retry(lambda: self.worker.writer.close_step(ctx.logbook))
-        if self.stop_reason is StopReason.SHUTDOWN:
-            return Status.RUNNING  # left for recovery, which re-queues the job
+        if self.stop_reason is StopReason.SHUTDOWN:  # left for recovery, which re-queues it
+            self.handed_back.add(step["id"])
+            return Status.RUNNING
         self._transition("step", step["id"], status, error)
         return status
 

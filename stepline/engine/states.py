@@ -23,8 +23,11 @@ class Status(StrEnum):
 TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.SKIPPED})
 # What a job can be: a job is never skipped (the metrics and the filter list).
 JOB_STATUSES = tuple(s for s in Status if s is not Status.SKIPPED)
-# The task counters each step keeps (steps.tasks_<status>).
-TASK_STATUSES = (Status.PENDING, Status.RUNNING, Status.COMPLETED, Status.FAILED)
+# The task counters each step keeps (steps.tasks_<status>). Cancelled too:
+# a stopped fan-out's open tasks end cancelled, and a step row that counted
+# them nowhere showed an empty bar for them.
+TASK_STATUSES = (Status.PENDING, Status.RUNNING, Status.COMPLETED, Status.FAILED,
+                 Status.CANCELLED)
 
 # kind -> {from_status: allowed to_statuses}
 # `running -> pending` is the crash-recovery path: a dead worker's job is

@@ -59,8 +59,9 @@ def _step(row: dict) -> dict:
 # the worker needs (and which is the widest column).
 STEP_VIEW_COLUMNS = (
     "id, job_id, idx, name, type, depends, on_error, always_run, retries, timeout_s, status,"
-    " error, started, finished, log_count, tasks_pending, tasks_running, tasks_completed,"
-    " tasks_failed, progress_done, progress_total, attempts, version")
+    " error, started, finished, log_count, "
+    + "".join(f"tasks_{s}, " for s in TASK_STATUSES)
+    + "progress_done, progress_total, attempts, version")
 
 
 def get_job(db: Database, job_id: str) -> dict | None:
@@ -273,7 +274,7 @@ def pending_job_exists(db: Database) -> bool:
 
 
 def task_counts(db: Database, step_id: str) -> dict[str, int]:
-    """A step's task counters: {pending, running, completed, failed}."""
+    """A step's task counters: {pending, running, completed, failed, cancelled}."""
     row = db.execute(f"SELECT {', '.join(f'tasks_{s}' for s in TASK_STATUSES)}"
                      " FROM steps WHERE id = ?", [step_id]).fetchone()
     return dict(zip(TASK_STATUSES, row or (0,) * len(TASK_STATUSES), strict=True))

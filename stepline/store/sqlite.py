@@ -39,14 +39,15 @@ SCHEMA: dict[str, tuple[dict[str, type], str | tuple[str, ...], dict[str, object
             "timeout_s": float, "status": str, "error": str, "started": float,
             "finished": float, "log_count": int, "tasks_pending": int,
             "tasks_running": int, "tasks_completed": int, "tasks_failed": int,
-            "progress_done": int, "progress_total": int, "attempts": int, "version": int,
+            "tasks_cancelled": int, "progress_done": int, "progress_total": int,
+            "attempts": int, "version": int,
             "task_cap": int,  # its tasks running at once on all workers; NULL: no cap
         },
         "id",
         {
             "log_count": 0, "tasks_pending": 0, "tasks_running": 0, "tasks_completed": 0,
-            "tasks_failed": 0, "progress_done": 0, "progress_total": 0, "attempts": 0,
-            "version": 1, "always_run": 0, "retries": 0,
+            "tasks_failed": 0, "tasks_cancelled": 0, "progress_done": 0, "progress_total": 0,
+            "attempts": 0, "version": 1, "always_run": 0, "retries": 0,
         },
     ),
     "tasks": (
@@ -65,6 +66,23 @@ SCHEMA: dict[str, tuple[dict[str, type], str | tuple[str, ...], dict[str, object
         {},
     ),
 }
+
+# Tasks: AUTOINCREMENT too, for the same reason. A step that runs again
+# deletes its tasks (Tx.clear_step_for_retry), and without it the new ones
+# got the same ids: a worker still holding a task of the earlier attempt then
+# reported its result onto a new task. The columns are SCHEMA's (PostgreSQL
+# creates the table from it, with an identity id that is never reused).
+SQL_TYPES = {int: "INTEGER", str: "TEXT", float: "FLOAT"}
+
+
+def autoincrement_ddl(name: str) -> str:
+    columns, pk, defaults = SCHEMA[name]
+    cols = [f"{pk} INTEGER PRIMARY KEY AUTOINCREMENT"] + [
+        f"{column} {SQL_TYPES[kind]}" + (f" DEFAULT {defaults[column]!r}"
+                                         if column in defaults else "")
+        for column, kind in columns.items() if column != pk]
+    return f"CREATE TABLE {name} ({', '.join(cols)})"
+
 
 # Log lines live in one B-tree keyed by (step_id, line): WITHOUT ROWID makes
 # appends ~1.6x faster than a rowid table plus its primary-key index, and a
@@ -168,7 +186,9 @@ def ensure_schema(db: sqlite_utils.Database) -> None:
     """Create missing tables, columns and indexes; safe to run on every start."""
     enable_wal(db)
     with transaction(db):
-        ensure_events_table(db)
+        ensure_autoincrement(db, "events", EVENTS_DDL, EVENTS_COLUMNS, "seq")
+        ensure_autoincrement(db, "tasks", autoincrement_ddl("tasks"), tuple(SCHEMA["tasks"][0]),
+                             "id")
         for name, (columns, pk, defaults) in SCHEMA.items():
             table = db.table(name)
             if not table.exists():
@@ -202,25 +222,27 @@ def enable_wal(db: sqlite_utils.Database) -> None:
             time.sleep(0.01)
 
 
-def ensure_events_table(db: sqlite_utils.Database) -> None:
-    """Create the events table, or rebuild one from before AUTOINCREMENT (and
-    before step_name): rows keep their seq, and SQLite sets sqlite_sequence
-    to the highest one copied, so new events continue past it. Runs inside
-    ensure_schema's write transaction: of several processes starting at once,
-    the first rebuilds and the others see the new table."""
-    row = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'events'"
-                     ).fetchone()
+def ensure_autoincrement(db: sqlite_utils.Database, table: str, ddl: str,
+                         columns: tuple[str, ...], key: str) -> None:
+    """Create `table` from `ddl`, or rebuild one from before AUTOINCREMENT
+    (and before some of `columns`): rows keep their `key`, and SQLite sets
+    sqlite_sequence to the highest one copied, so new rows continue past it.
+    Runs inside ensure_schema's write transaction: of several processes
+    starting at once, the first rebuilds and the others see the new table.
+    The old table's indexes go with it; ensure_schema makes them again."""
+    row = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?",
+                     (table,)).fetchone()
     if row is None:
-        db.execute(EVENTS_DDL)
+        db.execute(ddl)
         return
     if "AUTOINCREMENT" in row[0].upper():
         return
-    kept = ", ".join(c for c in EVENTS_COLUMNS if c in db.table("events").columns_dict)
-    db.execute("ALTER TABLE events RENAME TO events_before_autoincrement")
-    db.execute(EVENTS_DDL)
-    db.execute(f"INSERT INTO events ({kept}) SELECT {kept} FROM events_before_autoincrement"
-               " ORDER BY seq")
-    db.execute("DROP TABLE events_before_autoincrement")
+    kept = ", ".join(c for c in columns if c in db.table(table).columns_dict)
+    db.execute(f"ALTER TABLE {table} RENAME TO {table}_before_autoincrement")
+    db.execute(ddl)
+    db.execute(f"INSERT INTO {table} ({kept}) SELECT {kept} FROM {table}_before_autoincrement"
+               f" ORDER BY {key}")
+    db.execute(f"DROP TABLE {table}_before_autoincrement")
 
 
 @contextmanager

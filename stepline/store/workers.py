@@ -9,7 +9,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TypeVar
 
 from stepline.engine.states import Status, may_run_again
@@ -95,12 +95,22 @@ def dead(store: Store, stale_after_s: float) -> list[str]:
     return dead
 
 def recover(store: Store, dead_worker_id: str, only_job: str | None = None,
-            error: str | None = None) -> list[str]:
+            error: str | None = None, handed_back: Collection[str] = ()) -> list[str]:
     """Fail (or re-queue, where the step allows retries) what a dead worker
     left running -- or one job of a live worker whose run crashed. The job
     goes back to pending so a live worker finishes it with the normal
-    rules: dependents skipped, always_run steps run."""
+    rules: dependents skipped, always_run steps run.
+
+    `handed_back`: steps of a worker shutting down (SIGTERM) that stopped
+    when asked. They go back in line without an attempt charged, whatever
+    their `retries`: the operator stopped the worker, the step did nothing
+    wrong. A crash (kill -9, a dead heartbeat) charges one, as does a step
+    that ignored the stop: the step itself may be what kills or hangs its
+    worker (memory, a segfault in its code), and re-running it for free
+    would take down worker after worker. (The tasks a stopping worker hands
+    back are not charged either: see Tx.transition.)"""
     error = error or f"interrupted: worker {dead_worker_id} stopped"
+    note = f"worker {dead_worker_id} shutting down: the step goes back in line"
     with store.write() as tx:
         if not only_job:
             _recover_tasks(tx, dead_worker_id, error)
@@ -113,11 +123,13 @@ def recover(store: Store, dead_worker_id: str, only_job: str | None = None,
                 "SELECT id, retries, attempts FROM steps WHERE job_id = ? AND status = ?",
                 (job_id, Status.RUNNING),
             ).fetchall():
-                retry = attempts < retries
-                tx.append_logs(job_id, step_id, [(now_us(), "error", error)])
-                tx.conn.execute(
-                    "UPDATE steps SET attempts = attempts + 1 WHERE id = ?", (step_id,)
-                )
+                free = step_id in handed_back
+                retry = free or attempts < retries
+                tx.append_logs(job_id, step_id, [(now_us(), *(("warn", note) if free
+                                                              else ("error", error)))])
+                if not free:
+                    tx.conn.execute(
+                        "UPDATE steps SET attempts = attempts + 1 WHERE id = ?", (step_id,))
                 if retry:  # it runs again from the start
                     tx.clear_step_for_retry(step_id)
                     tx.transition("step", step_id, Status.PENDING)

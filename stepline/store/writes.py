@@ -79,13 +79,12 @@ class Tx:
         A task that starts running records the `worker` running it.
 
         Tasks also change in bulk (a fan-out claims and finishes hundreds at a
-        time: one statement per batch, not four per task): `entity_id` a list
-        of task ids, of which those no longer in a state that allows the change
-        (cancelled meanwhile by their step's owner, deleted by a retry) are left
-        as they are; or `StepTasks(step_id, status)`, every task of a step in
-        that status (a stopped fan-out's queue). Returns how many changed."""
+        time): `entity_id` a list of task ids, of which those no longer in a
+        state that allows the change (cancelled by their step's owner, deleted
+        by a retry) are left as they are; or `StepTasks(step_id, status)`, every
+        task of a step in that status. Returns how many changed."""
         table = TABLES[kind]
-        where, args, moves = self._select(kind, entity_id, to)
+        where, args, moves = self._select(kind, entity_id, to, worker)
         if not args:
             return 0
         ts = dbmod.now()
@@ -94,6 +93,9 @@ class Tx:
         version = "" if kind == "task" else ", version = version + 1"
         task_starts = kind == "task" and to == Status.RUNNING
         attempts = ", attempts = attempts + 1, worker = ?" if task_starts else ""
+        if kind == "task" and to == Status.PENDING and error == StopReason.SHUTDOWN:
+            # handed back by a worker shutting down: as if never claimed (workers.recover)
+            attempts, error = ", attempts = attempts - 1", None
         changed = self.conn.execute(
             f"UPDATE {table} SET status = ?, error = coalesce(?, error),"
             f" started = coalesce(started, ?), finished = ?{version}{attempts}"
@@ -113,7 +115,8 @@ class Tx:
             self.write_job_event(str(entity_id))
         return changed
 
-    def _select(self, kind: str, entity_id, to: str) -> tuple[str, list, dict]:
+    def _select(self, kind: str, entity_id, to: str,
+                worker: str | None = None) -> tuple[str, list, dict]:
         """What `transition` changes: (WHERE clause, its args, task counter
         moves {(step_id, old status): count}). A single entity that may not
         make the change raises; a list of tasks keeps those that may."""
@@ -123,9 +126,12 @@ class Tx:
         if isinstance(entity_id, list):
             marks = ", ".join("?" * len(entity_id))
             rows = self.conn.execute(
-                f"SELECT id, status, step_id FROM tasks WHERE id IN ({marks})", entity_id
+                f"SELECT id, status, step_id, worker FROM tasks WHERE id IN ({marks})", entity_id
             ).fetchall() if entity_id else []
-            rows = [r for r in rows if to in TRANSITIONS[kind].get(r[1], ())]
+            # a worker's report ends only a run it holds (recovery may have moved it on)
+            report = worker and to != Status.RUNNING
+            rows = [r[:3] for r in rows if to in TRANSITIONS[kind].get(r[1], ())
+                    and not (report and r[1] == Status.RUNNING and r[3] != worker)]
         else:
             step = ", step_id" if kind == "task" else ", NULL"
             rows = self.conn.execute(f"SELECT id, status{step} FROM {TABLES[kind]}"
@@ -144,8 +150,7 @@ class Tx:
     def _check_steps_terminal(self, job_id: str) -> None:
         open_steps = self.conn.execute(
             "SELECT count(*) FROM steps WHERE job_id = ? AND status IN (?, ?)",
-            (job_id, Status.PENDING, Status.RUNNING),
-        ).fetchone()[0]
+            (job_id, Status.PENDING, Status.RUNNING)).fetchone()[0]
         if open_steps:
             raise Conflict(f"job {job_id} has {open_steps} steps not yet terminal")
 
@@ -242,10 +247,9 @@ class Tx:
         never ends with "10 completed, 6 pending" for 8 tasks or an old
         "interrupted" error beside a success."""
         self.conn.execute("DELETE FROM tasks WHERE step_id = ?", (step_id,))
-        self.conn.execute(
-            "UPDATE steps SET tasks_pending = 0, tasks_running = 0, tasks_completed = 0,"
-            " tasks_failed = 0, progress_done = 0, progress_total = 0, error = NULL,"
-            " version = version + 1 WHERE id = ?", (step_id,))
+        counters = "".join(f"tasks_{s} = 0, " for s in TASK_STATUSES)
+        self.conn.execute(f"UPDATE steps SET {counters}progress_done = 0, progress_total = 0,"
+                          " error = NULL, version = version + 1 WHERE id = ?", (step_id,))
         self._touch(step_id)
 
 

@@ -33,7 +33,9 @@ STATUS = {"type": "string", "enum": [s.value for s in Status]}
 NULLABLE_NUMBER = {"type": ["number", "null"]}
 NULLABLE_STRING = {"type": ["string", "null"]}
 TASKS = {"type": "object", "required": [s.value for s in TASK_STATUSES],
-         "properties": {s.value: {"type": "integer"} for s in TASK_STATUSES}}
+         "properties": {s.value: {"type": "integer"} for s in TASK_STATUSES},
+         "description": "The step's (or job's) tasks by status. `cancelled`, beside DESIGN's"
+                        " four, counts a stopped fan-out's tasks that never ran to the end."}
 STEP = {"type": "object", "required": ["step_id", "name", "status", "log_count", "depends",
                                        "tasks", "started_at", "finished_at", "error"],
         "properties": {"step_id": {"type": "string"}, "name": {"type": "string"},
