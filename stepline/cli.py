@@ -19,8 +19,8 @@ from stepline.follow import follow_job
 from stepline.store import reads
 from stepline.store.backends import absolute, redacted
 from stepline.store.check import violations
-from stepline.store.errors import unavailable
-from stepline.store.writes import Conflict, NotFound, Store
+from stepline.store.errors import Conflict, NotFound, unavailable
+from stepline.store.writes import Store
 from stepline.web.render import duration
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

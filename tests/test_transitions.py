@@ -17,7 +17,8 @@ from stepline.engine.states import (
 )
 from stepline.store import reads
 from stepline.store.check import violations
-from stepline.store.writes import Conflict, Store
+from stepline.store.errors import Conflict
+from stepline.store.writes import Store
 
 from .conftest import make_definition
 

@@ -5,7 +5,8 @@ from typing import Any
 from stepline.engine.definitions import Definition, ParamError, resolve_params
 from stepline.engine.states import TERMINAL
 from stepline.store import reads
-from stepline.store.writes import Conflict, NotFound, Store
+from stepline.store.errors import Conflict, NotFound
+from stepline.store.writes import Store
 
 
 def start_job(store: Store, definitions: dict[str, Definition], name: str,

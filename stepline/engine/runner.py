@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from stepline.engine.context import StepContext, StepFailed
 from stepline.engine.definitions import DEFAULT_MAX_PARALLEL
 from stepline.engine.logwriter import BatchWriter
-from stepline.engine.states import TERMINAL, Status, StopReason
+from stepline.engine.states import TERMINAL, Status, StopReason, blocks_dependents
 from stepline.engine.steps import run_step
 from stepline.engine.taskslots import TASK_SLOTS, TaskSlots
 from stepline.store import reads, workers
@@ -305,7 +305,8 @@ class JobRun:
                 self._settle(step, Status.CANCELLED)
             elif any(by_name[d]["status"] not in TERMINAL for d in step["depends"]):
                 continue  # its dependencies are still to run, or running
-            elif ((blocker := next((d for d in step["depends"] if _blocks(by_name[d])), None))
+            elif ((blocker := next((d for d in step["depends"]
+                                    if blocks_dependents(by_name[d])), None))
                   and not step["always_run"]):
                 self._settle(step, Status.SKIPPED,
                              f"dependency '{blocker}' {by_name[blocker]['status']}")
@@ -340,7 +341,7 @@ class JobRun:
         except Exception as exc:  # noqa: BLE001 - any step failure is data, not a crash
             timeout_s = (step["timeout_s"] if ctx.stop_reason is StopReason.STEP_TIMEOUT
                          else self.job_timeout)
-            error = (stop_text(ctx.stop_reason, timeout_s) if ctx.stop_reason
+            error = (ctx.stop_reason.error(timeout_s) if ctx.stop_reason
                      else str(exc) or type(exc).__name__)
             status = (Status.CANCELLED if ctx.stop_reason is StopReason.CANCELLED
                       else Status.FAILED)
@@ -369,7 +370,7 @@ class JobRun:
         if self.stop_reason is StopReason.CANCELLED:
             status, error = Status.CANCELLED, str(StopReason.CANCELLED)
         elif self.stop_reason:
-            status, error = Status.FAILED, stop_text(self.stop_reason, self.job_timeout)
+            status, error = Status.FAILED, self.stop_reason.error(self.job_timeout)
         elif failed := [s["name"] for s in steps
                         if s["status"] == Status.FAILED and s["on_error"] == "fail"]:
             status, error = Status.FAILED, f"step {failed[0]!r} failed"
@@ -386,18 +387,3 @@ class JobRun:
 
     def _retry(self, write) -> None:
         retry_while_unavailable(write, self.worker._stop.is_set, f"job {self.job_id}")
-
-
-def _blocks(dep: dict) -> bool:
-    """A dependency stops its dependents unless it completed, or failed with
-    on_error = continue."""
-    if dep["status"] == Status.COMPLETED:
-        return False
-    return not (dep["status"] == Status.FAILED and dep["on_error"] == "continue")
-
-
-def stop_text(reason: StopReason, timeout_s: float | None) -> str:
-    """The error a stopped job or step records; a timeout says how long it was."""
-    if reason in (StopReason.JOB_TIMEOUT, StopReason.STEP_TIMEOUT) and timeout_s:
-        return f"{reason} after {timeout_s:g}s"
-    return str(reason)

@@ -98,12 +98,26 @@ def sql_list(statuses) -> str:
 
 class StopReason(StrEnum):
     """Why a running job or step was told to stop. The value is the error it
-    records (timeouts add how long: see `stepline.engine.runner.stop_text`)."""
+    records (timeouts add how long: `error`)."""
 
     CANCELLED = "cancelled by user"
     SHUTDOWN = "worker shutting down"
     JOB_TIMEOUT = "job timed out"
     STEP_TIMEOUT = "step timed out"
+
+    def error(self, timeout_s: float | None) -> str:
+        """The error a stopped job or step records; a timeout says how long it was."""
+        if self in (StopReason.JOB_TIMEOUT, StopReason.STEP_TIMEOUT) and timeout_s:
+            return f"{self} after {timeout_s:g}s"
+        return str(self)
+
+
+def blocks_dependents(dep: dict) -> bool:
+    """A dependency stops its dependents unless it completed, or failed with
+    on_error = continue."""
+    if dep["status"] == Status.COMPLETED:
+        return False
+    return not (dep["status"] == Status.FAILED and dep["on_error"] == "continue")
 
 
 # Log levels, least to most severe (logs.level holds these values).

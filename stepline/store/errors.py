@@ -1,7 +1,8 @@
-"""The one store error that callers above the store handle: the database is
-unavailable for now (locked, full, read-only, connection lost, deadlock
-victim). Nothing was written -- the transaction rolled back -- so a worker
-retries, the web answers 503 and the CLI says why.
+"""The store's errors that callers above it handle: NotFound (HTTP 404),
+Conflict (409), and the database being unavailable for now (locked, full,
+read-only, connection lost, deadlock victim). Nothing was written -- the
+transaction rolled back -- so a worker retries, the web answers 503 and the
+CLI says why.
 
 `unavailable()` gives the exception classes to catch, for `except` clauses
 and Flask error handlers. psycopg's class only joins once psycopg has been
@@ -18,3 +19,11 @@ def unavailable() -> tuple[type[Exception], ...]:
     if psycopg is None:
         return (sqlite3.OperationalError,)
     return (sqlite3.OperationalError, psycopg.OperationalError)
+
+
+class NotFound(LookupError):
+    """No job, step or task with that id."""
+
+
+class Conflict(RuntimeError):
+    """The request is valid but the entity's state forbids it (HTTP 409)."""

@@ -28,17 +28,10 @@ from stepline.engine.states import (
 from stepline.store import sqlite as dbmod
 from stepline.store.backends import open_backend
 from stepline.store.changes import SharedWatch
+from stepline.store.errors import Conflict, NotFound
 from stepline.store.logtext import encodable, storable_text
 
 TABLES = {"job": "jobs", "step": "steps", "task": "tasks"}
-
-
-class NotFound(LookupError):
-    pass
-
-
-class Conflict(RuntimeError):
-    """The request is valid but the entity's state forbids it (HTTP 409)."""
 
 
 @dataclass(frozen=True)

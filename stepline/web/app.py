@@ -14,7 +14,8 @@ from werkzeug.exceptions import HTTPException
 from stepline import config
 from stepline.engine.definitions import ParamError
 from stepline.store import errors as store_errors
-from stepline.store.writes import Conflict, NotFound, Store
+from stepline.store.errors import Conflict, NotFound
+from stepline.store.writes import Store
 from stepline.web import api, auth, live, pages, parts, render
 from stepline.web.http import ApiError, definition_unavailable, error_response
 from stepline.web.hub import Hub
