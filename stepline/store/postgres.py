@@ -33,7 +33,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from stepline.store.sqlite import INDEXES, LOGS_ERRORS_DDL, SCHEMA
+from stepline.store.sqlite import BACKFILL, INDEXES, LOGS_ERRORS_DDL, SCHEMA
 
 CHANNEL = "stepline_commits"
 WRITE_LOCK = 0x5354_4550  # any constant shared by every Stepline process ("STEP")
@@ -379,6 +379,8 @@ def ensure_schema(url: str) -> None:
             for column, ddl in cols.items():  # columns added since it was created
                 if (name, column) not in existing:
                     conn.execute(f"ALTER TABLE {name} ADD COLUMN {ddl}")
+                    if (name, column) in BACKFILL:
+                        conn.execute(BACKFILL[name, column])
         if ("jobs", "rowid") not in existing:
             conn.execute(f"ALTER TABLE jobs ADD COLUMN rowid {IDENTITY}")
         for ddl in (*EXTRA_DDL, LOGS_ERRORS_DDL):

@@ -122,6 +122,16 @@ CREATE TABLE events (
 )
 """
 
+# A column added to a table that already has rows, and how those rows get
+# their value (both backends, in the schema's transaction): a counter starting
+# at 0 beside tasks that were cancelled before it existed would fail
+# `stepline check` on every upgraded database.
+BACKFILL = {
+    ("steps", "tasks_cancelled"):
+        "UPDATE steps SET tasks_cancelled = (SELECT count(*) FROM tasks"
+        " WHERE tasks.step_id = steps.id AND tasks.status = 'cancelled')",
+}
+
 # One index per query the UI and the worker make.
 INDEXES: dict[str, list[tuple[str, ...]]] = {
     "jobs": [("status", "created"), ("created",), ("worker_id",), ("definition", "created")],
@@ -197,6 +207,8 @@ def ensure_schema(db: sqlite_utils.Database) -> None:
                 for column, kind in columns.items():
                     if column not in table.columns_dict:
                         table.add_column(column, kind, not_null_default=defaults.get(column))
+                        if (name, column) in BACKFILL:
+                            db.execute(BACKFILL[name, column])
         for name, indexes in INDEXES.items():
             for cols in indexes:
                 db.table(name).create_index(cols, if_not_exists=True)
