@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from stepline import config
@@ -224,7 +225,13 @@ def cmd_worker(args) -> int:
                     task_slots=args.task_slots)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
-    worker.run(exit_when_idle=args.exit_when_idle)
+    try:
+        worker.run(exit_when_idle=args.exit_when_idle)
+    except BaseException:
+        if worker.left_running:  # a shutdown that failed (database gone) after a stuck step
+            traceback.print_exc()
+            os._exit(1)  # not sys.exit: Python would join that step's thread for ever
+        raise
     if worker.left_running:
         # A step or task that ignored its stop flag still runs in a thread,
         # and Python joins pool threads at exit, for ever. Its work was

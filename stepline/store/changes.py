@@ -118,7 +118,13 @@ class SharedWatch:
             self._waiters.discard(waiter)
 
     def _run(self) -> None:
-        watch, first = self._open_watch(), True
+        try:
+            watch, first = self._open_watch(), True
+        except Exception as exc:  # e.g. no inotify left: waiters poll on their timeouts
+            print(f"stepline: commit watch: {exc}", file=sys.stderr, flush=True)
+            with self._lock:
+                self._thread = None  # the next waiter tries again
+            return
         try:
             while True:
                 with self._lock:

@@ -280,6 +280,9 @@ def task_counts(db: Database, step_id: str) -> dict[str, int]:
     return dict(zip(TASK_STATUSES, row or (0,) * len(TASK_STATUSES), strict=True))
 
 
+CLAIM_ORDER = " ORDER BY tasks_running, random()"
+
+
 def claimable_steps(step_types: list[str], columns: str = "id") -> tuple[str, list]:
     """(SQL, args) selecting running steps of `step_types` with pending tasks
     and room under their `task_cap` (indexed by steps.status): the claim and
@@ -289,8 +292,7 @@ def claimable_steps(step_types: list[str], columns: str = "id") -> tuple[str, li
     under load, where slots free one at a time, a second step starved."""
     return (f"SELECT {columns} FROM steps WHERE status = ? AND tasks_pending > 0"
             " AND (task_cap IS NULL OR tasks_running < task_cap)"
-            f" AND type IN ({', '.join('?' * len(step_types))})"
-            " ORDER BY tasks_running, random()",
+            f" AND type IN ({', '.join('?' * len(step_types))})" + CLAIM_ORDER,
             [Status.RUNNING, *step_types])
 
 
@@ -299,6 +301,7 @@ def claimable_tasks_exist(db: Database, step_types: list[str]) -> bool:
     if not step_types:
         return False
     sql, args = claimable_steps(step_types, "1")
+    sql = sql.removesuffix(CLAIM_ORDER)  # any one will do: no sort
     return db.execute(sql + " LIMIT 1", args).fetchone() is not None
 
 

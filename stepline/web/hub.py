@@ -207,8 +207,8 @@ class Hub:
         window (COALESCE_S; FLOOD_COALESCE_S after a message of FLOOD_EVENTS
         or more). The first events after a quiet spell go out at once (a
         submitted job's `pending` and then its `running` too: with one token,
-        `running` waited out the window), a flood at 10 messages a second
-        whatever its rate."""
+        `running` waited out the window), events that trickle in at most 10
+        messages a second, and a flood at 5 whatever its rate."""
         now = time.monotonic()
         for key, batch in list(self._batches.items()):
             with self._lock:
