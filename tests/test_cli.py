@@ -219,3 +219,19 @@ def test_jobs_says_a_completed_job_had_failed_steps(store, db_path, start_worker
     assert wait_job(store, job_id)["status"] == "completed"
     line = stepline(db_path, "jobs").stdout.splitlines()[0]
     assert line.startswith(job_id) and "2/2 steps (1 failed)" in line, line
+
+
+@pytest.mark.one_backend
+def test_no_command_prints_the_database_password(pg_url, start_worker):
+    """STEPLINE_DB with a password: the worker's start line, `migrate` and the
+    worker's stop show it as *** (the test server trusts any password)."""
+    url = pg_url.replace("postgresql://postgres@", "postgresql://postgres:s3cr3t-pw@")
+    assert "s3cr3t-pw" in url
+    worker = start_worker(path=url)
+    said = worker.wait_started()
+    said += worker.stop()
+    migrate = stepline(url, "migrate")
+    assert migrate.returncode == 0, migrate.stderr
+    for output in (said, migrate.stdout + migrate.stderr):
+        assert "postgresql://postgres:***@127.0.0.1" in output
+        assert "s3cr3t-pw" not in output
