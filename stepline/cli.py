@@ -13,10 +13,11 @@ from pathlib import Path
 from stepline import config
 from stepline.engine.actions import start_job
 from stepline.engine.definitions import ParamError, parse_duration
+from stepline.engine.runner import STALE_AFTER_S
 from stepline.engine.states import TERMINAL, Status, earlier_failure, failures_past
 from stepline.engine.taskslots import TASK_SLOTS
 from stepline.follow import follow_job
-from stepline.store import reads
+from stepline.store import reads, workers
 from stepline.store.backends import absolute, redacted
 from stepline.store.check import violations
 from stepline.store.errors import Conflict, NotFound, unavailable
@@ -372,10 +373,15 @@ def cmd_migrate(args) -> int:
 
 
 def cmd_check(args) -> int:
-    found = violations(open_store(args).db, allow_running=args.live, require_owner=args.live)
+    store = open_store(args)
+    found = violations(store.db, allow_running=args.live, require_owner=args.live)
     for line in found:
         print(line)
     print("ok" if not found else f"{len(found)} violations", file=sys.stderr)
+    running = 0 if args.live or not found else len(workers.live(store, STALE_AFTER_S))
+    if running:  # their work is running, not left running: not what the plain check is for
+        print(f"{running} worker{' is' if running == 1 else 's are'} running:"
+              " use `stepline check --live` while they work", file=sys.stderr)
     return 1 if found else 0
 
 

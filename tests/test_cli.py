@@ -11,8 +11,9 @@ import time
 import pytest
 
 from stepline.cli import build_parser
+from stepline.store import reads
 
-from .conftest import ROOT, make_definition, stepline, wait_job
+from .conftest import ROOT, make_definition, stepline, wait_for, wait_job
 
 
 def stepline_popen(db_path: str, *args: str, **kwargs) -> subprocess.Popen:
@@ -235,3 +236,25 @@ def test_no_command_prints_the_database_password(pg_url, start_worker):
     for output in (said, migrate.stdout + migrate.stderr):
         assert "postgresql://postgres:***@127.0.0.1" in output
         assert "s3cr3t-pw" not in output
+
+
+def test_check_while_a_worker_runs_names_tasks_and_points_at_live(store, db_path,
+                                                                   start_worker):
+    """A plain `stepline check` with a worker at work: the running tasks are
+    named as the UI names them, and one line says what to run instead."""
+    start_worker().wait_started()
+    job_id = store.create_job(make_definition(
+        '[step.fan_out]\ntype = "generate"\ntasks = 2\nlogs_per_task = 600\n'
+        'log_delay_ms = 100'), {})
+    step_id = reads.job_steps(store.db, job_id)[0]["id"]
+    wait_for(lambda: reads.task_counts(store.db, step_id)["running"] == 2, timeout=60,
+             what="both tasks running")
+    result = stepline(db_path, "check")
+    assert result.returncode == 1, result.stderr
+    found = result.stdout.splitlines()
+    assert f"task fan_out #0 (job {job_id}) left running" in found
+    assert f"step fan_out (job {job_id}) left running" in found
+    assert result.stderr.strip().splitlines()[-1] == (
+        "1 worker is running: use `stepline check --live` while they work")
+    live = stepline(db_path, "check", "--live")
+    assert (live.returncode, live.stdout, live.stderr) == (0, "", "ok\n")
