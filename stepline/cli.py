@@ -249,10 +249,10 @@ def parse_param_pairs(pairs: list[str]) -> dict[str, str]:
 
 
 def cmd_run(args) -> int:
-    definitions, _errors = config.definitions(args.definitions)
+    definitions, errors = config.definitions(args.definitions)
     overrides = parse_param_pairs(args.param)
     store = open_store(args)
-    job_id = start_job(store, definitions, args.name, overrides)
+    job_id = start_job(store, definitions, args.name, overrides, errors=errors)
     print(job_id, flush=True)
     if not args.wait:
         return 0

@@ -78,6 +78,18 @@ def test_definitions_check_reports_bad_files(db_path, tmp_path):
     assert stepline(db_path, "definitions", "--check").returncode == 0
 
 
+def test_run_of_a_file_that_failed_to_load_says_why(db_path, tmp_path):
+    """ok1.toml exists but does not load: `run ok1` names the file and its
+    problem, as `definitions --check` does, not "no definition named"."""
+    (tmp_path / "ok1.toml").write_text('[step.a]\ntype = "shell"\nrun = "echo {params.n}"\n')
+    check = stepline(db_path, "definitions", "--check", "--definitions", str(tmp_path))
+    problem = f"{tmp_path / 'ok1.toml'}: step 'a': uses {{params.n}} but [params] has no 'n'"
+    assert f"stepline: {problem}" in check.stderr.splitlines()
+    result = stepline(db_path, "run", "ok1", "--definitions", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr == f"stepline: definition 'ok1' did not load: {problem}\n"
+
+
 def test_jobs_logs_cancel_prune(store, db_path, start_worker):
     job_id = stepline(db_path, "run", "load_demo", "-p", "tasks=2").stdout.strip()
     listed = json.loads(stepline(db_path, "jobs", "--json").stdout)
