@@ -14,7 +14,7 @@ from stepline import config
 from stepline.engine.actions import start_job
 from stepline.engine.definitions import ParamError, parse_duration
 from stepline.engine.runner import STALE_AFTER_S
-from stepline.engine.states import TERMINAL, Status, earlier_failure, failures_past
+from stepline.engine.states import JOB_STATUSES, TERMINAL, earlier_failure, failures_past
 from stepline.engine.taskslots import TASK_SLOTS
 from stepline.follow import follow_job
 from stepline.store import reads, workers
@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true",
                    help="show progress until the job ends; exit 0 only if it completed")
     p = command("jobs", cmd_jobs, "list jobs, newest first")
-    p.add_argument("--status", choices=[s.value for s in Status], help="only jobs in this status")
+    p.add_argument("--status", choices=[s.value for s in JOB_STATUSES],
+                   help="only jobs in this status")
     p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p = command("logs", cmd_logs, "print a job's logs")
@@ -327,9 +328,11 @@ def job_steps_named(db, job_id: str, step_name: str | None) -> list[dict]:
         raise NotFound(f"job {job_id} not found")
     steps = reads.job_steps(db, job_id)
     if step_name:
-        steps = [s for s in steps if s["name"] == step_name]
-        if not steps:
-            raise UsageError(f"job {job_id} has no step {step_name!r}")
+        named = [s for s in steps if s["name"] == step_name]
+        if not named:
+            known = ", ".join(s["name"] for s in steps) or "none"
+            raise UsageError(f"job {job_id} has no step {step_name!r} (known: {known})")
+        steps = named
     return steps
 
 
@@ -343,7 +346,8 @@ def cmd_definitions(args) -> int:
     for definition in definitions.values():
         params = ", ".join(f"{k}={v!r}{limits_text(definition.limits.get(k))}"
                            for k, v in definition.params.items())
-        print(f"{definition.name:<24} {len(definition.steps)} steps  {params}")
+        count = len(definition.steps)
+        print(f"{definition.name:<24} {count} step{'' if count == 1 else 's'}  {params}")
     for error in errors:
         print(f"stepline: {error}", file=sys.stderr)
     return 2 if args.check and errors else 0
