@@ -371,8 +371,9 @@ def cmd_prune(args) -> int:
 
 
 def cmd_migrate(args) -> int:
-    open_store(args)  # opening a store brings its schema up to date
-    print(f"schema is current in {redacted(config.db_path(args.db))}")
+    store = open_store(args)  # opening a store brings its schema up to date
+    done = "created the schema" if store.backend.created_schema else "schema is current"
+    print(f"{done} in {redacted(config.db_path(args.db))}")
     return 0
 
 
