@@ -20,7 +20,7 @@ from stepline.follow import follow_job
 from stepline.store import reads, workers
 from stepline.store.backends import absolute, redacted
 from stepline.store.check import violations
-from stepline.store.errors import Conflict, NotFound, unavailable
+from stepline.store.errors import BadDatabaseURL, Conflict, NotFound, unavailable
 from stepline.store.writes import Store
 from stepline.web.render import duration
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             if not Path(directory).is_dir():
                 raise UsageError(f"definitions directory {directory}: not a directory")
         return args.func(args) or 0
-    except (UsageError, ParamError, NotFound, Conflict) as exc:
+    except (UsageError, ParamError, NotFound, Conflict, BadDatabaseURL) as exc:
         print(f"stepline: {exc}", file=sys.stderr)
         return 2
     except unavailable() as exc:  # unwritable path, locked, disk full, no server

@@ -258,3 +258,18 @@ def test_check_while_a_worker_runs_names_tasks_and_points_at_live(store, db_path
         "1 worker is running: use `stepline check --live` while they work")
     live = stepline(db_path, "check", "--live")
     assert (live.returncode, live.stdout, live.stderr) == (0, "", "ok\n")
+
+
+@pytest.mark.one_backend
+@pytest.mark.parametrize("command", ["jobs", "worker", "migrate"])
+def test_a_url_that_does_not_parse_is_one_line_without_the_password(command):
+    """A `%` typed as is in the password: libpq's own message quotes the
+    token it choked on, the password; ours says what to do instead."""
+    pytest.importorskip("psycopg")
+    result = stepline("postgresql://stepline:pa%ss@127.0.0.1:1/stepline", command, timeout=60)
+    assert result.returncode == 2
+    assert "pa%ss" not in result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        "stepline: database postgresql://stepline:***@127.0.0.1:1/stepline: not a valid"
+        " PostgreSQL URL (percent-encode special characters of the user and password:"
+        " %25 for %, %40 for @)"]
