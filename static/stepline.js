@@ -41,7 +41,7 @@ function scrollToEnd(box, frames = 2) {
   if (frames) requestAnimationFrame(() => scrollToEnd(box, frames - 1));
 }
 
-// A link to a line (#log-<step>-L<n>): the line is marked; a line not on the
+// A link to a line (#log-<step id>-L<n>): the line is marked; a line not on the
 // page opens its step's panel around it. A click on a line number is such a
 // link (the browser puts it in the URL).
 function openLink() {

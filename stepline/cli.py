@@ -14,13 +14,14 @@ from pathlib import Path
 from stepline import config
 from stepline.engine.actions import start_job
 from stepline.engine.definitions import ParamError, parse_duration
-from stepline.engine.states import TERMINAL, Status, earlier_failure, failures_past
+from stepline.engine.runner import STALE_AFTER_S
+from stepline.engine.states import JOB_STATUSES, TERMINAL, earlier_failure, failures_past
 from stepline.engine.taskslots import TASK_SLOTS
 from stepline.follow import follow_job
-from stepline.store import reads
+from stepline.store import reads, workers
 from stepline.store.backends import absolute, redacted
 from stepline.store.check import violations
-from stepline.store.errors import Conflict, NotFound, unavailable
+from stepline.store.errors import BadDatabaseURL, Conflict, NotFound, unavailable
 from stepline.store.writes import Store
 from stepline.web.render import duration
 
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             if not Path(directory).is_dir():
                 raise UsageError(f"definitions directory {directory}: not a directory")
         return args.func(args) or 0
-    except (UsageError, ParamError, NotFound, Conflict) as exc:
+    except (UsageError, ParamError, NotFound, Conflict, BadDatabaseURL) as exc:
         print(f"stepline: {exc}", file=sys.stderr)
         return 2
     except unavailable() as exc:  # unwritable path, locked, disk full, no server
@@ -110,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true",
                    help="show progress until the job ends; exit 0 only if it completed")
     p = command("jobs", cmd_jobs, "list jobs, newest first")
-    p.add_argument("--status", choices=[s.value for s in Status], help="only jobs in this status")
+    p.add_argument("--status", choices=[s.value for s in JOB_STATUSES],
+                   help="only jobs in this status")
     p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p = command("logs", cmd_logs, "print a job's logs")
@@ -255,10 +257,10 @@ def parse_param_pairs(pairs: list[str]) -> dict[str, str]:
 
 
 def cmd_run(args) -> int:
-    definitions, _errors = config.definitions(args.definitions)
+    definitions, errors = config.definitions(args.definitions)
     overrides = parse_param_pairs(args.param)
     store = open_store(args)
-    job_id = start_job(store, definitions, args.name, overrides)
+    job_id = start_job(store, definitions, args.name, overrides, errors=errors)
     print(job_id, flush=True)
     if not args.wait:
         return 0
@@ -333,9 +335,11 @@ def job_steps_named(db, job_id: str, step_name: str | None) -> list[dict]:
         raise NotFound(f"job {job_id} not found")
     steps = reads.job_steps(db, job_id)
     if step_name:
-        steps = [s for s in steps if s["name"] == step_name]
-        if not steps:
-            raise UsageError(f"job {job_id} has no step {step_name!r}")
+        named = [s for s in steps if s["name"] == step_name]
+        if not named:
+            known = ", ".join(s["name"] for s in steps) or "none"
+            raise UsageError(f"job {job_id} has no step {step_name!r} (known: {known})")
+        steps = named
     return steps
 
 
@@ -349,7 +353,8 @@ def cmd_definitions(args) -> int:
     for definition in definitions.values():
         params = ", ".join(f"{k}={v!r}{limits_text(definition.limits.get(k))}"
                            for k, v in definition.params.items())
-        print(f"{definition.name:<24} {len(definition.steps)} steps  {params}")
+        count = len(definition.steps)
+        print(f"{definition.name:<24} {count} step{'' if count == 1 else 's'}  {params}")
     for error in errors:
         print(f"stepline: {error}", file=sys.stderr)
     return 2 if args.check and errors else 0
@@ -373,16 +378,22 @@ def cmd_prune(args) -> int:
 
 
 def cmd_migrate(args) -> int:
-    open_store(args)  # opening a store brings its schema up to date
-    print(f"schema is current in {redacted(config.db_path(args.db))}")
+    store = open_store(args)  # opening a store brings its schema up to date
+    done = "created the schema" if store.backend.created_schema else "schema is current"
+    print(f"{done} in {redacted(config.db_path(args.db))}")
     return 0
 
 
 def cmd_check(args) -> int:
-    found = violations(open_store(args).db, allow_running=args.live, require_owner=args.live)
+    store = open_store(args)
+    found = violations(store.db, allow_running=args.live, require_owner=args.live)
     for line in found:
         print(line)
     print("ok" if not found else f"{len(found)} violations", file=sys.stderr)
+    running = 0 if args.live or not found else len(workers.live(store, STALE_AFTER_S))
+    if running:  # their work is running, not left running: not what the plain check is for
+        print(f"{running} worker{' is' if running == 1 else 's are'} running:"
+              " use `stepline check --live` while they work", file=sys.stderr)
     return 1 if found else 0
 
 

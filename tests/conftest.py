@@ -135,8 +135,9 @@ class WorkerProcess:
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
 
-    def wait_started(self, timeout: float = 60) -> None:
-        """Until the worker has registered: its line "... started on ..."."""
+    def wait_started(self, timeout: float = 60) -> str:
+        """Until the worker has registered: its line "... started on ...".
+        Returns what it printed until then."""
         deadline, seen = time.monotonic() + timeout, []
         while select.select([self.proc.stdout], [], [], max(0, deadline - time.monotonic()))[0]:
             line = self.proc.stdout.readline()
@@ -144,6 +145,7 @@ class WorkerProcess:
             if not line or " started on " in line:
                 break
         assert seen and " started on " in seen[-1], "".join(seen) or "silent"
+        return "".join(seen)
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 20) -> str:
         if self.proc.poll() is None:

@@ -97,6 +97,8 @@ def test_run_structure_logs_and_download(client, store, start_worker):
     ("get", "/api/jobs?limit=0", None, 400, "limit must be between 1 and 500"),
     ("get", "/api/jobs?offset=x", None, 400, "offset must be a whole number"),
     ("post", "/api/definitions/nope/run", {}, 404, "no definition named 'nope'"),
+    ("post", "/api/definitions/broken/run", {}, 404,
+     "definition 'broken' did not load: "),  # ...<dir>/broken.toml: step 'a': <problem>
     ("post", "/api/definitions/two/run", {"params": {"x": 1}}, 400, "unknown param 'x'"),
     ("post", "/api/definitions/two/run", [1, 2], 400, "body must be a JSON object"),
     ("post", "/api/jobs/nope/cancel", {}, 404, "job nope not found"),

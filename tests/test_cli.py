@@ -11,8 +11,9 @@ import time
 import pytest
 
 from stepline.cli import build_parser
+from stepline.store import reads
 
-from .conftest import ROOT, make_definition, stepline, wait_job
+from .conftest import ROOT, make_definition, stepline, wait_for, wait_job
 
 
 def stepline_popen(db_path: str, *args: str, **kwargs) -> subprocess.Popen:
@@ -219,3 +220,56 @@ def test_jobs_says_a_completed_job_had_failed_steps(store, db_path, start_worker
     assert wait_job(store, job_id)["status"] == "completed"
     line = stepline(db_path, "jobs").stdout.splitlines()[0]
     assert line.startswith(job_id) and "2/2 steps (1 failed)" in line, line
+
+
+@pytest.mark.one_backend
+def test_no_command_prints_the_database_password(pg_url, start_worker):
+    """STEPLINE_DB with a password: the worker's start line, `migrate` and the
+    worker's stop show it as *** (the test server trusts any password)."""
+    url = pg_url.replace("postgresql://postgres@", "postgresql://postgres:s3cr3t-pw@")
+    assert "s3cr3t-pw" in url
+    worker = start_worker(path=url)
+    said = worker.wait_started()
+    said += worker.stop()
+    migrate = stepline(url, "migrate")
+    assert migrate.returncode == 0, migrate.stderr
+    for output in (said, migrate.stdout + migrate.stderr):
+        assert "postgresql://postgres:***@127.0.0.1" in output
+        assert "s3cr3t-pw" not in output
+
+
+def test_check_while_a_worker_runs_names_tasks_and_points_at_live(store, db_path,
+                                                                   start_worker):
+    """A plain `stepline check` with a worker at work: the running tasks are
+    named as the UI names them, and one line says what to run instead."""
+    start_worker().wait_started()
+    job_id = store.create_job(make_definition(
+        '[step.fan_out]\ntype = "generate"\ntasks = 2\nlogs_per_task = 600\n'
+        'log_delay_ms = 100'), {})
+    step_id = reads.job_steps(store.db, job_id)[0]["id"]
+    wait_for(lambda: reads.task_counts(store.db, step_id)["running"] == 2, timeout=60,
+             what="both tasks running")
+    result = stepline(db_path, "check")
+    assert result.returncode == 1, result.stderr
+    found = result.stdout.splitlines()
+    assert f"task fan_out #0 (job {job_id}) left running" in found
+    assert f"step fan_out (job {job_id}) left running" in found
+    assert result.stderr.strip().splitlines()[-1] == (
+        "1 worker is running: use `stepline check --live` while they work")
+    live = stepline(db_path, "check", "--live")
+    assert (live.returncode, live.stdout, live.stderr) == (0, "", "ok\n")
+
+
+@pytest.mark.one_backend
+@pytest.mark.parametrize("command", ["jobs", "worker", "migrate"])
+def test_a_url_that_does_not_parse_is_one_line_without_the_password(command):
+    """A `%` typed as is in the password: libpq's own message quotes the
+    token it choked on, the password; ours says what to do instead."""
+    pytest.importorskip("psycopg")
+    result = stepline("postgresql://stepline:pa%ss@127.0.0.1:1/stepline", command, timeout=60)
+    assert result.returncode == 2
+    assert "pa%ss" not in result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        "stepline: database postgresql://stepline:***@127.0.0.1:1/stepline: not a valid"
+        " PostgreSQL URL (percent-encode special characters of the user and password:"
+        " %25 for %, %40 for @)"]

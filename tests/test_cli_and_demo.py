@@ -57,6 +57,7 @@ def test_cli_errors_are_one_line_exit_2(db_path, tmp_path):
         (["logs", "missing"], "job missing not found"),
         (["prune", "--older-than", "soon"], "bad duration"),
         (["jobs", "--status", "nope"], "invalid choice: 'nope'"),
+        (["jobs", "--status", "skipped"], "invalid choice: 'skipped'"),  # a step's, not a job's
         (["jobs", "--definitions", str(tmp_path / "absent")], "absent: not a directory"),
         (["definitions", "--bogus"], "unrecognized arguments: --bogus"),
         (["run"], "the following arguments are required: name"),
@@ -76,6 +77,32 @@ def test_definitions_check_reports_bad_files(db_path, tmp_path):
     assert "bad.toml: step 'a': missing 'run'" in result.stderr
     assert "load_demo" in result.stdout
     assert stepline(db_path, "definitions", "--check").returncode == 0
+
+
+def test_run_of_a_file_that_failed_to_load_says_why(db_path, tmp_path):
+    """ok1.toml exists but does not load: `run ok1` names the file and its
+    problem, as `definitions --check` does, not "no definition named"."""
+    (tmp_path / "ok1.toml").write_text('[step.a]\ntype = "shell"\nrun = "echo {params.n}"\n')
+    check = stepline(db_path, "definitions", "--check", "--definitions", str(tmp_path))
+    problem = f"{tmp_path / 'ok1.toml'}: step 'a': uses {{params.n}} but [params] has no 'n'"
+    assert f"stepline: {problem}" in check.stderr.splitlines()
+    result = stepline(db_path, "run", "ok1", "--definitions", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr == f"stepline: definition 'ok1' did not load: {problem}\n"
+
+
+def test_definitions_count_steps_and_a_wrong_step_lists_the_job_steps(db_path, tmp_path):
+    (tmp_path / "one.toml").write_text('[step.only]\ntype = "shell"\nrun = "true"\n')
+    listed = stepline(db_path, "definitions", "--definitions", str(tmp_path)).stdout
+    assert [line.split()[1:3] for line in listed.splitlines() if line.startswith("one ")] == [
+        ["1", "step"]]
+    assert "load_demo                4 steps" in listed
+    job_id = stepline(db_path, "run", "load_demo").stdout.strip()
+    for command in ("logs", "tasks"):
+        result = stepline(db_path, command, job_id, "--step", "nosuch")
+        assert result.returncode == 2
+        assert result.stderr == (f"stepline: job {job_id} has no step 'nosuch'"
+                                 " (known: warm_up, fan_out, flaky, summary)\n")
 
 
 def test_jobs_logs_cancel_prune(store, db_path, start_worker):

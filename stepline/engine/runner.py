@@ -19,6 +19,7 @@ from stepline.engine.states import TERMINAL, Status, StopReason, blocks_dependen
 from stepline.engine.steps import run_step
 from stepline.engine.taskslots import TASK_SLOTS, TaskSlots
 from stepline.store import reads, workers
+from stepline.store.backends import redacted
 from stepline.store.errors import unavailable
 from stepline.store.workers import RETRY_MAX_S, retry_while_unavailable
 from stepline.store.writes import Store
@@ -57,7 +58,8 @@ class Worker:
     def run(self, exit_when_idle: bool = False) -> None:
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         self.worker_id = self.writer.worker_id = workers.register(self.store)
-        print(f"stepline worker {self.worker_id} started on {self.store.path}", flush=True)
+        print(f"stepline worker {self.worker_id} started on {redacted(self.store.path)}",
+              flush=True)
         self.writer.start()
         self.recover_dead_workers()
         self.slots.start(self.worker_id)

@@ -3,6 +3,7 @@ SQLite file path."""
 
 from pathlib import Path
 
+from stepline.store.errors import BadDatabaseURL
 from stepline.store.sqlite import SqliteBackend
 
 
@@ -45,7 +46,17 @@ def open_backend(path: str):
     if is_url(path):
         # Imported only here: psycopg costs ~200 ms to import, which a SQLite
         # command or worker does not need.
+        import psycopg
+
         from stepline.store.postgres import PostgresBackend
 
+        try:
+            psycopg.conninfo.conninfo_to_dict(path)
+        except psycopg.ProgrammingError:
+            # not libpq's message: it quotes the bad part, often the password
+            raise BadDatabaseURL(
+                f"database {redacted(path)}: not a valid PostgreSQL URL (percent-encode"
+                " special characters of the user and password: %25 for %, %40 for @)"
+            ) from None
         return PostgresBackend(path)
     return SqliteBackend(path)

@@ -10,6 +10,14 @@ TERMINAL_SQL = sql_list(TERMINAL)
 TASK_MISMATCH = " OR ".join(f"s.tasks_{s} != sum(CASE WHEN t.status = '{s}' THEN 1 ELSE 0 END)"
                             for s in TASK_STATUSES)
 
+# (query for the running rows of one table, how a person names one of them)
+LEFT_RUNNING = (
+    ("SELECT id FROM jobs WHERE status = ?", "job {id}"),
+    ("SELECT name, job_id FROM steps WHERE status = ?", "step {name} (job {job_id})"),
+    ("SELECT s.name, t.idx, s.job_id FROM tasks t JOIN steps s ON s.id = t.step_id"
+     " WHERE t.status = ? ORDER BY s.job_id, s.name, t.idx", "task {name} #{idx} (job {job_id})"),
+)
+
 
 def violations(db: Database, allow_running: bool = False,
                require_owner: bool = False) -> list[str]:
@@ -38,10 +46,10 @@ def violations(db: Database, allow_running: bool = False,
                      f" (SELECT 1 FROM events e WHERE {match} AND e.version = x.version)"):
             found.append(f"{kind} {row['id']} (version {row['version']}) has no event"
                          " for its current state")
-    if not allow_running:
-        for table in ("jobs", "steps", "tasks"):
-            for row in q(f"SELECT id FROM {table} WHERE status = ?", [Status.RUNNING]):
-                found.append(f"{table[:-1]} {row['id']} left running")
+    if not allow_running:  # named as the UI shows them: a task by its step's name and index
+        for sql, name in LEFT_RUNNING:
+            for row in q(sql, [Status.RUNNING]):
+                found.append(f"{name.format(**row)} left running")
     if require_owner:
         for row in q("SELECT id, worker_id FROM jobs WHERE status = ? AND"
                      " coalesce(worker_id, '') NOT IN (SELECT id FROM workers)",

@@ -21,6 +21,10 @@ def unavailable() -> tuple[type[Exception], ...]:
     return (sqlite3.OperationalError, psycopg.OperationalError)
 
 
+class BadDatabaseURL(ValueError):
+    """A postgresql:// URL that does not parse; the message is safe to print."""
+
+
 class NotFound(LookupError):
     """No job, step or task with that id."""
 

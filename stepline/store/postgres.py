@@ -238,7 +238,7 @@ class PostgresBackend:
         # Said in each NOTIFY, so a commit watch can ignore this store's own
         # commits, as SQLite's data_version ignores the connection's own.
         self.origin = uuid.uuid4().hex[:8]
-        ensure_schema(url)
+        self.created_schema = ensure_schema(url)
 
     @property
     def pool(self) -> ConnectionPool:
@@ -359,15 +359,17 @@ class Listener:
             self._conn = None
 
 
-def ensure_schema(url: str) -> None:
+def ensure_schema(url: str) -> bool:
     """Create missing tables, columns and indexes from the one SCHEMA; safe
     to run on every start (an advisory lock lets one process at a time, and
-    a current schema costs only catalog reads: no ALTER, no table lock)."""
+    a current schema costs only catalog reads: no ALTER, no table lock).
+    True when the database had no schema (this call created it)."""
     with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
         existing = set(conn.execute(
             "SELECT table_name, column_name FROM information_schema.columns"
             " WHERE table_schema = current_schema()").fetchall())
+        created = not any(table == "jobs" for table, _ in existing)
         for name, (columns, pk, defaults) in SCHEMA.items():
             keys = (pk,) if isinstance(pk, str) else pk
             cols = {column: column_ddl(name, column, kind, defaults.get(column))
@@ -389,6 +391,7 @@ def ensure_schema(url: str) -> None:
             for index in indexes:
                 conn.execute(f"CREATE INDEX IF NOT EXISTS idx_{name}_{'_'.join(index)}"
                              f" ON {name} ({', '.join(index)})")
+    return created
 
 
 def column_ddl(table: str, column: str, kind: type, default: object) -> str:

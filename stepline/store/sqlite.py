@@ -156,7 +156,7 @@ class SqliteBackend:
     def __init__(self, path: str):
         self.path = path
         self._conns = ConnectionPerThread(path)
-        ensure_schema(self.db())
+        self.created_schema = ensure_schema(self.db())
 
     def db(self) -> "Database":
         return self._conns.get()
@@ -192,10 +192,12 @@ def connect(path: str) -> Database:
     return Database(conn)
 
 
-def ensure_schema(db: sqlite_utils.Database) -> None:
-    """Create missing tables, columns and indexes; safe to run on every start."""
+def ensure_schema(db: sqlite_utils.Database) -> bool:
+    """Create missing tables, columns and indexes; safe to run on every start.
+    True when the database had no schema (this call created it)."""
     enable_wal(db)
     with transaction(db):
+        created = not db.table("jobs").exists()
         ensure_autoincrement(db, "events", EVENTS_DDL, EVENTS_COLUMNS, "seq")
         ensure_autoincrement(db, "tasks", autoincrement_ddl("tasks"), tuple(SCHEMA["tasks"][0]),
                              "id")
@@ -214,6 +216,7 @@ def ensure_schema(db: sqlite_utils.Database) -> None:
                 db.table(name).create_index(cols, if_not_exists=True)
         db.execute(LOGS_DDL)
         db.execute(LOGS_ERRORS_DDL)
+    return created
 
 
 def enable_wal(db: sqlite_utils.Database) -> None:

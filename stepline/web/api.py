@@ -133,8 +133,9 @@ def run(name: str):
     body = body or {}
     if not isinstance(body, dict):
         raise ApiError(400, "body must be a JSON object: {\"params\": {...}}")
-    found, _ = loaded_definitions()
-    job_id = actions.start_job(app_state().store, found, name, body.get("params") or {})
+    found, errors = loaded_definitions()
+    job_id = actions.start_job(app_state().store, found, name, body.get("params") or {},
+                               errors=errors)
     return jsonify(job_id=job_id), 201
 
 
@@ -145,8 +146,8 @@ def cancel(job_id: str):
 
 @bp.post("/api/jobs/<job_id>/rerun")
 def rerun(job_id: str):
-    found, _ = loaded_definitions()
-    return jsonify(job_id=actions.rerun_job(app_state().store, found, job_id)), 201
+    found, errors = loaded_definitions()
+    return jsonify(job_id=actions.rerun_job(app_state().store, found, job_id, errors)), 201
 
 
 @bp.delete("/api/jobs/<job_id>")

@@ -115,8 +115,8 @@ def cancel(job_id: str):
 
 @bp.post("/jobs/<job_id>/rerun")
 def rerun(job_id: str):
-    found, _ = definitions()
-    new_id = actions.rerun_job(app_state().store, found, job_id)
+    found, errors = definitions()
+    new_id = actions.rerun_job(app_state().store, found, job_id, errors)
     return _go(url_for("pages.job_page", job_id=new_id))
 
 
@@ -158,10 +158,10 @@ HISTORY_RUNS = 60  # bars in the run history chart
 
 @bp.post("/definitions/<name>/run")
 def run_definition(name: str):
-    found, _ = definitions()
+    found, errors = definitions()
     values = {k[len("param."):]: v for k, v in request.form.items() if k.startswith("param.")}
     try:
-        job_id = actions.start_job(app_state().store, found, name, values)
+        job_id = actions.start_job(app_state().store, found, name, values, errors=errors)
     except ParamError as exc:
         if name not in found:
             raise
