@@ -227,20 +227,19 @@ def cmd_worker(args) -> int:
                     task_slots=args.task_slots)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
+    # A step or task that ignored its stop flag still runs in a thread, and
+    # Python joins pool threads at exit, for ever: leave with os._exit, its
+    # work handed back (Worker._shutdown), or the shutdown's error printed.
     try:
         worker.run(exit_when_idle=args.exit_when_idle)
     except BaseException:
-        if worker.left_running:  # a shutdown that failed (database gone) after a stuck step
+        if worker.left_running:
             traceback.print_exc()
-            os._exit(1)  # not sys.exit: Python would join that step's thread for ever
+            os._exit(1)
         raise
     if worker.left_running:
-        # A step or task that ignored its stop flag still runs in a thread,
-        # and Python joins pool threads at exit, for ever. Its work was
-        # handed back (Worker._shutdown): leave now.
-        print("stepline: exiting with a step or task still running", file=sys.stderr,
-              flush=True)
         sys.stdout.flush()
+        print("stepline: exiting with a step or task still running", file=sys.stderr, flush=True)
         os._exit(0)
     return 0
 
