@@ -40,6 +40,14 @@ function scrollToEnd(box, frames = 2) {
   // the height changes once or twice more.
   if (frames) requestAnimationFrame(() => scrollToEnd(box, frames - 1));
 }
+// The box scrolled so that `row` is its last line in view: what was read
+// stays in sight at the bottom, what came above it fills the view. Again
+// for two frames, as the blocks settle their heights (see scrollToEnd).
+function showAtBottom(box, row, frames = 2) {
+  const bottom = box.getBoundingClientRect().top + box.clientTop + box.clientHeight;
+  box.scrollTop += row.getBoundingClientRect().bottom - bottom;  // above a scrollbar
+  if (frames) requestAnimationFrame(() => showAtBottom(box, row, frames - 1));
+}
 
 // A link to a line (#log-<step id>-L<n>): the line is marked; a line not on the
 // page opens its step's panel around it. A click on a line number is such a
@@ -159,6 +167,8 @@ htmx.registerExtension("stepline-logs", {
     const swap = ctx.hx?.reswap || ctx.swap;
     if (end < 0 || !["beforeend", "afterbegin", "innerHTML"].includes(swap)) return;
     if (swap === "innerHTML") box.replaceChildren();
+    // The line first before an earlier page comes: where the reader was.
+    if (swap === "afterbegin") ctx.firstBefore = box.querySelector(".ll");
     const none = box.querySelector(":scope > .none");  // "no lines yet"
     box.insertAdjacentHTML(swap === "afterbegin" ? "afterbegin" : "beforeend", ctx.text.slice(0, end));
     // It goes once lines come. A CSS rule (`.none:not(:only-child)`) did
@@ -175,14 +185,20 @@ htmx.registerExtension("stepline-logs", {
     const swap = ctx.rowsSwap || ctx.swap;
     if (swap?.startsWith("beforeend")) trimWindow(box);
     const follow = box.closest(".log-panel")?.querySelector(".follow");
-    // Earlier lines of a step still logging: the reader reads back there.
-    // New lines would soon trim away the lines asked for (the window is full
-    // within seconds at 1,000 lines/s), so they wait for "load later lines",
-    // as in a panel opened at a line; "follow" brings the newest back.
-    const step = document.getElementById(box.id.replace("logs-", "step-"));
-    if (swap === "afterbegin" && step?.dataset.status === "running") {
-      document.getElementById(`${box.id}-later`).hidden = false;
+    if (swap === "afterbegin") {
+      // Asking for earlier lines is reading back, as scrolling up is
+      // (stopFollowing): "follow" goes off, and the view shows the end of
+      // the new lines just above the line that was first.
       follow.checked = false;
+      if (ctx.firstBefore) showAtBottom(box, ctx.firstBefore);
+      // A step still logging: new lines would soon trim away the lines asked
+      // for (the window is full within seconds at 1,000 lines/s), so they
+      // wait for "load later lines", as in a panel opened at a line;
+      // "follow" brings the newest back.
+      const step = document.getElementById(box.id.replace("logs-", "step-"));
+      if (step?.dataset.status === "running") {
+        document.getElementById(`${box.id}-later`).hidden = false;
+      }
     }
     // New lines in place of the panel's (a new filter): shown from the end.
     if (swap === "innerHTML") scrollToEnd(box);

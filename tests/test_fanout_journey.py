@@ -1,5 +1,6 @@
 """What a person sees of a fan-out step run by several workers, in Chromium:
-the task table says which worker ran each task (#12)."""
+the task table says which worker ran each task (#12); a step waiting
+for a task slot says so."""
 
 import pytest
 
@@ -67,3 +68,41 @@ def test_cancel_a_running_fan_out_and_see_its_cancelled_tasks_counted(page, serv
     assert 0 < completed < 200
     assert cancelled == f"{200 - completed} cancelled", (completed, cancelled)
     assert "0 pending" in fan.locator("td.tasks").inner_text()
+
+
+HOLD_SLOTS = """
+[step.hold]
+type = "generate"
+tasks = 2
+logs_per_task = 150
+log_delay_ms = 100
+"""  # two 15 s tasks: both slots of a `--task-slots 2` worker
+WAITING = '[step.fan]\ntype = "generate"\ntasks = 10\nlogs_per_task = 1\n'
+
+
+@pytest.mark.parametrize("cpu", ["idle", "saturated"])
+def test_a_fan_out_waiting_for_a_task_slot_says_so(page, server, store, start_worker,
+                                                   request, cpu):
+    """New-user trial: a fan-out step "running" with "40 pending, 0 running"
+    and "no lines yet" for a minute, as another job's tasks held every slot.
+    Its row now says why, and stops saying it once its tasks run."""
+    from stepline.store import reads
+
+    from .conftest import make_definition
+
+    if cpu == "saturated":
+        request.getfixturevalue("cpu_saturated")
+    start_worker("--task-slots", "2").wait_started()
+    holder = store.create_job(make_definition(HOLD_SLOTS), {})
+    held = reads.job_steps(store.db, holder)[0]["id"]
+    wait_for(lambda: reads.task_counts(store.db, held)["running"] == 2, 60,
+             what="both slots taken")
+    job_id = store.create_job(make_definition(WAITING), {})
+    page.goto(f"{server.url}/jobs/{job_id}")
+    tasks = page.locator("tr.step-row td.tasks")
+    wait_for(lambda: "10 pending — waiting for a free task slot" in tasks.inner_text(), 30,
+             what="the step saying it waits")
+    assert reads.task_counts(store.db, held)["running"] == 2  # it does wait
+    wait_for(lambda: job_status(server, job_id) == "completed", 90, what="the job")
+    page.locator(".job-header[data-status=completed]").wait_for(timeout=10_000)
+    assert "10 completed" in tasks.inner_text() and "waiting" not in tasks.inner_text()

@@ -116,6 +116,22 @@ def test_a_cancelled_fan_out_step_row_counts_its_cancelled_tasks(app, snapshot):
     assert fragment == snapshot
 
 
+def test_a_fan_out_step_waiting_for_a_task_slot_says_so(app, snapshot):
+    """New-user trial: a step "running" for a minute read "40 pending, 0
+    running, 0 completed" while its tasks waited for a slot other jobs' tasks
+    held. The row (the same fragment a live message carries) now says so."""
+    waiting = {"pending": 40, "running": 0, "completed": 0, "failed": 0, "cancelled": 0}
+    fragment = render.render_step_row(step("running", tasks=waiting), oob=True)
+    assert "40 pending</span> <span class=\"tc-wait\">&mdash; waiting for a free task slot" \
+        in fragment
+    assert fragment == snapshot
+    # not while a task runs, nor for a step not running (its tasks wait for nothing)
+    assert "tc-wait" not in render.render_step_row(step("running", tasks={**waiting,
+                                                                           "running": 1}))
+    assert "tc-wait" not in render.render_step_row(step("cancelled", tasks=waiting))
+    assert "tc-wait" not in render.render_job_row(job("running", tasks=waiting))
+
+
 def test_job_list_and_metrics(app, snapshot):
     filters = JobsFilters(status="failed", q="code", page=2)
     jobs = [job("failed"), job("completed", id="job0002")]
@@ -137,6 +153,17 @@ def test_log_fragments(app, snapshot):
                                               cursor=1234, matches=7)) == snapshot
     assert render.render_log_lines(s, LogPage(LINES, cursor=43), "after") == snapshot
     assert render.render_log_lines(s, LogPage(LINES, more_before=True), "before") == snapshot
+
+
+def test_follow_starts_ticked_only_for_a_step_that_may_still_log(app):
+    """New-user trial: a finished step's panel came with "follow" ticked (one
+    opened from a link to a line came without): nothing is left to follow."""
+    ticked = 'class="follow" form="none" checked'
+    for status in ("pending", "running"):
+        assert ticked in render.render_log_panel(step(status), LogPage(LINES, cursor=43))
+    for status in ("completed", "failed", "cancelled", "skipped"):
+        assert ticked not in render.render_log_panel(step(status), LogPage(LINES, cursor=43))
+    assert ticked not in render.render_log_panel(step("running"), LogPage(LINES, at=42))
 
 
 def test_log_lines_escape_and_colour(app):

@@ -196,3 +196,61 @@ def test_scrolling_up_stops_following_and_follow_returns_to_the_end(
       const box = document.getElementById('logs-{step_id}');
       return box.scrollTop + box.clientHeight >= box.scrollHeight - 8; }}""")
     assert numbers(page, step_id)[-1] > newest + 40
+
+
+def test_load_earlier_lines_of_a_finished_step_reads_back(page, server, store,  # noqa: F811
+                                                          start_worker, load):
+    """New-user trial: on a finished step, "load earlier lines" loaded 500
+    lines (first line 1807 -> 1307) while "follow", ticked, kept the view at
+    the bottom: nothing seemed to happen. A finished step now opens with
+    "follow" unticked; asking for earlier lines unticks it (reading back, as
+    scrolling up does) and shows the new lines' end just above the line that
+    was first."""
+    job_id, step_id = numbered_job(store, start_worker, lines=2306)
+    page.goto(f"{server.url}/jobs/{job_id}")
+    open_panel(page, step_id)
+    follow = page.locator(f"#logpanel-{step_id} .follow")
+    page.wait_for_timeout(1000)
+    assert numbers(page, step_id)[0] == 1807
+    assert in_view(page, f"#log-{step_id}-L2306")  # the last lines, opened for
+    assert not follow.is_checked()  # a finished step: nothing to follow
+
+    page.click(f"#logs-{step_id}-earlier")
+    page.wait_for_timeout(1000)
+    assert numbers(page, step_id)[0] == 1307
+    # the new lines' end, and below it the line that was first
+    assert in_view(page, f"#log-{step_id}-L1806") and in_view(page, f"#log-{step_id}-L1807")
+    assert not in_view(page, f"#log-{step_id}-L2306")
+    assert not follow.is_checked()
+
+    # ticked by the person (back to the end), then earlier lines again: unticked
+    follow.check()
+    page.wait_for_timeout(1000)
+    assert in_view(page, f"#log-{step_id}-L2306")
+    page.click(f"#logs-{step_id}-earlier")
+    page.wait_for_timeout(1000)
+    assert numbers(page, step_id)[0] == 807
+    assert in_view(page, f"#log-{step_id}-L1306") and not in_view(page, f"#log-{step_id}-L2306")
+    assert not follow.is_checked()
+
+
+def test_a_running_step_opens_following_and_keeps_it_when_it_finishes(
+        page, server, store, start_worker, load):  # noqa: F811
+    """"follow" starts ticked for a step still logging; the step finishing
+    while its panel is open leaves it as the person has it."""
+    job_id = store.create_job(make_definition(TICKS), {})
+    step_id = reads.job_steps(store.db, job_id)[0]["id"]
+    page.goto(f"{server.url}/jobs/{job_id}")
+    start_worker()
+    page.locator(f"#step-{step_id}[data-status=running]").wait_for(timeout=30_000)
+    page.click(f"#step-{step_id} .toggle")
+    follow = page.locator(f"#logpanel-{step_id} .follow")
+    follow.wait_for()
+    assert follow.is_checked()
+    page.locator(f"#step-{step_id}[data-status=completed]").wait_for(timeout=30_000)
+    wait_for(lambda: numbers(page, step_id)[-1:] == [40], 15, what="the last tick")
+    page.wait_for_timeout(1000)
+    assert follow.is_checked()
+    assert page.evaluate(f"""() => {{  // it followed: the box shows its last line
+      const box = document.getElementById('logs-{step_id}');
+      return box.scrollTop + box.clientHeight >= box.scrollHeight - 8; }}""")

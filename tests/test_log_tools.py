@@ -328,3 +328,32 @@ def test_the_lines_a_panel_gets(server, store, start_worker):  # noqa: F811
     html = get("/lines", later=1, after=2000)
     assert numbers(html) == list(range(2001, 2301))
     assert " hidden" in re.search(r'<button[^>]*class="later"[^>]*>', html).group(0)
+
+
+def placeholder_room(tab, step_id: str) -> tuple[float, float]:
+    """The search box's placeholder width and the width its text has, in px."""
+    return tuple(tab.evaluate(f"""() => {{
+      const box = document.querySelector('#logpanel-{step_id} input[type=search]');
+      const css = getComputedStyle(box);
+      const ctx = document.createElement('canvas').getContext('2d');
+      ctx.font = css.font;
+      return [ctx.measureText(box.placeholder).width,
+              box.clientWidth - parseFloat(css.paddingLeft) - parseFloat(css.paddingRight)];
+    }}"""))
+
+
+def test_the_search_box_says_what_it_is_on_a_phone_and_a_desktop(browser, server, store,  # noqa: F811
+                                                                 start_worker):
+    """New-user trial: the placeholder read "search the text of ever…" at
+    every width. The whole placeholder shows at 390 px and at 1280 px."""
+    from .test_journeys import PHONE
+
+    job_id, step_id = numbered_job(store, start_worker, lines=50)
+    for viewport, mobile in ((PHONE, True), ({"width": 1280, "height": 900}, False)):
+        tab = browser.new_context(viewport=viewport, is_mobile=mobile,
+                                  has_touch=mobile).new_page()
+        tab.goto(f"{server.url}/jobs/{job_id}")
+        open_panel(tab, step_id)
+        text, room = placeholder_room(tab, step_id)
+        assert 0 < text <= room, (viewport, text, room)
+        tab.context.close()
