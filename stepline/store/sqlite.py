@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import sqlite_utils
+from sqlite_utils.db import COLUMN_TYPE_MAPPING
 
 from stepline.store.changes import CommitWatch, DataVersionPoll
 
@@ -67,19 +68,20 @@ SCHEMA: dict[str, tuple[dict[str, type], str | tuple[str, ...], dict[str, object
     ),
 }
 
-# Tasks: AUTOINCREMENT too, for the same reason. A step that runs again
-# deletes its tasks (Tx.clear_step_for_retry), and without it the new ones
-# got the same ids: a worker still holding a task of the earlier attempt then
-# reported its result onto a new task. The columns are SCHEMA's (PostgreSQL
-# creates the table from it, with an identity id that is never reused).
-SQL_TYPES = {int: "INTEGER", str: "TEXT", float: "FLOAT"}
-
 
 def autoincrement_ddl(name: str) -> str:
+    """CREATE TABLE for a SCHEMA table whose integer key is never reused
+    (AUTOINCREMENT, as the events' seq): the tasks. A step that runs again
+    deletes its tasks (Tx.clear_step_for_retry), and without it the new ones
+    got the same ids: a worker still holding a task of the earlier attempt
+    then reported its result onto a new task. The columns are SCHEMA's
+    (PostgreSQL creates the table from it, with an identity id that is never
+    reused), typed as sqlite-utils types them: it makes every other table,
+    but has no AUTOINCREMENT."""
     columns, pk, defaults = SCHEMA[name]
     cols = [f"{pk} INTEGER PRIMARY KEY AUTOINCREMENT"] + [
-        f"{column} {SQL_TYPES[kind]}" + (f" DEFAULT {defaults[column]!r}"
-                                         if column in defaults else "")
+        f"{column} {COLUMN_TYPE_MAPPING[kind]}"
+        + (f" DEFAULT {defaults[column]!r}" if column in defaults else "")
         for column, kind in columns.items() if column != pk]
     return f"CREATE TABLE {name} ({', '.join(cols)})"
 
