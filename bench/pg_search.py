@@ -10,7 +10,7 @@ import time
 import psycopg
 
 from bench.harness import _postgres
-from stepline.store.postgres import pg_sql
+from stepline.store.pgsql import pg_sql
 from stepline.store.reads import SEARCH
 
 LINES = 1_000_000

@@ -2,7 +2,9 @@
 a bad value is the client's mistake (4xx) or ignored, never a server error.
 
 A Flask test client is enough here: the routes parse their arguments the same
-way under gunicorn. The streaming routes are read for one chunk and closed."""
+way under gunicorn. The streaming routes are read for one chunk and closed.
+The store is the run's backend: PostgreSQL refuses text SQLite takes (a NUL
+in a search or an id was a 500 there only)."""
 
 import re
 from pathlib import Path
@@ -28,8 +30,14 @@ SERVER_ERROR = range(500, 600)
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    app = create_app(str(tmp_path_factory.mktemp("routes") / "r.db"), token="")
+def site(request, tmp_path_factory):
+    if request.config.getoption("--db-backend") == "postgres":
+        pg_server = request.getfixturevalue("pg_server")
+        db = pg_server.create_database()
+        request.addfinalizer(lambda: pg_server.drop_database(db))
+    else:
+        db = str(tmp_path_factory.mktemp("routes") / "r.db")
+    app = create_app(db, token="")
     store = app.extensions["stepline"].store
     found, _ = load_definitions([])
     job_id = store.create_job(found["load_demo"], {})

@@ -2,8 +2,8 @@
 API the store uses on SQLite (`db.execute`, `db.query`, `tx.conn.execute`),
 the schema, and LISTEN/NOTIFY for "something was committed".
 
-The store's SQL is written once, for SQLite; `pg_sql` turns it into
-PostgreSQL in this one place (placeholders, INSERT OR IGNORE, LIKE). The few
+The store's SQL is written once, for SQLite; `pgsql.pg_sql` turns it into
+PostgreSQL (placeholders, INSERT OR IGNORE, LIKE). The few
 statements that differ beyond that are kept per dialect beside their SQLite
 twin (reads.STRUCTURE_SQL); log lines go in through COPY
 (TxConnection.copy_logs).
@@ -18,10 +18,8 @@ A transaction that wrote events NOTIFYs its last seq, delivered on commit.
 """
 
 import atexit
-import functools
 import itertools
 import os
-import re
 import threading
 import time
 import uuid
@@ -33,6 +31,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from stepline.store.pgsql import CONNECT_ARGS, COPY_LOGS, connect, copy_text, pg_sql
 from stepline.store.sqlite import BACKFILL, INDEXES, LOGS_ERRORS_DDL, SCHEMA
 
 CHANNEL = "stepline_commits"
@@ -69,24 +68,6 @@ EXTRA_DDL = [  # beside SCHEMA, as on SQLite
         ts DOUBLE PRECISION NOT NULL, level TEXT NOT NULL, message TEXT NOT NULL,
         PRIMARY KEY (step_id, line))""",
 ]
-
-
-@functools.lru_cache(maxsize=512)
-def pg_sql(sql: str) -> str:
-    """The store's SQLite SQL as PostgreSQL: `?` placeholders become `%s`
-    (and a literal `%` doubles); INSERT OR IGNORE becomes ON CONFLICT DO
-    NOTHING; `col LIKE` becomes `col COLLATE "C" ILIKE`: SQLite's LIKE
-    ignores case for ASCII letters only, and so does ILIKE under the C
-    collation whatever the database's locale (plain ILIKE folds every
-    Unicode letter on a UTF-8 locale, and the search highlight would then
-    miss what it matched); an INDEXED BY hint goes (PostgreSQL's planner
-    finds the partial index)."""
-    sql = sql.replace("%", "%%").replace("?", "%s")
-    sql = re.sub(r"\s+INDEXED BY \w+", "", sql, flags=re.I)
-    if re.match(r"\s*INSERT OR IGNORE\b", sql, re.I):
-        sql = re.sub(r"INSERT OR IGNORE", "INSERT", sql, count=1, flags=re.I)
-        sql += " ON CONFLICT DO NOTHING"
-    return re.sub(r"\b(\w+) LIKE\b", r'\1 COLLATE "C" ILIKE', sql)
 
 
 class Result:
@@ -155,8 +136,8 @@ class TxConnection:
         joined = "\x00".join([message for _ts, _level, message in entries])
         if joined.count("\x00") != len(entries) - 1:
             return False  # a NUL inside a message
-        texts = _copy_text(joined).split("\x00")
-        head, tail = f"{_copy_text(step_id)}\t", f"\t{_copy_text(job_id)}\t"
+        texts = copy_text(joined).split("\x00")
+        head, tail = f"{copy_text(step_id)}\t", f"\t{copy_text(job_id)}\t"
         payload = "".join([f"{head}{line}{tail}{ts / 1e6!r}\t{level}\t{text}\n"
                            for line, (ts, level, _), text
                            in zip(itertools.count(first_line), entries, texts)])
@@ -167,17 +148,6 @@ class TxConnection:
         with self.raw.cursor() as cur, cur.copy(COPY_LOGS) as copy:
             copy.write(data)
         return True
-
-
-COPY_LOGS = "COPY logs (step_id, line, job_id, ts, level, message) FROM STDIN"
-
-
-def _copy_text(value: str) -> str:
-    """A value in COPY's text format: backslash, tab, newline and carriage
-    return as their backslash escapes (chained replace: 1.8 ms per 2,000
-    lines, str.translate with a table 8.2 ms)."""
-    return (value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
-            .replace("\r", "\\r"))
 
 
 class PgDatabase:
@@ -211,7 +181,7 @@ class OwnConnection:
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = psycopg.connect(self.url, autocommit=True)
+            self._conn = connect(self.url)
         return self._conn
 
     def execute(self, sql: str, params=()) -> Result:
@@ -270,7 +240,7 @@ class PostgresBackend:
         # fails as "unavailable" (PoolTimeout is an OperationalError).
         return ConnectionPool(
             self.url, min_size=size, max_size=size, timeout=POOL_TIMEOUT_S,
-            kwargs={"autocommit": True, "options": LOCK_TIMEOUT}, open=True,
+            kwargs={**CONNECT_ARGS, "options": LOCK_TIMEOUT}, open=True,
             name=f"stepline-{kind}-{os.getpid()}")
 
     def db(self) -> PgDatabase:
@@ -341,7 +311,7 @@ class Listener:
 
     def wait(self, timeout: float) -> bool:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.backend.url, autocommit=True)
+            self._conn = connect(self.backend.url)
             self._conn.execute(f"LISTEN {CHANNEL}")
             return True
         woken, deadline = False, time.monotonic() + timeout
@@ -364,7 +334,7 @@ def ensure_schema(url: str) -> bool:
     to run on every start (an advisory lock lets one process at a time, and
     a current schema costs only catalog reads: no ALTER, no table lock).
     True when the database had no schema (this call created it)."""
-    with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
+    with connect(url) as conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
         existing = set(conn.execute(
             "SELECT table_name, column_name FROM information_schema.columns"

@@ -29,7 +29,7 @@ FROM jobs
 
 # LIKE is the fastest scan SQLite offers here. It ignores case for ASCII
 # letters only ("error" finds "ERROR", "é" does not find "É"), on
-# PostgreSQL too (see postgres.pg_sql), and the highlight does the same.
+# PostgreSQL too (see pgsql.pg_sql), and the highlight does the same.
 SEARCH = "message LIKE ? ESCAPE '\\'"
 
 
