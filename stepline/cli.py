@@ -378,8 +378,9 @@ def cmd_prune(args) -> int:
 
 def cmd_migrate(args) -> int:
     store = open_store(args)  # opening a store brings its schema up to date
-    done = "created the schema" if store.backend.created_schema else "schema is current"
-    print(f"{done} in {redacted(config.db_path(args.db))}")
+    changes = store.backend.schema_changes
+    done = "; ".join(changes) if changes else "the schema is current"
+    print(f"{redacted(config.db_path(args.db))}: {done}")
     return 0
 
 

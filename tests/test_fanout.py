@@ -540,6 +540,8 @@ def test_an_upgraded_database_counts_the_tasks_cancelled_before_the_counter(db_p
         tx.transition("task", StepTasks(step_id, Status.PENDING), Status.CANCELLED)
     store.db.execute("ALTER TABLE steps DROP COLUMN tasks_cancelled")
     store.close()
+    migrate = stepline(db_path, "migrate")  # says what it did
+    assert migrate.stdout == f"{db_path}: added steps.tasks_cancelled\n", migrate.stderr
     store = Store(db_path)
     assert reads.get_step(store.db, step_id)["tasks_cancelled"] == 5
     assert violations(store.db) == []

@@ -45,10 +45,10 @@ def test_migrate_creates_the_schema_and_a_second_run_changes_nothing(backend, tm
     db = str(tmp_path / "new.db") if backend == "sqlite" else request.getfixturevalue("pg_url")
     first = stepline(db, "migrate")
     assert first.returncode == 0, first.stderr
-    assert first.stdout == f"created the schema in {db}\n"
+    assert first.stdout == f"{db}: created the schema\n"
     again = stepline(db, "migrate")
     assert again.returncode == 0, again.stderr
-    assert again.stdout == f"schema is current in {db}\n"
+    assert again.stdout == f"{db}: the schema is current\n"
     store = Store(db)
     assert reads.status_counts(store.db)["pending"] == 0
     assert stepline(db, "check").returncode == 0

@@ -208,7 +208,7 @@ class PostgresBackend:
         # Said in each NOTIFY, so a commit watch can ignore this store's own
         # commits, as SQLite's data_version ignores the connection's own.
         self.origin = uuid.uuid4().hex[:8]
-        self.created_schema = ensure_schema(url)
+        self.schema_changes = ensure_schema(url)
 
     @property
     def pool(self) -> ConnectionPool:
@@ -333,13 +333,14 @@ def ensure_schema(url: str) -> bool:
     """Create missing tables, columns and indexes from the one SCHEMA; safe
     to run on every start (an advisory lock lets one process at a time, and
     a current schema costs only catalog reads: no ALTER, no table lock).
-    True when the database had no schema (this call created it)."""
+    Returns what it changed, as sqlite.ensure_schema."""
     with connect(url) as conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
         existing = set(conn.execute(
             "SELECT table_name, column_name FROM information_schema.columns"
             " WHERE table_schema = current_schema()").fetchall())
         created = not any(table == "jobs" for table, _ in existing)
+        changes = []
         for name, (columns, pk, defaults) in SCHEMA.items():
             keys = (pk,) if isinstance(pk, str) else pk
             cols = {column: column_ddl(name, column, kind, defaults.get(column))
@@ -351,17 +352,19 @@ def ensure_schema(url: str) -> bool:
             for column, ddl in cols.items():  # columns added since it was created
                 if (name, column) not in existing:
                     conn.execute(f"ALTER TABLE {name} ADD COLUMN {ddl}")
+                    changes.append(f"added {name}.{column}")
                     if (name, column) in BACKFILL:
                         conn.execute(BACKFILL[name, column])
         if ("jobs", "rowid") not in existing:
             conn.execute(f"ALTER TABLE jobs ADD COLUMN rowid {IDENTITY}")
+            changes.append("added jobs.rowid")
         for ddl in (*EXTRA_DDL, LOGS_ERRORS_DDL):
             conn.execute(ddl)
         for name, indexes in INDEXES.items():
             for index in indexes:
                 conn.execute(f"CREATE INDEX IF NOT EXISTS idx_{name}_{'_'.join(index)}"
                              f" ON {name} ({', '.join(index)})")
-    return created
+    return ["created the schema"] if created else changes
 
 
 def column_ddl(table: str, column: str, kind: type, default: object) -> str:

@@ -123,6 +123,12 @@ CREATE TABLE events (
     log_count INTEGER, version INTEGER
 )
 """
+# Tables whose keys are never reused: (name, DDL, columns, key). Tasks: a
+# worker's report on a task id must never land on a later task.
+AUTOINCREMENT_TABLES = [
+    ("events", EVENTS_DDL, EVENTS_COLUMNS, "seq"),
+    ("tasks", autoincrement_ddl("tasks"), tuple(SCHEMA["tasks"][0]), "id"),
+]
 
 # A column added to a table that already has rows, and how those rows get
 # their value (both backends, in the schema's transaction): a counter starting
@@ -158,7 +164,7 @@ class SqliteBackend:
     def __init__(self, path: str):
         self.path = path
         self._conns = ConnectionPerThread(path)
-        self.created_schema = ensure_schema(self.db())
+        self.schema_changes = ensure_schema(self.db())
 
     def db(self) -> "Database":
         return self._conns.get()
@@ -194,15 +200,16 @@ def connect(path: str) -> Database:
     return Database(conn)
 
 
-def ensure_schema(db: sqlite_utils.Database) -> bool:
+def ensure_schema(db: sqlite_utils.Database) -> list[str]:
     """Create missing tables, columns and indexes; safe to run on every start.
-    True when the database had no schema (this call created it)."""
+    Returns what it changed, for `stepline migrate` to say: ["created the
+    schema"] on a new file, [] on a current one."""
     enable_wal(db)
     with transaction(db):
         created = not db.table("jobs").exists()
-        ensure_autoincrement(db, "events", EVENTS_DDL, EVENTS_COLUMNS, "seq")
-        ensure_autoincrement(db, "tasks", autoincrement_ddl("tasks"), tuple(SCHEMA["tasks"][0]),
-                             "id")
+        changes = [f"rebuilt {table} so its {key}s are never reused"
+                   for table, ddl, columns, key in AUTOINCREMENT_TABLES
+                   if ensure_autoincrement(db, table, ddl, columns, key)]
         for name, (columns, pk, defaults) in SCHEMA.items():
             table = db.table(name)
             if not table.exists():
@@ -211,6 +218,7 @@ def ensure_schema(db: sqlite_utils.Database) -> bool:
                 for column, kind in columns.items():
                     if column not in table.columns_dict:
                         table.add_column(column, kind, not_null_default=defaults.get(column))
+                        changes.append(f"added {name}.{column}")
                         if (name, column) in BACKFILL:
                             db.execute(BACKFILL[name, column])
         for name, indexes in INDEXES.items():
@@ -218,7 +226,7 @@ def ensure_schema(db: sqlite_utils.Database) -> bool:
                 db.table(name).create_index(cols, if_not_exists=True)
         db.execute(LOGS_DDL)
         db.execute(LOGS_ERRORS_DDL)
-    return created
+    return ["created the schema"] if created else changes
 
 
 def enable_wal(db: sqlite_utils.Database) -> None:
@@ -240,26 +248,28 @@ def enable_wal(db: sqlite_utils.Database) -> None:
 
 
 def ensure_autoincrement(db: sqlite_utils.Database, table: str, ddl: str,
-                         columns: tuple[str, ...], key: str) -> None:
+                         columns: tuple[str, ...], key: str) -> bool:
     """Create `table` from `ddl`, or rebuild one from before AUTOINCREMENT
     (and before some of `columns`): rows keep their `key`, and SQLite sets
     sqlite_sequence to the highest one copied, so new rows continue past it.
     Runs inside ensure_schema's write transaction: of several processes
     starting at once, the first rebuilds and the others see the new table.
-    The old table's indexes go with it; ensure_schema makes them again."""
+    The old table's indexes go with it; ensure_schema makes them again.
+    True when it rebuilt one."""
     row = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?",
                      (table,)).fetchone()
     if row is None:
         db.execute(ddl)
-        return
+        return False
     if "AUTOINCREMENT" in row[0].upper():
-        return
+        return False
     kept = ", ".join(c for c in columns if c in db.table(table).columns_dict)
     db.execute(f"ALTER TABLE {table} RENAME TO {table}_before_autoincrement")
     db.execute(ddl)
     db.execute(f"INSERT INTO {table} ({kept}) SELECT {kept} FROM {table}_before_autoincrement"
                f" ORDER BY {key}")
     db.execute(f"DROP TABLE {table}_before_autoincrement")
+    return True
 
 
 @contextmanager
