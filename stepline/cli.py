@@ -3,15 +3,11 @@
 import argparse
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 
-from stepline import config
+from stepline import config, processes
 from stepline.engine.actions import start_job
 from stepline.engine.definitions import ParamError, parse_duration
 from stepline.engine.runner import STALE_AFTER_S
@@ -19,13 +15,11 @@ from stepline.engine.states import JOB_STATUSES, TERMINAL, earlier_failure, fail
 from stepline.engine.taskslots import TASK_SLOTS
 from stepline.follow import follow_job
 from stepline.store import reads, workers
-from stepline.store.backends import absolute, redacted
+from stepline.store.backends import redacted
 from stepline.store.check import violations
 from stepline.store.errors import BadDatabaseURL, Conflict, NotFound, unavailable
 from stepline.store.writes import Store
 from stepline.web.render import duration
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class UsageError(Exception):
@@ -153,95 +147,16 @@ def open_store(args) -> Store:
 
 
 def cmd_serve(args) -> int:
-    db = config.db_path(args.db)
-    env = {**os.environ, "STEPLINE_DB": absolute(db)}
-    if args.definitions:
-        env["STEPLINE_DEFINITIONS"] = args.definitions
-    busy = port_unavailable(args.host, args.port)
+    busy = processes.port_unavailable(args.host, args.port)
     if busy:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {busy} (pass --port)")
-    definitions, errors = config.definitions(args.definitions)
-    for error in errors:  # the others still load; say so now, not at first use
-        print(f"stepline: skipping {error}", file=sys.stderr, flush=True)
-    store = Store(env["STEPLINE_DB"])  # the schema exists before two processes start
-    if args.demo:
-        for name in ("codebase_classify", "load_demo"):
-            print(f"stepline: queued {name} as job {start_job(store, definitions, name, {})}")
-    if args.host in LOOPBACK:
-        print(f"stepline: listening on {args.host} only: this machine alone can connect"
-              " (to share it, set STEPLINE_TOKEN and pass --host)", flush=True)
-    elif not env.get("STEPLINE_TOKEN"):
-        print(f"stepline: WARNING: listening on {args.host} with no STEPLINE_TOKEN:"
-              " anyone who can reach this port can run jobs", file=sys.stderr, flush=True)
-    print(f"stepline: serving http://{args.host}:{args.port}/ (database {redacted(db)})",
-          flush=True)
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "stepline.cli", "worker"], env=env),
-        subprocess.Popen([sys.executable, "-m", "gunicorn",
-                          "-c", "python:stepline.web.gunicorn_conf",
-                          "-b", f"{args.host}:{args.port}", "-w", str(args.workers),
-                          "stepline.web.app:create_app()"], env=env),
-    ]
-    stop = False
-
-    def on_signal(signum, frame):
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    while not stop and all(p.poll() is None for p in procs):
-        time.sleep(0.2)
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-    return 0 if stop else 1
-
-
-def port_unavailable(host: str, port: int) -> str | None:
-    """Why gunicorn could not listen there (checked first: gunicorn itself
-    would retry for 5 s, repeating its error, then exit 1)."""
-    try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host, port))
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    return None
+    return processes.serve(config.db_path(args.db), args.definitions, args.host, args.port,
+                           args.workers, demo=args.demo)
 
 
 def cmd_worker(args) -> int:
-    from stepline.engine.runner import Worker
-
-    # A python step's `call = "pkg.module:function"` imports from the worker's
-    # current directory, as `python -m` would (a console script does not).
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    worker = Worker(open_store(args), concurrency=args.concurrency,
-                    task_slots=args.task_slots)
-    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
-    signal.signal(signal.SIGINT, lambda *_: worker.stop())
-    # A step or task that ignored its stop flag still runs in a thread, and
-    # Python joins pool threads at exit, for ever: leave with os._exit, its
-    # work handed back (Worker._shutdown), or the shutdown's error printed.
-    try:
-        worker.run(exit_when_idle=args.exit_when_idle)
-    except BaseException:
-        if worker.left_running:
-            traceback.print_exc()
-            os._exit(1)
-        raise
-    if worker.left_running:
-        sys.stdout.flush()
-        print("stepline: exiting with a step or task still running", file=sys.stderr, flush=True)
-        os._exit(0)
-    return 0
+    return processes.run_worker(open_store(args), args.concurrency, args.task_slots,
+                                exit_when_idle=args.exit_when_idle)
 
 
 def parse_param_pairs(pairs: list[str]) -> dict[str, str]:
