@@ -1,5 +1,6 @@
 """The JSON API (described by /api/openapi.json), /healthz and /metrics."""
 
+import json
 from dataclasses import asdict
 from datetime import UTC, datetime
 
@@ -125,14 +126,32 @@ def definitions():
         for d in found.values()], errors=errors)
 
 
-@bp.post("/api/definitions/<name>/run")
-def run(name: str):
-    body = request.get_json(silent=True)
-    if body is None and request.get_data():
-        raise ApiError(400, "body must be JSON: {\"params\": {...}}")
-    body = body or {}
+def _not_json(constant: str):
+    raise ValueError(f"{constant} is not JSON")
+
+
+def json_object_body() -> dict:
+    """The request's body as a JSON object ({} when empty), strictly: NaN and
+    Infinity are not JSON (Python's parser takes them, and /api/jobs then gave
+    them back to every client), and nesting too deep for the parser (100,000
+    '[' ran out of recursion) is refused too, both as a 400."""
+    raw = request.get_data()
+    if not raw:
+        return {}
+    try:
+        if not request.is_json:
+            raise ValueError("not application/json")
+        body = json.loads(raw, parse_constant=_not_json)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "body must be JSON: {\"params\": {...}}") from None
     if not isinstance(body, dict):
         raise ApiError(400, "body must be a JSON object: {\"params\": {...}}")
+    return body
+
+
+@bp.post("/api/definitions/<name>/run")
+def run(name: str):
+    body = json_object_body()
     found, errors = loaded_definitions()
     job_id = actions.start_job(app_state().store, found, name, body.get("params") or {},
                                errors=errors)
