@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         # at /dev/null so the interpreter's last flush does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except UnicodeEncodeError as exc:  # an argument in bytes that are not UTF-8 (SQLite)
+        print(f"stepline: {exc.object!r} is not UTF-8 text", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

@@ -273,3 +273,13 @@ def test_a_url_that_does_not_parse_is_one_line_without_the_password(command):
         "stepline: database postgresql://stepline:***@127.0.0.1:1/stepline: not a valid"
         " PostgreSQL URL (percent-encode special characters of the user and password:"
         " %25 for %, %40 for @)"]
+
+
+@pytest.mark.parametrize("command", ["logs", "tasks", "cancel"])
+def test_an_argument_that_is_not_utf8_is_one_line(db_path, command):
+    """New-user trial: `stepline logs "$(printf '\\377')"` printed a traceback on
+    SQLite (the id could not be bound). Both backends: one line, exit 2."""
+    result = stepline(db_path, command, "\udcff")  # the byte 0xff, as Python gets it
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("stepline: ") and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr
