@@ -357,3 +357,25 @@ def test_the_search_box_says_what_it_is_on_a_phone_and_a_desktop(browser, server
         text, room = placeholder_room(tab, step_id)
         assert 0 < text <= room, (viewport, text, room)
         tab.context.close()
+
+
+def test_a_pasted_5000_character_search_stays_a_search(page, server, store,  # noqa: F811
+                                                        start_worker):
+    """New-user trial: 5,000 characters in the log search made a URL over
+    gunicorn's 4,094-byte request line, and its bare "414 URI Too Long" page
+    was swapped into the log panel. The box keeps SEARCH_MAX_CHARS (300)."""
+    job_id, step_id = numbered_job(store, start_worker, lines=50)
+    page.goto(f"{server.url}/jobs/{job_id}")
+    open_panel(page, step_id)
+    search = page.locator(f"#logpanel-{step_id} input[type=search]")
+    search.click()
+    page.keyboard.insert_text("world 1" + "日" * 4993)  # as a paste does
+    page.wait_for_timeout(1500)
+    assert search.input_value() == "world 1" + "日" * 293
+    wait_for(lambda: matches_text(page, step_id) == "0 matching lines", 20,
+             what="the search answered")
+    assert "URI Too Long" not in page.locator(f"#logpanel-{step_id}").inner_text()
+    search.fill("")
+    page.keyboard.insert_text("world 1")
+    wait_for(lambda: matches_text(page, step_id) == "11 matching lines", 20,
+             what="a search after it")

@@ -21,6 +21,11 @@ TAIL_LINES = 500      # lines an opened panel starts with, and per "load earlier
 FOLLOW_LINES = 2_000  # at most this many new lines per fetch; a full page fetches again
 WINDOW_LINES = 5_000  # lines a panel keeps in the DOM (stepline.js drops the oldest)
 PAGE_SIZE = 25
+# A search box's longest text. gunicorn refuses a request line over 4,094
+# bytes with a bare 414 page (a 5,000-character log search put that page in
+# the log panel); 300 characters is at most 2,700 bytes encoded (9 per CJK
+# character), with room for the rest of the URL.
+SEARCH_MAX_CHARS = 300
 TASK_PAGE = 50        # rows of an open task table
 
 
@@ -210,7 +215,8 @@ def register(app: Flask) -> None:
         item=lambda mapping, key, default=None: mapping.get(key, default),
     )
     app.jinja_env.globals.update(TERMINAL=TERMINAL, LOG_LEVELS=LOG_LEVELS, PAGE_SIZE=PAGE_SIZE,
-                                 WINDOW_LINES=WINDOW_LINES, has_task_table=has_task_table,
+                                 WINDOW_LINES=WINDOW_LINES, SEARCH_MAX_CHARS=SEARCH_MAX_CHARS,
+                                 has_task_table=has_task_table,
                                  failures_past=failures_past, earlier_failure=earlier_failure,
                                  icon=lambda status: Markup(ICONS.get(status, "")))
     app.jinja_env.globals["url_for"] = path_builder(app)
