@@ -112,7 +112,10 @@ def test_jobs_page_ignores_a_job_argument(site):
     page = client.get(f"/?job={real['job_id']}")
     assert page.status_code == 200 and 'id="job-list"' in page.get_data(as_text=True)
     assert client.get("/?job=x&status=running").status_code == 200
-    assert client.get(f"/?status={Status.SKIPPED}").status_code == 200
+    # a job is never skipped (only a step is): not a filter, and not offered
+    refused = client.get(f"/api/jobs?status={Status.SKIPPED}")
+    assert refused.status_code == 400 and refused.get_json()["error"].count("skipped") == 1
+    assert client.get(f"/?status={Status.SKIPPED}").status_code == 400
 
 
 def test_the_list_is_complete():

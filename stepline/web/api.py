@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from flask import Blueprint, Response, jsonify, request, stream_with_context
 
 from stepline.engine import actions
+from stepline.engine.states import JOB_STATUSES, TASK_STATUSES
 from stepline.store import reads
 from stepline.web.http import (
     ApiError,
@@ -56,8 +57,8 @@ def list_jobs():
     args = request.args
     limit = int_arg(args, "limit", 50, low=1, high=500)
     offset = int_arg(args, "offset", 0)
-    jobs, total = reads.list_jobs(current_db(), status=status_arg(args), q=args.get("q") or None,
-                                    limit=limit, offset=offset)
+    jobs, total = reads.list_jobs(current_db(), status=status_arg(args, JOB_STATUSES),
+                                  q=args.get("q") or None, limit=limit, offset=offset)
     return jsonify(jobs=[job_json(j) for j in jobs], total=total, limit=limit, offset=offset)
 
 
@@ -110,7 +111,7 @@ def logs_txt(job_id: str, step_id: str):
 def tasks(job_id: str, step_id: str):
     step_or_404(job_id, step_id)
     args = request.args
-    rows, total = reads.step_tasks(current_db(), step_id, status=status_arg(args),
+    rows, total = reads.step_tasks(current_db(), step_id, status=status_arg(args, TASK_STATUSES),
                                    offset=int_arg(args, "offset", 0),
                                    limit=int_arg(args, "limit", 50, low=1, high=1000))
     return jsonify(tasks=rows, total=total)

@@ -1,6 +1,7 @@
 """Request helpers shared by the page, API and live routes: the app's state,
 job and step lookups, the loaded definitions, argument parsing and errors."""
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from flask import current_app, jsonify, render_template, request
@@ -88,14 +89,15 @@ def error_response(status: int, message: str):
     return render_template("error.html", code=status, message=message), status
 
 
-def status_arg(args) -> Status | None:
+def status_arg(args, allowed: Sequence[Status]) -> Status | None:
+    """`?status=`, one of `allowed` (JOB_STATUSES or TASK_STATUSES: no job
+    or task is ever skipped, so the error does not offer it)."""
     raw = args.get("status") or None
     if raw is None:
         return None
-    try:
-        return Status(raw)
-    except ValueError:
-        raise ApiError(400, f"unknown status {raw!r} (one of {', '.join(Status)})") from None
+    if raw not in allowed:
+        raise ApiError(400, f"unknown status {raw!r} (one of {', '.join(allowed)})")
+    return Status(raw)
 
 
 MAX_INT_ARG = 10**9  # offsets and line numbers; the OpenAPI spec says the same

@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 description of the JSON API, served at /api/openapi.json."""
 
-from stepline.engine.states import LOG_LEVELS, TASK_STATUSES, Status
+from stepline.engine.states import JOB_STATUSES, LOG_LEVELS, TASK_STATUSES, Status
 from stepline.web.http import MAX_INT_ARG
 
 
@@ -30,6 +30,8 @@ ERRORS["414"] = {"description": "URI too long (answered by gunicorn, not JSON)"}
 POST_ERRORS = {**ERRORS, "403": _json(_ref("Error"), "Missing CSRF token: send JSON or a"
                                                      " bearer token")}
 STATUS = {"type": "string", "enum": [s.value for s in Status]}
+JOB_STATUS = {"type": "string", "enum": [s.value for s in JOB_STATUSES]}
+TASK_STATUS = {"type": "string", "enum": [s.value for s in TASK_STATUSES]}
 NULLABLE_NUMBER = {"type": ["number", "null"]}
 NULLABLE_STRING = {"type": ["string", "null"]}
 TASKS = {"type": "object", "required": [s.value for s in TASK_STATUSES],
@@ -49,7 +51,7 @@ STEP = {"type": "object", "required": ["step_id", "name", "status", "log_count",
 TASK = {"type": "object", "required": ["task_id", "idx", "status", "attempts", "error", "worker",
                                        "started_at", "finished_at"],
         "properties": {"task_id": {"type": "integer"}, "idx": {"type": "integer"},
-                       "status": STATUS, "attempts": {"type": "integer"},
+                       "status": TASK_STATUS, "attempts": {"type": "integer"},
                        "error": NULLABLE_STRING, "worker": NULLABLE_STRING,
                        "started_at": NULLABLE_NUMBER, "finished_at": NULLABLE_NUMBER}}
 # `[params.NAME]` min / max / description, for the params that declare them
@@ -68,7 +70,7 @@ DEFINITION = {"type": "object",
                                                  "items": {"type": "string"}}}}}}}
 JOB = {"type": "object", "required": ["job_id", "definition", "status", "version"],
        "properties": {"job_id": {"type": "string"}, "definition": {"type": "string"},
-                      "params": {"type": "object"}, "status": STATUS,
+                      "params": {"type": "object"}, "status": JOB_STATUS,
                       "error": NULLABLE_STRING, "version": {"type": "integer"},
                       "created_at": {"type": "number"}, "started_at": NULLABLE_NUMBER,
                       "finished_at": NULLABLE_NUMBER, "steps_total": {"type": "integer"},
@@ -92,7 +94,7 @@ SPEC = {
     "paths": {
         "/api/jobs": {"get": {
             "summary": "List jobs, newest first",
-            "parameters": [_query("status", STATUS), _query("q", {"type": "string"}),
+            "parameters": [_query("status", JOB_STATUS), _query("q", {"type": "string"}),
                            _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}),
                            _query("offset", {"type": "integer", "minimum": 0,
                                               "maximum": MAX_INT_ARG})],
@@ -120,7 +122,7 @@ SPEC = {
                                         "required": ["job_id", "status", "version",
                                                      "updated_at", "steps"],
                                         "properties": {"job_id": {"type": "string"},
-                                                       "status": STATUS,
+                                                       "status": JOB_STATUS,
                                                        "version": {"type": "integer"},
                                                        "updated_at": {"type": "number"},
                                                        "steps": {"type": "array",
@@ -159,7 +161,7 @@ SPEC = {
         "/api/jobs/{job_id}/steps/{step_id}/tasks": {"get": {
             "summary": "One page of a fan-out step's tasks, in index order",
             "parameters": [_path_param("job_id"), _path_param("step_id"),
-                           _query("status", STATUS),
+                           _query("status", TASK_STATUS),
                            _query("offset", {"type": "integer", "minimum": 0,
                                              "maximum": MAX_INT_ARG}),
                            _query("limit", {"type": "integer", "minimum": 1,

@@ -6,6 +6,7 @@ import time
 
 from flask import Blueprint, request
 
+from stepline.engine.states import TASK_STATUSES
 from stepline.store import reads
 from stepline.web import charts, render
 from stepline.web.http import current_db, int_arg, job_or_404, status_arg, step_or_404
@@ -17,7 +18,7 @@ bp = Blueprint("parts", __name__)
 def task_table(job_id: str, step_id: str):
     """One page of a step's tasks (?status=failed: the failed only)."""
     step = step_or_404(job_id, step_id)
-    status = status_arg(request.args)
+    status = status_arg(request.args, TASK_STATUSES)
     offset = int_arg(request.args, "offset", 0)
     tasks, total = reads.step_tasks(current_db(), step_id, status=status, offset=offset,
                                     limit=render.TASK_PAGE)

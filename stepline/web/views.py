@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 from urllib.parse import urlencode
 
+from stepline.engine.states import JOB_STATUSES
 from stepline.store import reads
 from stepline.web import render
 from stepline.web.http import ApiError, page_arg, status_arg
@@ -188,7 +189,7 @@ class JobView:
 
 
 def jobs_filters(args) -> JobsFilters:
-    return JobsFilters(status_arg(args), args.get("q") or None, page_arg(args))
+    return JobsFilters(status_arg(args, JOB_STATUSES), args.get("q") or None, page_arg(args))
 
 
 def view_from_args(args) -> JobsView | JobView:
