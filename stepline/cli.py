@@ -19,6 +19,7 @@ from stepline.store.backends import redacted
 from stepline.store.check import violations
 from stepline.store.errors import BadDatabaseURL, Conflict, NotFound, unavailable
 from stepline.store.writes import Store
+from stepline.web.api import job_json
 from stepline.web.render import duration
 
 
@@ -186,8 +187,8 @@ def cmd_run(args) -> int:
 
 def cmd_jobs(args) -> int:
     rows, _total = reads.list_jobs(open_store(args).db, status=args.status, limit=args.limit)
-    if args.json:
-        print(json.dumps(rows, indent=2))
+    if args.json:  # the same objects as GET /api/jobs
+        print(json.dumps([job_json(row) for row in rows], indent=2))
         return 0
     if not rows:  # a note, not output: a pipe reading stdout sees no rows
         print(f"no {args.status} jobs" if args.status else "no jobs", file=sys.stderr)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from stepline.store import reads
 from stepline.store.check import violations
+from stepline.web.openapi import SPEC
 
 from .conftest import log_messages, stepline, steps_by_name, wait_job
 
@@ -107,8 +108,9 @@ def test_definitions_count_steps_and_a_wrong_step_lists_the_job_steps(db_path, t
 
 def test_jobs_logs_cancel_prune(store, db_path, start_worker):
     job_id = stepline(db_path, "run", "load_demo", "-p", "tasks=2").stdout.strip()
-    listed = json.loads(stepline(db_path, "jobs", "--json").stdout)
-    assert [j["id"] for j in listed] == [job_id] and listed[0]["status"] == "pending"
+    listed = json.loads(stepline(db_path, "jobs", "--json").stdout)  # as GET /api/jobs
+    assert [j["job_id"] for j in listed] == [job_id] and listed[0]["status"] == "pending"
+    assert set(listed[0]) == set(SPEC["components"]["schemas"]["Job"]["properties"])
     assert stepline(db_path, "cancel", job_id).stdout.strip() == "cancelled"
     assert stepline(db_path, "jobs", "--status", "cancelled").stdout.startswith(job_id)
     again = stepline(db_path, "cancel", job_id)
