@@ -53,3 +53,22 @@ def test_rerun_form_refuses_tasks_outside_the_range_and_says_which(browser, serv
     finally:
         context.close()
     assert errors == []
+
+
+def test_an_emptied_field_runs_with_its_default(browser, server):
+    """New-user trial: clearing a number field (its placeholder shows the
+    default) and pressing run said "must be a number, got ''"."""
+    page = browser.new_page()
+    try:
+        page.goto(f"{server.url}/definitions/load_demo")
+        tasks = page.locator("#run-load_demo input[name='param.tasks']")
+        assert tasks.get_attribute("placeholder") == "40"
+        tasks.fill("")
+        page.locator("#run-load_demo input[name='param.failure_rate']").fill("0.5")
+        page.click("#run-load_demo button[type=submit]")
+        page.wait_for_url(f"{server.url}/jobs/*")
+        job_id = page.url.rsplit("/", 1)[1]
+        assert requests.get(f"{server.url}/api/jobs/{job_id}", timeout=5).json()[
+            "params"] == {"tasks": 40, "failure_rate": 0.5}
+    finally:
+        page.close()
