@@ -18,6 +18,7 @@ from stepline.store import reads, workers
 from stepline.store.backends import redacted
 from stepline.store.check import violations
 from stepline.store.errors import BadDatabaseURL, Conflict, NotFound, unavailable
+from stepline.store.logtext import encodable
 from stepline.store.writes import Store
 from stepline.web.api import job_json
 from stepline.web.render import duration
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         for directory in config.definition_dirs(args.definitions):
             if not Path(directory).is_dir():
                 raise UsageError(f"definitions directory {directory}: not a directory")
+        check_text(args)
         return args.func(args) or 0
     except (UsageError, ParamError, NotFound, Conflict, BadDatabaseURL) as exc:
         print(f"stepline: {exc}", file=sys.stderr)
@@ -55,11 +57,21 @@ def main(argv: list[str] | None = None) -> int:
         # at /dev/null so the interpreter's last flush does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except UnicodeEncodeError as exc:  # an argument in bytes that are not UTF-8 (SQLite)
-        print(f"stepline: {exc.object!r} is not UTF-8 text", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+
+
+PATH_OPTIONS = {"db", "definitions"}  # any bytes the file system takes
+
+
+def check_text(args) -> None:
+    """Every argument but a path is UTF-8 text, as the store keeps it: a job
+    id given as the byte 0xff was a traceback on SQLite (it could not be
+    bound) and "not found" on PostgreSQL."""
+    for name, value in vars(args).items():
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str) and name not in PATH_OPTIONS and not encodable(text):
+                raise UsageError(f"{name} {text!r} is not UTF-8 text")
 
 
 GLOBAL_OPTIONS = (

@@ -87,6 +87,18 @@ def db_path(request, tmp_path, db_backend) -> str:
     return str(tmp_path / "stepline.db")
 
 
+@pytest.fixture(scope="module")
+def module_db_path(request, tmp_path_factory) -> Iterator[str]:
+    """db_path for a module whose tests share one app and its data."""
+    if request.config.getoption("--db-backend") != "postgres":
+        yield str(tmp_path_factory.mktemp("db") / "stepline.db")
+        return
+    server = request.getfixturevalue("pg_server")
+    url = server.create_database()
+    yield url
+    server.drop_database(url)
+
+
 @pytest.fixture
 def store(db_path) -> Iterator[Store]:
     store = Store(db_path)

@@ -281,5 +281,4 @@ def test_an_argument_that_is_not_utf8_is_one_line(db_path, command):
     SQLite (the id could not be bound). Both backends: one line, exit 2."""
     result = stepline(db_path, command, "\udcff")  # the byte 0xff, as Python gets it
     assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith("stepline: ") and result.stderr.count("\n") == 1
-    assert "Traceback" not in result.stderr
+    assert result.stderr == "stepline: job '\\udcff' is not UTF-8 text\n"

@@ -370,7 +370,6 @@ def test_a_pasted_5000_character_search_stays_a_search(page, server, store,  # n
     search = page.locator(f"#logpanel-{step_id} input[type=search]")
     search.click()
     page.keyboard.insert_text("world 1" + "日" * 4993)  # as a paste does
-    page.wait_for_timeout(1500)
     assert search.input_value() == "world 1" + "日" * 293
     wait_for(lambda: matches_text(page, step_id) == "0 matching lines", 20,
              what="the search answered")

@@ -384,3 +384,19 @@ def test_log_lines_go_in_through_copy_exactly_as_logged(pg_url):
                  if e["log_refresh"]]
     assert [e["log_count"] for e in refreshes] == [7, 10]
     assert reads.get_step(store.db, step_id)["log_count"] == 10
+
+
+def test_text_postgresql_cannot_hold_is_cleaned_below_the_web_too(pg_url):
+    """pgsql.StorableStrDumper, for callers that do not clean (the CLI, the
+    engine): a NUL or a lone surrogate in a parameter is U+FFFD, as in stored
+    lines, where psycopg used to raise."""
+    store = Store(pg_url)
+    job_id = store.create_job(make_definition('[step.a]\ntype = "shell"\nrun = "true"'), {})
+    step_id = reads.job_steps(store.db, job_id)[0]["id"]
+    with store.write() as tx:
+        tx.append_logs(job_id, step_id, [(0, "info", "nul\x00here"), (0, "info", "plain")])
+    for odd in ("\x00", f"{job_id}\x00", "\ud800"):
+        assert reads.get_job(store.db, odd) is None
+    for odd in ("\x00", "\ud800"):  # both are U+FFFD, as the stored line's NUL is
+        assert [row["message"] for row in reads.log_lines(store.db, step_id, q=odd)] == [
+            "nul\ufffdhere"]

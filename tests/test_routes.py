@@ -30,14 +30,8 @@ SERVER_ERROR = range(500, 600)
 
 
 @pytest.fixture(scope="module")
-def site(request, tmp_path_factory):
-    if request.config.getoption("--db-backend") == "postgres":
-        pg_server = request.getfixturevalue("pg_server")
-        db = pg_server.create_database()
-        request.addfinalizer(lambda: pg_server.drop_database(db))
-    else:
-        db = str(tmp_path_factory.mktemp("routes") / "r.db")
-    app = create_app(db, token="")
+def site(module_db_path):
+    app = create_app(module_db_path, token="")
     store = app.extensions["stepline"].store
     found, _ = load_definitions([])
     job_id = store.create_job(found["load_demo"], {})

@@ -329,7 +329,7 @@ class Listener:
             self._conn = None
 
 
-def ensure_schema(url: str) -> bool:
+def ensure_schema(url: str) -> list[str]:
     """Create missing tables, columns and indexes from the one SCHEMA; safe
     to run on every start (an advisory lock lets one process at a time, and
     a current schema costs only catalog reads: no ALTER, no table lock).

@@ -16,6 +16,7 @@ from stepline.web.http import (
     int_arg,
     job_or_404,
     level_arg,
+    search_arg,
     status_arg,
     step_or_404,
 )
@@ -58,7 +59,7 @@ def list_jobs():
     limit = int_arg(args, "limit", 50, low=1, high=500)
     offset = int_arg(args, "offset", 0)
     jobs, total = reads.list_jobs(current_db(), status=status_arg(args, JOB_STATUSES),
-                                  q=args.get("q") or None, limit=limit, offset=offset)
+                                  q=search_arg(args), limit=limit, offset=offset)
     return jsonify(jobs=[job_json(j) for j in jobs], total=total, limit=limit, offset=offset)
 
 
@@ -83,7 +84,7 @@ def logs(job_id: str, step_id: str):
     args = request.args
     after = int_arg(args, "after", 0)
     limit = int_arg(args, "limit", 1000, low=1, high=10_000)
-    filters = {"level": level_arg(args), "q": args.get("q") or None}
+    filters = {"level": level_arg(args), "q": search_arg(args)}
     lines = reads.log_lines(current_db(), step_id, after=after, limit=limit, **filters)
     return jsonify(lines=lines, next_after=lines[-1]["line"] if lines else after,
                    total=reads.count_log_lines(current_db(), step_id, **filters))

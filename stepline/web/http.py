@@ -10,6 +10,7 @@ from stepline import config
 from stepline.engine.definitions import Definition
 from stepline.engine.states import LOG_LEVELS, Status
 from stepline.store import reads
+from stepline.store.logtext import storable_text
 
 if TYPE_CHECKING:  # app.py imports this module
     from stepline.web.app import Stepline
@@ -118,6 +119,14 @@ def int_arg(args, name: str, default: int, low: int = 0, high: int = MAX_INT_ARG
 
 def page_arg(args) -> int:
     return int_arg(args, "page", 1, low=1)
+
+
+def search_arg(args) -> str | None:
+    """`?q=`, the text to search for, as the store keeps text: a NUL or a lone
+    surrogate becomes U+FFFD, as in stored lines, so both backends find (and
+    highlight) the same lines. SQLite's LIKE stopped at a NUL: "%00" matched
+    every line; PostgreSQL refused it."""
+    return storable_text(args.get("q") or "") or None
 
 
 def level_arg(args) -> str | None:

@@ -19,6 +19,7 @@ from stepline.web.http import (
     job_or_404,
     level_arg,
     loaded_definition,
+    search_arg,
     step_or_404,
 )
 from stepline.web.views import JobsView, jobs_filters
@@ -60,7 +61,7 @@ def job_page(job_id: str):
 
 
 def _log_filters(args) -> dict:
-    return {"level": level_arg(args), "q": args.get("q") or None}
+    return {"level": level_arg(args), "q": search_arg(args)}
 
 
 @bp.get("/jobs/<job_id>/steps/<step_id>/panel")

@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 from stepline.engine.states import JOB_STATUSES
 from stepline.store import reads
 from stepline.web import render
-from stepline.web.http import ApiError, page_arg, status_arg
+from stepline.web.http import ApiError, page_arg, search_arg, status_arg
 from stepline.web.hub import EVENT_KEYS
 
 
@@ -189,7 +189,7 @@ class JobView:
 
 
 def jobs_filters(args) -> JobsFilters:
-    return JobsFilters(status_arg(args, JOB_STATUSES), args.get("q") or None, page_arg(args))
+    return JobsFilters(status_arg(args, JOB_STATUSES), search_arg(args), page_arg(args))
 
 
 def view_from_args(args) -> JobsView | JobView:
