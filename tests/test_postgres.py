@@ -50,6 +50,9 @@ def test_migrate_creates_the_schema_and_a_second_run_changes_nothing(backend, tm
     assert again.returncode == 0, again.stderr
     assert again.stdout == f"{db}: the schema is current\n"
     store = Store(db)
+    store.db.execute("DROP INDEX logs_errors")  # as a database from before it
+    made = stepline(db, "migrate")
+    assert made.stdout == f"{db}: created index logs_errors\n", made.stderr
     assert reads.status_counts(store.db)["pending"] == 0
     assert stepline(db, "check").returncode == 0
 

@@ -340,7 +340,7 @@ def ensure_schema(url: str) -> list[str]:
             "SELECT table_name, column_name FROM information_schema.columns"
             " WHERE table_schema = current_schema()").fetchall())
         created = not any(table == "jobs" for table, _ in existing)
-        changes = []
+        changes, before = [], schema_objects(conn)
         for name, (columns, pk, defaults) in SCHEMA.items():
             keys = (pk,) if isinstance(pk, str) else pk
             cols = {column: column_ddl(name, column, kind, defaults.get(column))
@@ -364,7 +364,16 @@ def ensure_schema(url: str) -> list[str]:
             for index in indexes:
                 conn.execute(f"CREATE INDEX IF NOT EXISTS idx_{name}_{'_'.join(index)}"
                              f" ON {name} ({', '.join(index)})")
+        changes += [f"created {made}" for made in sorted(schema_objects(conn) - before)]
     return ["created the schema"] if created else changes
+
+
+def schema_objects(conn: psycopg.Connection) -> set[str]:
+    """"table NAME" and "index NAME" for each one the schema has."""
+    return {row[0] for row in conn.execute(
+        "SELECT 'table ' || tablename FROM pg_tables WHERE schemaname = current_schema()"
+        " UNION SELECT 'index ' || indexname FROM pg_indexes"
+        " WHERE schemaname = current_schema()")}
 
 
 def column_ddl(table: str, column: str, kind: type, default: object) -> str:

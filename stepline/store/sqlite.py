@@ -207,6 +207,7 @@ def ensure_schema(db: sqlite_utils.Database) -> list[str]:
     enable_wal(db)
     with transaction(db):
         created = not db.table("jobs").exists()
+        before = schema_objects(db)
         changes = [f"rebuilt {table} so its {key}s are never reused"
                    for table, ddl, columns, key in AUTOINCREMENT_TABLES
                    if ensure_autoincrement(db, table, ddl, columns, key)]
@@ -226,7 +227,15 @@ def ensure_schema(db: sqlite_utils.Database) -> list[str]:
                 db.table(name).create_index(cols, if_not_exists=True)
         db.execute(LOGS_DDL)
         db.execute(LOGS_ERRORS_DDL)
+        changes += [f"created {made}" for made in sorted(schema_objects(db) - before)]
     return ["created the schema"] if created else changes
+
+
+def schema_objects(db: sqlite_utils.Database) -> set[str]:
+    """"table NAME" and "index NAME" for each one the file has."""
+    return {f"{kind} {name}" for kind, name in db.execute(
+        "SELECT type, name FROM sqlite_master WHERE type IN ('table', 'index')"
+        " AND name NOT LIKE 'sqlite_%'")}
 
 
 def enable_wal(db: sqlite_utils.Database) -> None:
