@@ -9,7 +9,8 @@ from pathlib import Path
 
 from stepline import config, processes
 from stepline.engine.actions import start_job
-from stepline.engine.definitions import ParamError, parse_duration
+from stepline.engine.definitions import parse_duration
+from stepline.engine.params import ParamError
 from stepline.engine.runner import STALE_AFTER_S
 from stepline.engine.states import JOB_STATUSES, TERMINAL, earlier_failure, failures_past
 from stepline.engine.taskslots import TASK_SLOTS

@@ -7,13 +7,11 @@ from stepline.engine import definitions as definitions_module
 from stepline.engine.definitions import (
     BUILTIN_DIR,
     DefinitionError,
-    ParamError,
     load_definitions,
     load_file,
     parse_duration,
-    resolve_params,
-    substitute,
 )
+from stepline.engine.params import ParamError, resolve_params, substitute
 
 pytestmark = pytest.mark.one_backend  # parsing definitions only
 

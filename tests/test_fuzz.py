@@ -11,14 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stepline.cli import UsageError, parse_param_pairs
-from stepline.engine.definitions import (
-    Definition,
-    DefinitionError,
-    ParamError,
-    build_definition,
-    load_file,
-    resolve_params,
-)
+from stepline.engine.definitions import Definition, DefinitionError, build_definition, load_file
+from stepline.engine.params import ParamError, resolve_params
 
 from .conftest import make_definition
 
