@@ -12,7 +12,14 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from stepline.engine.params import PARAM_REF, ParamLimit, param_table
+from stepline.engine.params import (
+    PARAM_NAME,
+    PARAM_REF,
+    ParamLimit,
+    param_table,
+    quoted_placeholder,
+    text_problem,
+)
 
 # The built-in demos ship inside the package (in a checkout: a link to ../jobs).
 BUILTIN_DIR = Path(str(files("stepline") / "jobs"))
@@ -99,6 +106,9 @@ def build_definition(data: dict, where: str, default_name: str) -> Definition:
         raise fail("[params] must be a table")
     params, limits = {}, {}
     for key, value in raw_params.items():
+        if not PARAM_NAME.fullmatch(key):  # else {params.KEY} and its env var never work
+            raise fail(f"param {key!r}: a name is letters, digits and _,"
+                       " not starting with a digit")
         if isinstance(value, dict):  # [params.NAME] default = .., min = .., max = ..
             value, limits[key] = param_table(key, value, fail)
         params[key] = value
@@ -106,6 +116,8 @@ def build_definition(data: dict, where: str, default_name: str) -> Definition:
             raise fail(f"param '{key}' must be a string, number or boolean")
         if isinstance(value, float) and not math.isfinite(value):
             raise fail(f"param '{key}' must be a finite number")
+        if isinstance(value, str) and (problem := text_problem(value)):
+            raise fail(f"param '{key}': the default {problem}")
     timeout_s = None
     if "timeout" in data:
         try:
@@ -173,6 +185,9 @@ def _build_step(name: str, raw: Any, params: dict, fail) -> StepDef:
     for ref in PARAM_REF.findall(repr(spec)):
         if ref not in params:
             raise fail(f"uses {{params.{ref}}} but [params] has no '{ref}'", name)
+    if stype == "shell" and (problem := quoted_placeholder(spec["run"])):
+        raise fail(f"{problem} in `run`; placeholders are shell-quoted for you:"
+                   " write it bare", name)
     if stype == "generate":
         _check_generate(spec, lambda p: fail(p, name))
     return StepDef(

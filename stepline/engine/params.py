@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from stepline.engine.definitions import Definition
 
-PARAM_REF = re.compile(r"\{params\.([A-Za-z_][A-Za-z0-9_]*)\}")
+# A param name is what `{params.NAME}` and STEPLINE_PARAM_NAME can carry.
+PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+PARAM_REF = re.compile(r"\{params\.(" + PARAM_NAME.pattern + r")\}")
+# A text param is shown in the job header and passed in argv and the environment
+# (Linux caps one such string at 128 KiB, MAX_ARG_STRLEN): 10,000 characters is
+# a long path list, and even quoted (up to 5 bytes a character) it fits.
+MAX_TEXT_CHARS = 10_000
 
 
 class ParamError(ValueError):
@@ -82,12 +88,34 @@ def resolve_params(definition: Definition, overrides: dict[str, Any]) -> dict[st
     for key, value in overrides.items():
         if key not in params:
             known = ", ".join(sorted(params)) or "none"
-            raise ParamError(f"unknown param '{key}' (this definition takes: {known})")
+            raise ParamError(f"unknown param {_shown(key)} (this definition takes: {known})")
         params[key] = _coerce(key, value, params[key])
         limit = definition.limits.get(key)
         if limit and _out_of_range(params[key], limit):
-            raise ParamError(f"param '{key}' must be {_range_text(limit)}, got {value!r}")
+            raise ParamError(f"param '{key}' must be {_range_text(limit)}, got {_shown(value)}")
     return params
+
+
+def text_problem(text: str) -> str | None:
+    """Why `text` cannot be a param value, or None. Each would crash later: a
+    NUL cannot be in argv or an env var, a lone surrogate cannot be encoded
+    (the step, then every page showing the job, failed with a 500)."""
+    if "\x00" in text:
+        return "must not contain a NUL character (commands and env vars cannot hold one)"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid Unicode text (it holds a lone surrogate)"
+    if len(text) > MAX_TEXT_CHARS:
+        return f"must be at most {MAX_TEXT_CHARS:,} characters, got {len(text):,}"
+    return None
+
+
+def _shown(value: Any) -> str:
+    """A value as an error message quotes it: repr (escapes NUL and surrogates),
+    cut short (a 1 MB value would make a 1 MB message)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:50] + "...(cut)"
 
 
 KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
@@ -95,12 +123,22 @@ KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
     kind = type(default)
+    if kind in (int, float) and isinstance(value, float) and not math.isfinite(value):
+        # Flask's JSON parser reads NaN and Infinity; NaN would pass min/max
+        # (every comparison is False) and make GET /api/jobs invalid JSON
+        raise ParamError(f"param '{key}' must be a finite number, got {_shown(value)}")
+    if isinstance(value, str) and (problem := text_problem(value)):
+        raise ParamError(f"param '{key}' {problem}")
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)  # JSON's 1 for failure_rate: a number all the same
+        try:
+            return float(value)  # JSON's 1 for failure_rate: a number all the same
+        except OverflowError:  # 1 followed by 400 zeros
+            raise ParamError(f"param '{key}' must be a finite number, got {_shown(value)}"
+                             ) from None
     if not isinstance(value, str):
-        raise ParamError(f"param '{key}' must be {KIND_NAMES[kind]}, got {value!r}")
+        raise ParamError(f"param '{key}' must be {KIND_NAMES[kind]}, got {_shown(value)}")
     text = value.strip()
     if kind is bool:
         lowered = text.lower()
@@ -108,15 +146,15 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
             return True
         if lowered in ("false", "0", "no", "off"):
             return False
-        raise ParamError(f"param '{key}' must be true or false, got {value!r}")
+        raise ParamError(f"param '{key}' must be true or false, got {_shown(value)}")
     if kind in (int, float):
         try:
             number = kind(text)
         except ValueError:
             raise ParamError(
-                f"param '{key}' must be {KIND_NAMES[kind]}, got {value!r}") from None
+                f"param '{key}' must be {KIND_NAMES[kind]}, got {_shown(value)}") from None
         if not math.isfinite(number):  # JSON has no NaN or Infinity
-            raise ParamError(f"param '{key}' must be a finite number, got {value!r}")
+            raise ParamError(f"param '{key}' must be a finite number, got {_shown(value)}")
         return number
     return value
 
@@ -149,3 +187,57 @@ def _param_text(value: Any) -> str:
 
 def param_env(params: dict[str, Any]) -> dict[str, str]:
     return {f"STEPLINE_PARAM_{k.upper()}": _param_text(v) for k, v in params.items()}
+
+
+def quoted_placeholder(command: str) -> str | None:
+    """Why a {params.x} in a shell command would not be safe, or None.
+
+    `substitute` shell-quotes each value ('...'), which protects it only where
+    the shell reads a bare word: inside "..." the quotes are literal and $(id)
+    in the value runs; inside '...' they end the quoting; after a backslash
+    the escaped quote opens nothing; in a here-document quotes are literal.
+    A small POSIX sh scan: quotes, backslashes, comments, here-documents."""
+    quote = ""  # the open quote character, if any
+    heredocs: list[str] = []  # delimiters of here-documents starting on the next line
+    i = 0
+    while i < len(command):
+        ch = command[i]
+        ref = PARAM_REF.match(command, i)
+        if ref:
+            if quote:
+                return f"{ref.group(0)} is inside quotes"
+            i = ref.end()
+        elif ch == "\\" and quote != "'":
+            if escaped := PARAM_REF.match(command, i + 1):
+                return f"{escaped.group(0)} follows a backslash"
+            i += 2
+        elif quote:
+            quote = "" if ch == quote else quote
+            i += 1
+        elif ch in "'\"":
+            quote, i = ch, i + 1
+        elif ch == "#" and (i == 0 or command[i - 1] in " \t\n;&|()"):
+            end = command.find("\n", i)  # skip to the end of the line
+            i = len(command) if end < 0 else end
+        elif command.startswith("<<", i):
+            here = re.match(r"<<-?[ \t]*(['\"]?)([^\s'\"<>;&|()]+)\1", command[i:])
+            if here:
+                heredocs.append(here.group(2))
+            i += here.end() if here else 2
+        elif ch == "\n" and heredocs:
+            end = _heredoc_end(command, i + 1, heredocs.pop(0))
+            body = PARAM_REF.search(command, i + 1, end)
+            if body:
+                return f"{body.group(0)} is inside a here-document"
+            i = end
+        else:
+            i += 1
+    return None
+
+
+def _heredoc_end(command: str, start: int, delimiter: str) -> int:
+    """Where the here-document starting at `start` ends: after its delimiter
+    line (leading tabs allowed, for <<-), else the end of the command."""
+    line = re.compile(r"^\t*" + re.escape(delimiter) + r"$", re.MULTILINE)
+    found = line.search(command, start)
+    return found.end() if found else len(command)
