@@ -167,6 +167,8 @@ def parse_param_pairs(pairs: list[str]) -> dict[str, str]:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise UsageError(f"-p takes KEY=VALUE, got {pair!r}")
+        if key.strip() in overrides:  # silently keeping the last hid a typo
+            raise UsageError(f"-p {key.strip()} is given twice; give each param once")
         overrides[key.strip()] = value
     return overrides
 
