@@ -77,7 +77,9 @@ def test_name_defaults_to_file_stem(tmp_path):
     (('run = "ls {params.path}"', 'run = "ls \\\\{params.path}"'), "a",
      "{params.path} follows a backslash in `run`"),
     (('run = "ls {params.path}"', 'run = "cat <<E\\n{params.path}\\nE"'), "a",
-     "{params.path} is inside a here-document in `run`"),
+     "{params.path} is in or after a here-document (use $STEPLINE_PARAM_PATH there) in `run`"),
+    (('run = "ls {params.path}"', 'run = "echo `ls {params.path}`"'), "a",
+     "{params.path} is inside backquotes (use $(...) instead) in `run`"),
 ])
 def test_bad_definition_names_file_step_and_problem(tmp_path, mutation, step, problem):
     path = write(tmp_path, "bad", GOOD.replace(*mutation))

@@ -195,10 +195,12 @@ def quoted_placeholder(command: str) -> str | None:
     `substitute` shell-quotes each value ('...'), which protects it only where
     the shell reads a bare word: inside "..." the quotes are literal and $(id)
     in the value runs; inside '...' they end the quoting; after a backslash
-    the escaped quote opens nothing; in a here-document quotes are literal.
-    A small POSIX sh scan: quotes, backslashes, comments, here-documents."""
+    the escaped quote opens nothing; in a here-document quotes are literal;
+    inside `...` a backquote in the value ends the command early.
+    A small POSIX sh scan: quotes, backslashes, backquotes, comments and
+    here-documents (tests/test_fuzz.py runs what it accepts through /bin/sh)."""
     quote = ""  # the open quote character, if any
-    heredocs: list[str] = []  # delimiters of here-documents starting on the next line
+    backquoted = False
     i = 0
     while i < len(command):
         ch = command[i]
@@ -206,38 +208,33 @@ def quoted_placeholder(command: str) -> str | None:
         if ref:
             if quote:
                 return f"{ref.group(0)} is inside quotes"
+            if backquoted:
+                return f"{ref.group(0)} is inside backquotes (use $(...) instead)"
             i = ref.end()
         elif ch == "\\" and quote != "'":
             if escaped := PARAM_REF.match(command, i + 1):
                 return f"{escaped.group(0)} follows a backslash"
             i += 2
+        elif ch == "`" and quote != "'":
+            backquoted, i = not backquoted, i + 1
         elif quote:
             quote = "" if ch == quote else quote
             i += 1
         elif ch in "'\"":
             quote, i = ch, i + 1
         elif ch == "#" and (i == 0 or command[i - 1] in " \t\n;&|()"):
-            end = command.find("\n", i)  # skip to the end of the line
-            i = len(command) if end < 0 else end
+            # skip to the end of the line, or of the `...` the comment is in
+            ends = [command.find(stop, i) for stop in ("\n", "`" if backquoted else "\n")]
+            i = min([end for end in ends if end >= 0], default=len(command))
         elif command.startswith("<<", i):
-            here = re.match(r"<<-?[ \t]*(['\"]?)([^\s'\"<>;&|()]+)\1", command[i:])
-            if here:
-                heredocs.append(here.group(2))
-            i += here.end() if here else 2
-        elif ch == "\n" and heredocs:
-            end = _heredoc_end(command, i + 1, heredocs.pop(0))
-            body = PARAM_REF.search(command, i + 1, end)
-            if body:
-                return f"{body.group(0)} is inside a here-document"
-            i = end
+            # where a here-document's body ends is a parse of its own ($( in the
+            # body spans lines): any placeholder from here on is refused
+            later = PARAM_REF.search(command, i)
+            if later:
+                return (f"{later.group(0)} is in or after a here-document"
+                        f" (use $STEPLINE_PARAM_{later.group(1).upper()} there)")
+            return None
         else:
             i += 1
     return None
 
-
-def _heredoc_end(command: str, start: int, delimiter: str) -> int:
-    """Where the here-document starting at `start` ends: after its delimiter
-    line (leading tabs allowed, for <<-), else the end of the command."""
-    line = re.compile(r"^\t*" + re.escape(delimiter) + r"$", re.MULTILINE)
-    found = line.search(command, start)
-    return found.end() if found else len(command)
