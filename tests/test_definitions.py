@@ -273,6 +273,14 @@ def test_a_param_name_that_is_not_an_identifier_refuses_the_file(tmp_path, name)
                                  " not starting with a digit")
 
 
+def test_params_that_differ_only_in_case_refuse_the_file(tmp_path):
+    path = write(tmp_path, "bad", '[params]\nname = "a"\nNAME = "b"\n[step.a]\ntype = "sleep"\n')
+    with pytest.raises(DefinitionError) as caught:
+        load_file(path)
+    assert str(caught.value) == (f"{path}: params 'name' and 'NAME' differ only in case:"
+                                 " both would be STEPLINE_PARAM_NAME")
+
+
 @pytest.mark.parametrize("default, problem", [
     ('"a\\u0000b"', "must not contain a NUL character"),
     ('"' + "x" * 10_001 + '"', "must be at most 10,000 characters, got 10,001"),

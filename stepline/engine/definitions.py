@@ -109,6 +109,10 @@ def build_definition(data: dict, where: str, default_name: str) -> Definition:
         if not PARAM_NAME.fullmatch(key):  # else {params.KEY} and its env var never work
             raise fail(f"param {key!r}: a name is letters, digits and _,"
                        " not starting with a digit")
+        twin = next((k for k in params if k.upper() == key.upper()), None)
+        if twin:  # one would overwrite the other's STEPLINE_PARAM_<NAME>
+            raise fail(f"params '{twin}' and '{key}' differ only in case:"
+                       f" both would be STEPLINE_PARAM_{key.upper()}")
         if isinstance(value, dict):  # [params.NAME] default = .., min = .., max = ..
             value, limits[key] = param_table(key, value, fail)
         params[key] = value
