@@ -9,7 +9,8 @@ from pathlib import Path
 
 from stepline import config, processes
 from stepline.engine.actions import start_job
-from stepline.engine.definitions import ParamError, parse_duration
+from stepline.engine.definitions import parse_duration
+from stepline.engine.params import ParamError
 from stepline.engine.runner import STALE_AFTER_S
 from stepline.engine.states import JOB_STATUSES, TERMINAL, earlier_failure, failures_past
 from stepline.engine.taskslots import TASK_SLOTS
@@ -182,6 +183,8 @@ def parse_param_pairs(pairs: list[str]) -> dict[str, str]:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise UsageError(f"-p takes KEY=VALUE, got {pair!r}")
+        if key.strip() in overrides:  # silently keeping the last hid a typo
+            raise UsageError(f"-p {key.strip()} is given twice; give each param once")
         overrides[key.strip()] = value
     return overrides
 

@@ -22,12 +22,27 @@ run = "echo bye"
 depends = ["hello"]
 """
 
+# what a new-user trial ran: every kind of param, one of them limited
+PARAMS_DEMO = """
+[params]
+text = "hello"
+count = 3
+[params.ratio]
+default = 0.5
+min = 0
+max = 1
+[step.echo]
+type = "shell"
+run = "echo {params.text} {params.count} {params.ratio}"
+"""
+
 
 @pytest.fixture
 def app(db_path, tmp_path):
     (tmp_path / "defs").mkdir()
     (tmp_path / "defs" / "two.toml").write_text(TWO_STEPS)
     (tmp_path / "defs" / "broken.toml").write_text("[step.a]\ntype = 'nope'\n")
+    (tmp_path / "defs" / "params_demo.toml").write_text(PARAMS_DEMO)
     return create_app(db_path, definitions_dir=str(tmp_path / "defs"), token="")
 
 
@@ -125,6 +140,31 @@ def test_params_outside_their_limits_are_400_and_create_no_job(client, store, pa
     assert reads.list_jobs(store.db)[1] == 0
 
 
+@pytest.mark.parametrize("body, message", [
+    # each was 201, then crashed the step and answered 500 on every page showing the job
+    ('{"params": {"text": "\\ud800"}}',
+     "param 'text' must be valid Unicode text (it holds a lone surrogate)"),
+    ('{"params": {"text": "a\\u0000b"}}',
+     "param 'text' must not contain a NUL character (commands and env vars cannot hold one)"),
+    ('{"params": {"text": "%s"}}' % ("x" * 1_000_000),
+     "param 'text' must be at most 10,000 characters, got 1,000,000"),
+    ('{"params": {"ratio": 1%s}}' % ("0" * 400),  # an OverflowError, a 500
+     "param 'ratio' must be a finite number, got 100000000000000000000000000000000000000000000"
+     "00000...(cut)"),
+    # JSON has no NaN or Infinity, but Flask's parser reads them; NaN passed min/max
+    ('{"params": {"ratio": NaN}}', "param 'ratio' must be a finite number, got nan"),
+    ('{"params": {"ratio": -Infinity}}', "param 'ratio' must be a finite number, got -inf"),
+    ('{"params": {"count": Infinity}}', "param 'count' must be a finite number, got inf"),
+    ('{"params": {"count": NaN}}', "param 'count' must be a finite number, got nan"),
+], ids=["surrogate", "nul", "1MB", "huge-float", "nan", "-inf", "int-inf", "int-nan"])
+def test_params_a_step_cannot_use_are_400_and_create_no_job(client, store, body, message):
+    before = reads.list_jobs(store.db)[1]
+    response = client.post("/api/definitions/params_demo/run", data=body,
+                           content_type="application/json")
+    assert response.status_code == 400 and response.get_json() == {"error": message}
+    assert reads.list_jobs(store.db)[1] == before
+
+
 def test_a_whole_number_is_a_good_float_param(client, store):
     response = client.post("/api/definitions/load_demo/run", json={"params": {"failure_rate": 1}})
     assert response.status_code == 201, response.get_json()
@@ -207,6 +247,14 @@ def test_run_form_needs_csrf_and_reports_bad_params(client):
     assert outside.status_code == 422
     assert "param &#39;tasks&#39; must be from 1 to 100000, got &#39;-3&#39;" in page
     assert 'name="param.tasks" type="number"' in page and 'min="1" max="100000"' in page
+    # what a person can type or paste (a browser cannot send a lone surrogate)
+    for typed, message in [("x" * 20_000, "must be at most 10,000 characters, got 20,000"),
+                           ("pasted\x00text", "must not contain a NUL character")]:
+        refused = client.post("/definitions/params_demo/run", data={
+            "param.text": typed, "csrf_token": token})
+        assert refused.status_code == 422
+        assert f"param &#39;text&#39; {message}" in refused.get_data(as_text=True)
+    assert client.get("/api/jobs").get_json()["total"] == 0
     good = client.post("/definitions/load_demo/run", data={"param.tasks": "3"},
                        headers={"X-CSRF-Token": token, "HX-Request": "true"})
     assert good.status_code == 204 and good.headers["HX-Redirect"].startswith("/jobs/")

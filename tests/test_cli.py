@@ -146,12 +146,16 @@ def test_tasks_mark_a_retried_tasks_error_as_an_earlier_attempts(store, db_path,
             assert line.endswith("  StepFailed: task 7 failed (simulated, attempt 2)"), line
 
 def test_params_outside_their_limits_are_refused_and_nothing_is_queued(db_path):
-    for param, message in [
-        ("tasks=-3", "stepline: param 'tasks' must be from 1 to 100000, got '-3'"),
-        ("failure_rate=7", "stepline: param 'failure_rate' must be from 0 to 1, got '7'"),
-        ("tasks=many", "stepline: param 'tasks' must be an integer, got 'many'"),
+    for params, message in [
+        (["tasks=-3"], "stepline: param 'tasks' must be from 1 to 100000, got '-3'"),
+        (["failure_rate=7"], "stepline: param 'failure_rate' must be from 0 to 1, got '7'"),
+        (["tasks=many"], "stepline: param 'tasks' must be an integer, got 'many'"),
+        (["tasks=" + "1" * 10_001],
+         "stepline: param 'tasks' must be at most 10,000 characters, got 10,001"),
+        # the last one silently won: a typo in a long command line went unseen
+        (["tasks=3", "tasks=4"], "stepline: -p tasks is given twice; give each param once"),
     ]:
-        result = stepline(db_path, "run", "load_demo", "-p", param)
+        result = stepline(db_path, "run", "load_demo", *[a for p in params for a in ("-p", p)])
         assert (result.returncode, result.stdout) == (2, ""), result
         assert result.stderr.splitlines() == [message]
     listed = stepline(db_path, "jobs")

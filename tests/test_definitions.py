@@ -7,16 +7,16 @@ from stepline.engine import definitions as definitions_module
 from stepline.engine.definitions import (
     BUILTIN_DIR,
     DefinitionError,
-    ParamError,
     load_definitions,
     load_file,
     parse_duration,
-    resolve_params,
-    substitute,
 )
+from stepline.engine.params import ParamError, resolve_params, substitute
 
 pytestmark = pytest.mark.one_backend  # parsing definitions only
 
+BARE = ("{params.path} is inside quotes in `run`; placeholders are shell-quoted for you:"
+        " write it bare")
 GOOD = """
 name = "good"
 timeout = "30m"
@@ -71,6 +71,15 @@ def test_name_defaults_to_file_stem(tmp_path):
     (('call = "pkg.mod:func"', 'call = "not a call"'), "b", "must look like"),
     (('run = "ls {params.path}"', 'run = "ls {params.nope}"'), "a", "no 'nope'"),
     (('on_error = "continue"', 'on_error = "ignore"'), "b", "on_error must be"),
+    # a placeholder the shell would not read as a bare word: the value's quoting breaks
+    (('run = "ls {params.path}"', 'run = "echo \\"double: {params.path}\\""'), "a", BARE),
+    (('run = "ls {params.path}"', "run = \"echo 'single: {params.path}'\""), "a", BARE),
+    (('run = "ls {params.path}"', 'run = "ls \\\\{params.path}"'), "a",
+     "{params.path} follows a backslash in `run`"),
+    (('run = "ls {params.path}"', 'run = "cat <<E\\n{params.path}\\nE"'), "a",
+     "{params.path} is in or after a here-document (use $STEPLINE_PARAM_PATH there) in `run`"),
+    (('run = "ls {params.path}"', 'run = "echo `ls {params.path}`"'), "a",
+     "{params.path} is inside backquotes (use $(...) instead) in `run`"),
 ])
 def test_bad_definition_names_file_step_and_problem(tmp_path, mutation, step, problem):
     path = write(tmp_path, "bad", GOOD.replace(*mutation))
@@ -240,3 +249,54 @@ def test_shell_substitution_quotes_every_param():
     assert substitute("ls {params.path} -n {params.n}", params, quote=True) == (
         "ls 'x; touch /tmp/pwned' -n 3")
     assert substitute("{params.n}", params) == 3  # python config keeps the type
+
+
+def test_quotes_around_a_placeholder_are_only_refused_in_shell_commands(tmp_path):
+    """env, cwd and python config are not read by a shell: quotes there are the author's."""
+    text = GOOD.replace('run = "ls {params.path}"', 'run = "ls \'x\' \\"y\\" {params.path}"'
+                        '\nenv = { X = "\'{params.path}\'" }\ncwd = "\'{params.path}\'"')
+    text = text.replace('call = "pkg.mod:func"', 'call = "pkg.mod:func"\n'
+                        'config = { p = "\\"{params.path}\\"" }')
+    d = load_file(write(tmp_path, "ok", text))
+    assert d.steps[0].spec["env"] == {"X": "'{params.path}'"}
+    assert d.steps[1].spec["config"] == {"p": '"{params.path}"'}
+
+
+@pytest.mark.parametrize("name", ["a-b", "ü", "with space", "<b>x</b>", "1st", ""])
+def test_a_param_name_that_is_not_an_identifier_refuses_the_file(tmp_path, name):
+    """`{params.a-b}` is never substituted and no STEPLINE_PARAM_A-B is exported:
+    what a person types into that input would be lost."""
+    path = write(tmp_path, "bad", f'[params]\n"{name}" = "x"\n[step.a]\ntype = "sleep"\n')
+    with pytest.raises(DefinitionError) as caught:
+        load_file(path)
+    assert str(caught.value) == (f"{path}: param {name!r}: a name is letters, digits and _,"
+                                 " not starting with a digit")
+
+
+def test_params_that_differ_only_in_case_refuse_the_file(tmp_path):
+    path = write(tmp_path, "bad", '[params]\nname = "a"\nNAME = "b"\n[step.a]\ntype = "sleep"\n')
+    with pytest.raises(DefinitionError) as caught:
+        load_file(path)
+    assert str(caught.value) == (f"{path}: params 'name' and 'NAME' differ only in case:"
+                                 " both would be STEPLINE_PARAM_NAME")
+
+
+@pytest.mark.parametrize("default, problem", [
+    ('"a\\u0000b"', "must not contain a NUL character"),
+    ('"' + "x" * 10_001 + '"', "must be at most 10,000 characters, got 10,001"),
+], ids=["nul", "long"])
+def test_a_text_default_obeys_the_run_time_rules(tmp_path, default, problem):
+    path = write(tmp_path, "bad", f'[params]\nt = {default}\n[step.a]\ntype = "sleep"\n')
+    with pytest.raises(DefinitionError) as caught:
+        load_file(path)
+    assert str(caught.value).startswith(f"{path}: param 't': the default {problem}")
+
+
+def test_the_shipped_and_test_definitions_still_load():
+    """The quote and name rules refuse none of the files this project ships or tests with."""
+    root = Path(__file__).resolve().parent.parent
+    files = [*BUILTIN_DIR.glob("*.toml"), *(root / "tests").rglob("*.toml"),
+             *(root / "bench").rglob("*.toml")]
+    assert len(files) > 3
+    for path in files:
+        load_file(path)

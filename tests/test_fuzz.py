@@ -4,6 +4,7 @@ that names the file (and the step, where there is one)."""
 
 import json
 import math
+import subprocess
 import tomllib
 
 import pytest
@@ -11,13 +12,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stepline.cli import UsageError, parse_param_pairs
-from stepline.engine.definitions import (
-    Definition,
-    DefinitionError,
+from stepline.engine.definitions import Definition, DefinitionError, build_definition, load_file
+from stepline.engine.params import (
+    MAX_TEXT_CHARS,
     ParamError,
-    build_definition,
-    load_file,
+    quoted_placeholder,
     resolve_params,
+    substitute,
 )
 
 from .conftest import make_definition
@@ -116,22 +117,48 @@ run = "echo {params.text} {params.count} {params.ratio} {params.flag}"
     st.tuples(st.sampled_from(["text", "count", "ratio", "flag", " count", "nope", ""]),
               st.one_of(st.text(max_size=20),
                         st.sampled_from(["nan", "inf", "-Infinity", "1e400", "9" * 5000,
-                                         "1_000", " 7 ", "yes", "OFF", "0x10", ""])))
+                                         "1_000", " 7 ", "yes", "OFF", "0x10", "",
+                                         "a\x00b", "\ud800", "x" * (MAX_TEXT_CHARS + 1)])))
     .map(lambda kv: f"{kv[0]}={kv[1]}"),
 ), max_size=5))
 def test_any_cli_params_coerce_or_name_their_problem(pairs):
     try:
         params = resolve_params(TYPED, parse_param_pairs(pairs))
     except UsageError as error:
-        assert str(error).startswith("-p takes KEY=VALUE, got ")
+        assert str(error).startswith("-p ")
+        assert "takes KEY=VALUE, got " in str(error) or "is given twice" in str(error)
         return
     except ParamError as error:
-        assert str(error).startswith(("param '", "unknown param '"))
+        assert str(error).startswith(("param '", "unknown param "))
+        assert len(str(error)) < 200  # a 10,001-character value is not repeated back
         return
     for key, default in TYPED.params.items():
         assert type(params[key]) is type(default)
     assert math.isfinite(params["ratio"])
     json.dumps(params, allow_nan=False)
+    # what the step puts in argv and the environment, and the pages render
+    assert "\x00" not in params["text"] and len(params["text"]) <= MAX_TEXT_CHARS
+    params["text"].encode("utf-8")
+
+
+HOSTILE = "'\"$(touch ran)`touch ran`\\"  # ends every kind of quoting, then runs a command
+
+
+@settings(max_examples=1000, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from(["echo ", "x", " ", "'", '"', "\\", "{params.v}", "#", "\n",
+                                 "; ", "<<E", "<<-'E'", "\nE\n", "\n\tE\n", "$(", ")", "`", "$'"]),
+                max_size=12).map("".join))
+def test_a_command_the_quote_scan_accepts_never_runs_a_param(tmp_path, command):
+    """The scan's promise, checked by /bin/sh itself: where it lets a
+    placeholder through, a value made to break out runs nothing."""
+    if quoted_placeholder(command) is not None:
+        return
+    (tmp_path / "ran").unlink(missing_ok=True)
+    filled = substitute(command, {"v": HOSTILE}, quote=True)
+    subprocess.run(["/bin/sh", "-c", filled], cwd=tmp_path, stdin=subprocess.DEVNULL,
+                   capture_output=True, timeout=30)
+    assert not (tmp_path / "ran").exists(), repr(filled)
 
 
 def test_non_finite_numbers_are_refused_where_json_cannot_carry_them():

@@ -4,7 +4,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from stepline.engine.definitions import Definition, ParamError, resolve_params
+from stepline.engine.definitions import Definition
+from stepline.engine.params import ParamError, resolve_params
 from stepline.engine.states import TERMINAL
 from stepline.store import reads
 from stepline.store.errors import Conflict, NotFound

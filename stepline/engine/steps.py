@@ -10,9 +10,9 @@ import time
 from typing import Any
 
 from stepline.engine.context import StepContext, StepFailed
-from stepline.engine.definitions import param_env, substitute
 from stepline.engine.fanout import TaskRun, remote_tasks, run_fanout
 from stepline.engine.logwriter import MAX_LINE_CHARS, truncation_marker
+from stepline.engine.params import param_env, substitute
 
 KILL_GRACE_S = 1.0
 # A command's pipes reach EOF the moment it exits, unless something it started

@@ -20,9 +20,9 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from stepline.engine.definitions import substitute
 from stepline.engine.fanout import REMOTE_TASKS, TaskRun
 from stepline.engine.logwriter import BatchWriter, StepLog
+from stepline.engine.params import substitute
 from stepline.engine.states import Status, StopReason, may_run_again
 from stepline.store import reads, tasks
 from stepline.store.errors import unavailable

@@ -12,7 +12,7 @@ from flask_sock import Sock
 from werkzeug.exceptions import HTTPException
 
 from stepline import config
-from stepline.engine.definitions import ParamError
+from stepline.engine.params import ParamError
 from stepline.store import errors as store_errors
 from stepline.store.errors import Conflict, NotFound
 from stepline.store.writes import Store

@@ -7,7 +7,7 @@ from pathlib import Path
 from flask import Blueprint, Response, render_template, request, url_for
 
 from stepline.engine import actions
-from stepline.engine.definitions import ParamError
+from stepline.engine.params import ParamError
 from stepline.engine.states import JOB_STATUSES, Status
 from stepline.store import reads
 from stepline.web import charts, logview, render
