@@ -140,6 +140,11 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     if not isinstance(value, str):
         raise ParamError(f"param '{key}' must be {KIND_NAMES[kind]}, got {_shown(value)}")
     text = value.strip()
+    if not text and kind in (int, float, bool):
+        # an emptied form field: its placeholder shows the default, and that is
+        # what a person means (it was "must be a number, got ''"). Text keeps
+        # "", which may be the value wanted.
+        return default
     if kind is bool:
         lowered = text.lower()
         if lowered in ("true", "1", "yes", "on"):
@@ -173,20 +178,22 @@ def substitute(value: Any, params: dict[str, Any], quote: bool = False) -> Any:
         return params[whole.group(1)]
 
     def fill(match: re.Match) -> str:
-        text = _param_text(params[match.group(1)])
+        text = param_text(params[match.group(1)])
         return shlex.quote(text) if quote else text
 
     return PARAM_REF.sub(fill, value)
 
 
-def _param_text(value: Any) -> str:
+def param_text(value: Any) -> str:
+    """A param value as steps get it (and the job header shows it): true and
+    false as in TOML, not Python's True and False."""
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
 
 
 def param_env(params: dict[str, Any]) -> dict[str, str]:
-    return {f"STEPLINE_PARAM_{k.upper()}": _param_text(v) for k, v in params.items()}
+    return {f"STEPLINE_PARAM_{k.upper()}": param_text(v) for k, v in params.items()}
 
 
 def quoted_placeholder(command: str) -> str | None:

@@ -160,10 +160,7 @@ HISTORY_RUNS = 60  # bars in the run history chart
 @bp.post("/definitions/<name>/run")
 def run_definition(name: str):
     found, errors = definitions()
-    # An emptied field means its default, which its placeholder shows: the
-    # trial cleared a number and was told "must be a number, got ''".
-    values = {k[len("param."):]: v for k, v in request.form.items()
-              if k.startswith("param.") and v != ""}
+    values = {k[len("param."):]: v for k, v in request.form.items() if k.startswith("param.")}
     try:
         job_id = actions.start_job(app_state().store, found, name, values, errors=errors)
     except ParamError as exc:

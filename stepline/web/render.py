@@ -14,6 +14,7 @@ from flask.templating import Environment
 from markupsafe import Markup
 
 from stepline.engine.definitions import FAN_OUT_TYPES
+from stepline.engine.params import param_text
 from stepline.engine.states import LOG_LEVELS, TERMINAL, Status, earlier_failure, failures_past
 from stepline.web.ansi import ansi_to_html
 
@@ -210,7 +211,7 @@ def register(app: Flask) -> None:
     app.jinja_env.lstrip_blocks = True
     app.jinja_env.filters.update(
         ansi=ansi_to_html, duration=duration, span=span, clock=clock, datetime=datetime_text,
-        iso=iso_time, ago=ago,
+        iso=iso_time, ago=ago, param_text=param_text,
         items=lambda mapping: list(mapping.items()),
         item=lambda mapping, key, default=None: mapping.get(key, default),
     )
