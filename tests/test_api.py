@@ -301,7 +301,8 @@ def test_the_job_header_shows_params_as_steps_get_them(client, store):
     """New-user trial: a true/false param read `flag=False` (Python's) in the
     header, while the step got `false`."""
     job_id = store.create_job(make_definition(
-        '[params]\nflag = false\nnote = "<b>x</b>"\n[step.a]\ntype = "shell"\nrun = "true"'), {})
+        '[params]\nflag = false\nnote = "<b>x</b>"\n[step.a]\ntype = "shell"\nrun = "true"'),
+        {"flag": False, "note": "<b>x</b>"})
     page = client.get(f"/jobs/{job_id}").get_data(as_text=True)
     assert ">flag=false</code>" in page and "False" not in page
     assert ">note=&lt;b&gt;x&lt;/b&gt;</code>" in page
