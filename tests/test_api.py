@@ -306,3 +306,33 @@ def test_the_job_header_shows_params_as_steps_get_them(client, store):
     page = client.get(f"/jobs/{job_id}").get_data(as_text=True)
     assert ">flag=false</code>" in page and "False" not in page
     assert ">note=&lt;b&gt;x&lt;/b&gt;</code>" in page
+
+
+@pytest.mark.parametrize("body, message", [
+    ('{"params": {"ratio": NaN}}', "body must be JSON"),
+    ('{"params": {"ratio": Infinity}}', "body must be JSON"),
+    ('{"params": {"ratio": -Infinity}}', "body must be JSON"),
+    ("[" * 100_000 + "]" * 100_000, "body must be JSON"),
+    ('{"params": ', "body must be JSON"),
+    (b'{"params": {"ratio": "\xff"}}', "body must be JSON"),
+    ("[1, 2]", "body must be a JSON object"),
+], ids=["NaN", "Infinity", "-Infinity", "nested 100,000 deep", "cut short", "not UTF-8",
+        "a list"])
+def test_a_body_that_is_not_a_strict_json_object_is_400_and_makes_no_job(client, store, body,
+                                                                          message):
+    """New-user trial: NaN made a job whose params /api/jobs then gave back as
+    NaN (strict JSON parsers refuse the whole list); 100,000 '[' was a 500."""
+    response = client.post("/api/definitions/params_demo/run", data=body,
+                           content_type="application/json")
+    assert response.status_code == 400, response.get_data(as_text=True)[:200]
+    assert message in response.get_json()["error"]
+    assert reads.list_jobs(store.db)[1] == 0
+
+
+def test_a_good_body_and_an_empty_one_still_run(client):
+    run = "/api/definitions/params_demo/run"
+    made = client.post(run, data='{"params": {"ratio": 0.25}}', content_type="application/json")
+    assert made.status_code == 201
+    assert client.post(run, content_type="application/json").status_code == 201  # defaults
+    jobs = client.get("/api/jobs").get_json()["jobs"]
+    assert sorted(j["params"]["ratio"] for j in jobs) == [0.25, 0.5]

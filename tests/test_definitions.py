@@ -48,6 +48,14 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     return path
 
 
+def refused(tmp_path: Path, text: str) -> tuple[Path, str]:
+    """The file `bad.toml` holding `text`, and why it fails to load."""
+    path = write(tmp_path, "bad", text)
+    with pytest.raises(DefinitionError) as caught:
+        load_file(path)
+    return path, str(caught.value)
+
+
 def test_good_definition_loads(tmp_path):
     d = load_file(write(tmp_path, "good", GOOD))
     assert d.name == "good"
@@ -238,10 +246,8 @@ def test_a_param_table_gives_default_and_limits(tmp_path):
     ("default = 1\nmaximum = 3", "param 'n': unknown key(s) maximum"),
 ])
 def test_bad_param_limits_name_file_param_and_problem(tmp_path, table, problem):
-    path = write(tmp_path, "bad", f"[params.n]\n{table}\n[step.a]\ntype = 'sleep'\n")
-    with pytest.raises(DefinitionError) as caught:
-        load_file(path)
-    assert str(caught.value).startswith(f"{path}: {problem}")
+    path, error = refused(tmp_path, f"[params.n]\n{table}\n[step.a]\ntype = 'sleep'\n")
+    assert error.startswith(f"{path}: {problem}")
 
 
 def test_shell_substitution_quotes_every_param():
@@ -266,18 +272,14 @@ def test_quotes_around_a_placeholder_are_only_refused_in_shell_commands(tmp_path
 def test_a_param_name_that_is_not_an_identifier_refuses_the_file(tmp_path, name):
     """`{params.a-b}` is never substituted and no STEPLINE_PARAM_A-B is exported:
     what a person types into that input would be lost."""
-    path = write(tmp_path, "bad", f'[params]\n"{name}" = "x"\n[step.a]\ntype = "sleep"\n')
-    with pytest.raises(DefinitionError) as caught:
-        load_file(path)
-    assert str(caught.value) == (f"{path}: param {name!r}: a name is letters, digits and _,"
+    path, error = refused(tmp_path, f'[params]\n"{name}" = "x"\n[step.a]\ntype = "sleep"\n')
+    assert error == (f"{path}: param {name!r}: a name is letters, digits and _,"
                                  " not starting with a digit")
 
 
 def test_params_that_differ_only_in_case_refuse_the_file(tmp_path):
-    path = write(tmp_path, "bad", '[params]\nname = "a"\nNAME = "b"\n[step.a]\ntype = "sleep"\n')
-    with pytest.raises(DefinitionError) as caught:
-        load_file(path)
-    assert str(caught.value) == (f"{path}: params 'name' and 'NAME' differ only in case:"
+    path, error = refused(tmp_path, '[params]\nname = "a"\nNAME = "b"\n[step.a]\ntype = "sleep"\n')
+    assert error == (f"{path}: params 'name' and 'NAME' differ only in case:"
                                  " both would be STEPLINE_PARAM_NAME")
 
 
@@ -286,10 +288,8 @@ def test_params_that_differ_only_in_case_refuse_the_file(tmp_path):
     ('"' + "x" * 10_001 + '"', "must be at most 10,000 characters, got 10,001"),
 ], ids=["nul", "long"])
 def test_a_text_default_obeys_the_run_time_rules(tmp_path, default, problem):
-    path = write(tmp_path, "bad", f'[params]\nt = {default}\n[step.a]\ntype = "sleep"\n')
-    with pytest.raises(DefinitionError) as caught:
-        load_file(path)
-    assert str(caught.value).startswith(f"{path}: param 't': the default {problem}")
+    path, error = refused(tmp_path, f'[params]\nt = {default}\n[step.a]\ntype = "sleep"\n')
+    assert error.startswith(f"{path}: param 't': the default {problem}")
 
 
 def test_the_shipped_and_test_definitions_still_load():
