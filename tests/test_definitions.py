@@ -15,8 +15,8 @@ from stepline.engine.params import ParamError, resolve_params, substitute
 
 pytestmark = pytest.mark.one_backend  # parsing definitions only
 
-BARE = ("{params.path} is inside quotes in `run`; placeholders are shell-quoted for you:"
-        " write it bare")
+BARE = (" in `run`: write it as a bare word (it is shell-quoted for you), or use"
+        ' "$STEPLINE_PARAM_PATH" there')
 GOOD = """
 name = "good"
 timeout = "30m"
@@ -80,14 +80,26 @@ def test_name_defaults_to_file_stem(tmp_path):
     (('run = "ls {params.path}"', 'run = "ls {params.nope}"'), "a", "no 'nope'"),
     (('on_error = "continue"', 'on_error = "ignore"'), "b", "on_error must be"),
     # a placeholder the shell would not read as a bare word: the value's quoting breaks
-    (('run = "ls {params.path}"', 'run = "echo \\"double: {params.path}\\""'), "a", BARE),
-    (('run = "ls {params.path}"', "run = \"echo 'single: {params.path}'\""), "a", BARE),
+    (('run = "ls {params.path}"', 'run = "echo \\"double: {params.path}\\""'), "a",
+     "{params.path} is inside double quotes" + BARE),
+    (('run = "ls {params.path}"', "run = \"echo 'single: {params.path}'\""), "a",
+     "{params.path} is inside single quotes" + BARE),
     (('run = "ls {params.path}"', 'run = "ls \\\\{params.path}"'), "a",
-     "{params.path} follows a backslash in `run`"),
+     "{params.path} follows a backslash" + BARE),
     (('run = "ls {params.path}"', 'run = "cat <<E\\n{params.path}\\nE"'), "a",
-     "{params.path} is in or after a here-document (use $STEPLINE_PARAM_PATH there) in `run`"),
+     "{params.path} is in or after a here-document" + BARE),
     (('run = "ls {params.path}"', 'run = "echo `ls {params.path}`"'), "a",
-     "{params.path} is inside backquotes (use $(...) instead) in `run`"),
+     "{params.path} comes after a backquote (use $(...) for the command)" + BARE),
+    # found by review: a newline in the value ends a comment; bash evaluates
+    # a[$(id)] in arithmetic; ${params.x} is a typo the shell reads
+    (('run = "ls {params.path}"', 'run = "# copy {params.path}\\nls {params.path}"'), "a",
+     "{params.path} is in a comment (a newline in the value would end it)" + BARE),
+    (('run = "ls {params.path}"', 'run = "sleep $(( {params.path} * 60 ))"'), "a",
+     "{params.path} is inside arithmetic" + BARE),
+    (('run = "ls {params.path}"', 'run = "echo ${params.path}"'), "a",
+     "{params.path} follows a $" + BARE),
+    (('run = "ls {params.path}"', "run = \"echo $'it\\\\'s {params.path}'\""), "a",
+     "{params.path} is inside $'...'" + BARE),
 ])
 def test_bad_definition_names_file_step_and_problem(tmp_path, mutation, step, problem):
     path = write(tmp_path, "bad", GOOD.replace(*mutation))
@@ -255,6 +267,20 @@ def test_shell_substitution_quotes_every_param():
     assert substitute("ls {params.path} -n {params.n}", params, quote=True) == (
         "ls 'x; touch /tmp/pwned' -n 3")
     assert substitute("{params.n}", params) == 3  # python config keeps the type
+
+
+@pytest.mark.parametrize("run", [
+    'echo "processed {params.n} items"',  # a number is safe in any context
+    'sleep $(( {params.n} * 60 ))',
+    'echo "lines: $(wc -l < {params.path})"',  # $( ) starts afresh inside "..."
+    'grep -c err <<< "$LOG"; ls {params.path}',  # a here-string is not a document
+    'echo $((1 << 3)) {params.path}',
+    '( cd /tmp && ls {params.path} ) # done',
+])
+def test_placeholders_the_shell_reads_as_bare_words_load(tmp_path, run):
+    """Review of the first scan: these were refused, though safe."""
+    text = f'[params]\npath = "."\nn = 3\n[step.a]\ntype = "shell"\nrun = {run!r}\n'
+    assert load_file(write(tmp_path, "ok", text)).steps[0].spec["run"] == run
 
 
 def test_quotes_around_a_placeholder_are_only_refused_in_shell_commands(tmp_path):

@@ -141,24 +141,30 @@ def test_any_cli_params_coerce_or_name_their_problem(pairs):
     params["text"].encode("utf-8")
 
 
-HOSTILE = "'\"$(touch ran)`touch ran`\\"  # ends every kind of quoting, then runs a command
+# Each ends a kind of quoting, a comment or an expression, then runs a command.
+HOSTILE = ["'\"$(touch ran)`touch ran`\\", "\ntouch ran #", "a[$(touch ran)]"]
+SHELLS = ["/bin/sh", "/bin/bash"]  # dash on Debian; bash is /bin/sh on many others
 
 
 @settings(max_examples=1000, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.sampled_from(["echo ", "x", " ", "'", '"', "\\", "{params.v}", "#", "\n",
-                                 "; ", "<<E", "<<-'E'", "\nE\n", "\n\tE\n", "$(", ")", "`", "$'"]),
+                                 "; ", "<<E", "<<-'E'", "<<<", "\nE\n", "\n\tE\n", "$(", ")",
+                                 "`", "$'", "$((", "((", "))", "${", "}", "[[ ", " ]]", "$",
+                                 "(", "eq"]),
                 max_size=12).map("".join))
 def test_a_command_the_quote_scan_accepts_never_runs_a_param(tmp_path, command):
-    """The scan's promise, checked by /bin/sh itself: where it lets a
-    placeholder through, a value made to break out runs nothing."""
-    if quoted_placeholder(command) is not None:
+    """The scan's promise, checked by dash and bash themselves: where it lets
+    a text placeholder through, a value made to break out runs nothing."""
+    if quoted_placeholder(command, {"v"}) is not None:
         return
-    (tmp_path / "ran").unlink(missing_ok=True)
-    filled = substitute(command, {"v": HOSTILE}, quote=True)
-    subprocess.run(["/bin/sh", "-c", filled], cwd=tmp_path, stdin=subprocess.DEVNULL,
-                   capture_output=True, timeout=30)
-    assert not (tmp_path / "ran").exists(), repr(filled)
+    for shell in SHELLS:
+        for value in HOSTILE:
+            (tmp_path / "ran").unlink(missing_ok=True)
+            filled = substitute(command, {"v": value}, quote=True)
+            subprocess.run([shell, "-c", filled], cwd=tmp_path, stdin=subprocess.DEVNULL,
+                           capture_output=True, timeout=30)
+            assert not (tmp_path / "ran").exists(), (shell, filled)
 
 
 def test_non_finite_numbers_are_refused_where_json_cannot_carry_them():

@@ -108,6 +108,22 @@ run = "echo hello {params.name}; echo env $STEPLINE_PARAM_NAME"
     assert messages[0] == f"hello x; touch {target}; $(touch {target})"
 
 
+def test_a_true_false_param_reads_the_same_in_env_and_placeholders(store, start_worker):
+    """Review: `env = { DRY = "{params.dry}" }` gave Python's False, while
+    $STEPLINE_PARAM_DRY and the command gave false."""
+    job_id, job = run(store, start_worker, """
+[params]
+dry = false
+[step.show]
+type = "shell"
+run = "echo {params.dry} $STEPLINE_PARAM_DRY $DRY"
+env = { DRY = "{params.dry}" }
+""")
+    assert job["status"] == "completed"
+    assert log_messages(store, steps_by_name(store, job_id)["show"]["id"]) == [
+        "false false false"]
+
+
 def test_fan_out_counts_tasks_and_retries(store, start_worker):
     job_id, job = run(store, start_worker, """
 [step.fan]

@@ -189,9 +189,12 @@ def _build_step(name: str, raw: Any, params: dict, fail) -> StepDef:
     for ref in PARAM_REF.findall(repr(spec)):
         if ref not in params:
             raise fail(f"uses {{params.{ref}}} but [params] has no '{ref}'", name)
-    if stype == "shell" and (problem := quoted_placeholder(spec["run"])):
-        raise fail(f"{problem} in `run`; placeholders are shell-quoted for you:"
-                   " write it bare", name)
+    texts = {key for key, default in params.items() if isinstance(default, str)}
+    if stype == "shell" and (unsafe := quoted_placeholder(spec["run"], texts)):
+        key, where = unsafe
+        raise fail(f"{{params.{key}}} {where} in `run`: write it as a bare word (it is"
+                   f" shell-quoted for you), or use \"$STEPLINE_PARAM_{key.upper()}\" there",
+                   name)
     if stype == "generate":
         _check_generate(spec, lambda p: fail(p, name))
     return StepDef(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import re
 import shlex
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -124,8 +125,8 @@ KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: 
 def _coerce(key: str, value: Any, default: Any) -> Any:
     kind = type(default)
     if kind in (int, float) and isinstance(value, float) and not math.isfinite(value):
-        # Flask's JSON parser reads NaN and Infinity; NaN would pass min/max
-        # (every comparison is False) and make GET /api/jobs invalid JSON
+        # a JSON number past a float's range (1e999) parses as inf; NaN would
+        # pass min/max (every comparison is False); neither is JSON to give back
         raise ParamError(f"param '{key}' must be a finite number, got {_shown(value)}")
     if isinstance(value, str) and (problem := text_problem(value)):
         raise ParamError(f"param '{key}' {problem}")
@@ -165,8 +166,9 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
 
 
 def substitute(value: Any, params: dict[str, Any], quote: bool = False) -> Any:
-    """Fill {params.x}. Shell commands quote every value, so a param can never
-    inject a command; a string that is exactly one reference keeps its type."""
+    """Fill {params.x}. Shell commands quote every value, and a definition with
+    a placeholder where that quoting would not hold is refused when it loads
+    (quoted_placeholder); a string that is exactly one reference keeps its type."""
     if isinstance(value, dict):
         return {k: substitute(v, params, quote) for k, v in value.items()}
     if isinstance(value, list):
@@ -196,52 +198,141 @@ def param_env(params: dict[str, Any]) -> dict[str, str]:
     return {f"STEPLINE_PARAM_{k.upper()}": param_text(v) for k, v in params.items()}
 
 
-def quoted_placeholder(command: str) -> str | None:
-    """Why a {params.x} in a shell command would not be safe, or None.
+WORD_START = " \t\n;&|()"  # after these, `#` starts a comment and `((` arithmetic
+
+
+def quoted_placeholder(command: str, names: Collection[str]) -> tuple[str, str] | None:
+    """(name, where) for a {params.x} of a text param that is not a bare word
+    of a shell command, or None when every one is.
 
     `substitute` shell-quotes each value ('...'), which protects it only where
-    the shell reads a bare word: inside "..." the quotes are literal and $(id)
-    in the value runs; inside '...' they end the quoting; after a backslash
-    the escaped quote opens nothing; in a here-document quotes are literal;
-    inside `...` a backquote in the value ends the command early.
-    A small POSIX sh scan: quotes, backslashes, backquotes, comments and
-    here-documents (tests/test_fuzz.py runs what it accepts through /bin/sh)."""
-    quote = ""  # the open quote character, if any
-    backquoted = False
+    the shell reads a bare word, at the top or inside $(...): inside "..."
+    the quotes are literal and $(id) in the value runs; inside '...' or $'...'
+    they end the quoting; after a backslash or a $ they mean something else;
+    inside `...` a backquote in the value ends the command; in arithmetic
+    ($((...)), ((...)), [[...]]) bash evaluates a[$(id)]; a newline in the
+    value ends a comment; in a here-document quotes are literal. Numbers and
+    true/false are safe anywhere, so only text params (`names`) are checked.
+    tests/test_fuzz.py runs what this accepts through dash and bash."""
+    stack = ["top"]  # open contexts: top, cmd ($(), dq, sq, ansi, arith, test, brace
+    parens = [0]  # unclosed ( in each context
     i = 0
     while i < len(command):
-        ch = command[i]
+        here, ch = stack[-1], command[i]
         ref = PARAM_REF.match(command, i)
+        if ref and ref.group(1) in names:
+            if here not in ("top", "cmd"):
+                return ref.group(1), f"is {CONTEXT_NAMES[here]}"
+            if i and command[i - 1] == "$":
+                return ref.group(1), "follows a $"
         if ref:
-            if quote:
-                return f"{ref.group(0)} is inside quotes"
-            if backquoted:
-                return f"{ref.group(0)} is inside backquotes (use $(...) instead)"
             i = ref.end()
-        elif ch == "\\" and quote != "'":
-            if escaped := PARAM_REF.match(command, i + 1):
-                return f"{escaped.group(0)} follows a backslash"
+            continue
+        if here == "sq":
+            if ch == "'":
+                stack.pop(), parens.pop()
+            i += 1
+            continue
+        if ch == "\\":
+            if (escaped := PARAM_REF.match(command, i + 1)) and escaped.group(1) in names:
+                return escaped.group(1), "follows a backslash"
             i += 2
-        elif ch == "`" and quote != "'":
-            backquoted, i = not backquoted, i + 1
-        elif quote:
-            quote = "" if ch == quote else quote
+            continue
+        if here == "ansi":
+            if ch == "'":
+                stack.pop(), parens.pop()
             i += 1
-        elif ch in "'\"":
-            quote, i = ch, i + 1
-        elif ch == "#" and (i == 0 or command[i - 1] in " \t\n;&|()"):
-            # skip to the end of the line, or of the `...` the comment is in
-            ends = [command.find(stop, i) for stop in ("\n", "`" if backquoted else "\n")]
-            i = min([end for end in ends if end >= 0], default=len(command))
-        elif command.startswith("<<", i):
-            # where a here-document's body ends is a parse of its own ($( in the
-            # body spans lines): any placeholder from here on is refused
-            later = PARAM_REF.search(command, i)
-            if later:
-                return (f"{later.group(0)} is in or after a here-document"
-                        f" (use $STEPLINE_PARAM_{later.group(1).upper()} there)")
+            continue
+        if ch == "`":
+            # nesting in backquotes is its own parse: refuse from here on
+            if later := _later_ref(command, i, names):
+                return later, "comes after a backquote (use $(...) for the command)"
             return None
-        else:
+        if ch == "$" and (after := PARAM_REF.match(command, i + 1)) \
+                and after.group(1) in names:
+            return after.group(1), "follows a $"
+        if command.startswith("<<<", i):  # a here-string: one word, not a document
+            i += 3
+            continue
+        opened = _opening(command, i, here)
+        if opened:
+            kind, width = opened
+            stack.append(kind), parens.append(0)
+            i += width
+            continue
+        if here == "dq":
+            if ch == '"':
+                stack.pop(), parens.pop()
             i += 1
+            continue
+        if here == "brace":
+            if ch == "}":
+                stack.pop(), parens.pop()
+            i += 1
+            continue
+        if ch == "(":
+            parens[-1] += 1
+        elif ch == ")" and parens[-1]:
+            parens[-1] -= 1
+        elif ch == ")" and here == "arith" and command.startswith("))", i):
+            stack.pop(), parens.pop()
+            i += 2
+            continue
+        elif ch == ")" and here == "cmd":
+            stack.pop(), parens.pop()
+        elif here == "test" and command.startswith("]]", i):
+            stack.pop(), parens.pop()
+            i += 2
+            continue
+        elif ch == "#" and here in ("top", "cmd") and _word_start(command, i):
+            line_end = command.find("\n", i)
+            line_end = len(command) if line_end < 0 else line_end
+            if later := _later_ref(command[:line_end], i, names):
+                return later, "is in a comment (a newline in the value would end it)"
+            i = line_end
+            continue
+        elif command.startswith("<<", i) and here in ("top", "cmd"):
+            # where a here-document's body ends is a parse of its own: refuse from here on
+            if later := _later_ref(command, i, names):
+                return later, "is in or after a here-document"
+            return None
+        i += 1
     return None
 
+
+CONTEXT_NAMES = {"dq": "inside double quotes", "sq": "inside single quotes",
+                 "ansi": "inside $'...'", "arith": "inside arithmetic",
+                 "test": "inside [[ ... ]]", "brace": "inside ${...}"}
+
+
+def _opening(command: str, i: int, here: str) -> tuple[str, int] | None:
+    """The context that opens at `i` in context `here`, and its width."""
+    if command.startswith("$((", i):
+        return "arith", 3
+    if command.startswith("$(", i):
+        return "cmd", 2
+    if command.startswith("${", i):
+        return "brace", 2
+    if here in ("dq", "brace"):
+        return ("dq", 1) if here == "brace" and command[i] == '"' else None
+    if command.startswith("$'", i):
+        return "ansi", 2
+    if command[i] == "'":
+        return "sq", 1
+    if command[i] == '"':
+        return "dq", 1
+    if _word_start(command, i) and command.startswith("((", i):
+        return "arith", 2
+    if _word_start(command, i) and command.startswith("[[", i):
+        return "test", 2
+    return None
+
+
+def _word_start(command: str, i: int) -> bool:
+    return i == 0 or command[i - 1] in WORD_START
+
+
+def _later_ref(command: str, i: int, names: Collection[str]) -> str | None:
+    """The name in the first text param's placeholder at or after `i`."""
+    return next((m.group(1) for m in PARAM_REF.finditer(command, i) if m.group(1) in names),
+                None)

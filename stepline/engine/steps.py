@@ -12,7 +12,7 @@ from typing import Any
 from stepline.engine.context import StepContext, StepFailed
 from stepline.engine.fanout import TaskRun, remote_tasks, run_fanout
 from stepline.engine.logwriter import MAX_LINE_CHARS, truncation_marker
-from stepline.engine.params import param_env, substitute
+from stepline.engine.params import param_env, param_text, substitute
 
 KILL_GRACE_S = 1.0
 # A command's pipes reach EOF the moment it exits, unless something it started
@@ -33,7 +33,7 @@ def run_step(ctx: StepContext, step_type: str, spec: dict[str, Any]) -> None:
 def run_shell(ctx: StepContext, spec: dict[str, Any]) -> None:
     command = substitute(spec["run"], ctx.params, quote=True)
     env = {**os.environ, **param_env(ctx.params),
-           **{k: str(v) for k, v in substitute(spec.get("env", {}), ctx.params).items()}}
+           **{k: param_text(v) for k, v in substitute(spec.get("env", {}), ctx.params).items()}}
     cwd = substitute(spec.get("cwd"), ctx.params)
     proc = subprocess.Popen(
         ["/bin/sh", "-c", command], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
