@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 PATH_OPTIONS = {"db", "definitions"}  # any bytes the file system takes
 
 
-def check_text(args) -> None:
+def check_text(args: argparse.Namespace) -> None:
     """Every argument but a path is UTF-8 text, as the store keeps it: a job
     id given as the byte 0xff was a traceback on SQLite (it could not be
     bound) and "not found" on PostgreSQL."""

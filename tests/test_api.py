@@ -151,11 +151,11 @@ def test_params_outside_their_limits_are_400_and_create_no_job(client, store, pa
     ('{"params": {"ratio": 1%s}}' % ("0" * 400),  # an OverflowError, a 500
      "param 'ratio' must be a finite number, got 100000000000000000000000000000000000000000000"
      "00000...(cut)"),
-    # The literals NaN and Infinity are refused with the body (test_api_bodies);
+    # The literals NaN and Infinity are refused with the body (see below);
     # a number past a float's range parses as inf all the same
-    ('{"params": {"ratio": 1e999}}', "param 'ratio' must be a finite number, got inf"),
-    ('{"params": {"ratio": -1e999}}', "param 'ratio' must be a finite number, got -inf"),
-    ('{"params": {"count": 1e999}}', "param 'count' must be a finite number, got inf"),
+    ('{"params": {"ratio": 1e999}}', "param 'ratio' must be a finite number, got Infinity"),
+    ('{"params": {"ratio": -1e999}}', "param 'ratio' must be a finite number, got -Infinity"),
+    ('{"params": {"count": 1e999}}', "param 'count' must be a finite number, got Infinity"),
 ], ids=["surrogate", "nul", "1MB", "huge-float", "inf", "-inf", "int-inf"])
 def test_params_a_step_cannot_use_are_400_and_create_no_job(client, store, body, message):
     before = reads.list_jobs(store.db)[1]

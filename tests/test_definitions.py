@@ -251,7 +251,7 @@ def test_a_param_table_gives_default_and_limits(tmp_path):
 @pytest.mark.parametrize("table, problem", [
     ("default = 5\nmin = 10\nmax = 1", "param 'n': min 10 is greater than max 1"),
     ("default = 5\nmin = 'one'", "param 'n': min must be a number, got 'one'"),
-    ("default = 5\nmax = true", "param 'n': max must be a number, got True"),
+    ("default = 5\nmax = true", "param 'n': max must be a number, got true"),
     ("default = 0\nmin = 1\nmax = 9", "param 'n': default 0 must be from 1 to 9"),
     ("default = 'x'\nmin = 1", "param 'n': min needs a number default, got 'x'"),
     ("min = 1", "param 'n': missing 'default'"),

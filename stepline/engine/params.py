@@ -4,10 +4,11 @@ checked against the definition's `[params]`, and how they are put into steps
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shlex
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,9 @@ PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 PARAM_REF = re.compile(r"\{params\.(" + PARAM_NAME.pattern + r")\}")
 # A text param is shown in the job header and passed in argv and the environment
 # (Linux caps one such string at 128 KiB, MAX_ARG_STRLEN): 10,000 characters is
-# a long path list, and even quoted (up to 5 bytes a character) it fits.
+# a long path list, and one value fits even quoted (up to 5 bytes a character).
+# A command with several such placeholders can still pass the cap: the step
+# then fails with "Argument list too long".
 MAX_TEXT_CHARS = 10_000
 
 
@@ -39,7 +42,8 @@ class ParamLimit:
 PARAM_TABLE_KEYS = {"default", "min", "max", "description"}
 
 
-def param_table(key: str, table: dict, fail) -> tuple[Any, ParamLimit]:
+def param_table(key: str, table: dict, fail: Callable[[str], Exception]
+                ) -> tuple[Any, ParamLimit]:
     """The default and the limits of one `[params.NAME]` table."""
     extra = set(table) - PARAM_TABLE_KEYS
     if extra:
@@ -54,14 +58,14 @@ def param_table(key: str, table: dict, fail) -> tuple[Any, ParamLimit]:
             continue
         number = table[bound]
         if not _is_number(number) or not math.isfinite(number):
-            raise fail(f"param '{key}': {bound} must be a number, got {number!r}")
+            raise fail(f"param '{key}': {bound} must be a number, got {_shown(number)}")
         if not _is_number(default):
-            raise fail(f"param '{key}': {bound} needs a number default, got {default!r}")
+            raise fail(f"param '{key}': {bound} needs a number default, got {_shown(default)}")
         setattr(limit, bound, number)
     if limit.min is not None and limit.max is not None and limit.min > limit.max:
         raise fail(f"param '{key}': min {limit.min} is greater than max {limit.max}")
     if _out_of_range(default, limit):
-        raise fail(f"param '{key}': default {default!r} must be {_range_text(limit)}")
+        raise fail(f"param '{key}': default {_shown(default)} must be {_range_text(limit)}")
     return default, limit
 
 
@@ -113,9 +117,11 @@ def text_problem(text: str) -> str | None:
 
 
 def _shown(value: Any) -> str:
-    """A value as an error message quotes it: repr (escapes NUL and surrogates),
-    cut short (a 1 MB value would make a 1 MB message)."""
-    text = repr(value)
+    """A value as an error message quotes it: text as repr (escapes NUL and
+    surrogates), anything else as JSON (true, null, {"a": 1}: what the client
+    sent, not Python's True, None), cut short (a 1 MB value would make a 1 MB
+    message)."""
+    text = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
     return text if len(text) <= 60 else text[:50] + "...(cut)"
 
 

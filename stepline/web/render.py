@@ -14,7 +14,7 @@ from flask.templating import Environment
 from markupsafe import Markup
 
 from stepline.engine.definitions import FAN_OUT_TYPES
-from stepline.engine.params import MAX_TEXT_CHARS, param_text
+from stepline.engine.params import param_text
 from stepline.engine.states import LOG_LEVELS, TERMINAL, Status, earlier_failure, failures_past
 from stepline.web.ansi import ansi_to_html
 
@@ -217,7 +217,6 @@ def register(app: Flask) -> None:
     )
     app.jinja_env.globals.update(TERMINAL=TERMINAL, LOG_LEVELS=LOG_LEVELS, PAGE_SIZE=PAGE_SIZE,
                                  WINDOW_LINES=WINDOW_LINES, SEARCH_MAX_CHARS=SEARCH_MAX_CHARS,
-                                 MAX_TEXT_CHARS=MAX_TEXT_CHARS,
                                  has_task_table=has_task_table,
                                  failures_past=failures_past, earlier_failure=earlier_failure,
                                  icon=lambda status: Markup(ICONS.get(status, "")))
