@@ -59,7 +59,7 @@ def test_ws_snapshot_then_one_message_per_event_in_order(store, live_server, sta
     server = live_server()
     job_id = store.create_job(make_definition(PIPELINE), {})
     ws = Client.connect(server.url.replace("http", "ws") + f"/ws?job={job_id}&format=json")
-    snapshot = json.loads(ws.receive(timeout=5))
+    snapshot = json.loads(ws.receive(timeout=30))
     assert snapshot["snapshot"] is True and snapshot["status"] == "pending"
     assert [s["status"] for s in snapshot["steps"]] == ["pending"] * 5
     assert "content" not in snapshot
@@ -99,7 +99,7 @@ def test_ws_html_content_and_cancel_message(store, live_server, start_worker):
     job_id = store.create_job(make_definition('[step.wait]\ntype = "shell"\nrun = "sleep 30"\n'),
                               {})
     ws = Client.connect(server.url.replace("http", "ws") + f"/ws?job={job_id}")
-    snapshot = json.loads(ws.receive(timeout=5))
+    snapshot = json.loads(ws.receive(timeout=30))
     assert f'id="job-{job_id}"' in snapshot["content"]
     assert 'data-status="pending"' in snapshot["content"]
     start_worker()
@@ -118,7 +118,7 @@ def test_ws_html_content_and_cancel_message(store, live_server, start_worker):
 def test_ws_jobs_view_sees_new_jobs(store, live_server):
     server = live_server()
     ws = Client.connect(server.url.replace("http", "ws") + "/ws?view=jobs")
-    snapshot = json.loads(ws.receive(timeout=5))
+    snapshot = json.loads(ws.receive(timeout=30))
     assert snapshot["snapshot"] and snapshot["jobs"] == []
     job_id = requests.post(server.url + "/api/definitions/load_demo/run",
                            json={"params": {"tasks": 2}}).json()["job_id"]
@@ -133,7 +133,7 @@ def test_ws_jobs_view_coalesces_every_event_into_few_messages(store, live_server
     event since the last (#9: one per event drowned the page at 10 jobs/s)."""
     server = live_server()
     ws = Client.connect(server.url.replace("http", "ws") + "/ws?view=jobs&format=json")
-    snapshot = json.loads(ws.receive(timeout=5))
+    snapshot = json.loads(ws.receive(timeout=30))
     definition = make_definition('[step.only]\ntype = "shell"\nrun = "true"\n')
     for _ in range(200):
         store.create_job(definition, {})
