@@ -246,7 +246,8 @@ def test_run_form_needs_csrf_and_reports_bad_params(client):
     page = outside.get_data(as_text=True)
     assert outside.status_code == 422
     assert "param &#39;tasks&#39; must be from 1 to 100000, got &#39;-3&#39;" in page
-    assert 'name="param.tasks" type="number"' in page and 'min="1" max="100000"' in page
+    assert 'name="param.tasks" inputmode="numeric"' in page
+    assert '<small class="range">1 to 100000</small>' in page
     # what a person can type or paste (a browser cannot send a lone surrogate)
     for typed, message in [("x" * 20_000, "must be at most 10,000 characters, got 20,000"),
                            ("pasted\x00text", "must not contain a NUL character")]:

@@ -15,7 +15,7 @@ from stepline.engine.params import ParamError, resolve_params, substitute
 
 pytestmark = pytest.mark.one_backend  # parsing definitions only
 
-BARE = (" in `run`: write it as a bare word (it is shell-quoted for you), or use"
+BARE = (" in `run`: write it as a bare word (it is quoted for you), or use"
         ' "$STEPLINE_PARAM_PATH" there')
 GOOD = """
 name = "good"
@@ -262,10 +262,10 @@ def test_bad_param_limits_name_file_param_and_problem(tmp_path, table, problem):
     assert error.startswith(f"{path}: {problem}")
 
 
-def test_shell_substitution_quotes_every_param():
-    params = {"path": "x; touch /tmp/pwned", "n": 3}
-    assert substitute("ls {params.path} -n {params.n}", params, quote=True) == (
-        "ls 'x; touch /tmp/pwned' -n 3")
+def test_shell_substitution_never_writes_a_text_value_into_the_command():
+    params = {"path": "x; touch /tmp/pwned", "n": 3, "dry": False}
+    assert substitute("ls {params.path} -n {params.n} {params.dry}", params, quote=True) == (
+        'ls "${STEPLINE_PARAM_PATH}" -n 3 false')
     assert substitute("{params.n}", params) == 3  # python config keeps the type
 
 

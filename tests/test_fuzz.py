@@ -4,6 +4,7 @@ that names the file (and the step, where there is one)."""
 
 import json
 import math
+import os
 import subprocess
 import tomllib
 
@@ -16,6 +17,7 @@ from stepline.engine.definitions import Definition, DefinitionError, build_defin
 from stepline.engine.params import (
     MAX_TEXT_CHARS,
     ParamError,
+    param_env,
     quoted_placeholder,
     resolve_params,
     substitute,
@@ -151,11 +153,13 @@ SHELLS = ["/bin/sh", "/bin/bash"]  # dash on Debian; bash is /bin/sh on many oth
 @given(st.lists(st.sampled_from(["echo ", "x", " ", "'", '"', "\\", "{params.v}", "#", "\n",
                                  "; ", "<<E", "<<-'E'", "<<<", "\nE\n", "\n\tE\n", "$(", ")",
                                  "`", "$'", "$((", "((", "))", "${", "}", "[[ ", " ]]", "$",
-                                 "(", "eq"]),
+                                 "(", "eq", "case x in ", "x) ", ";; ", "esac"]),
                 max_size=12).map("".join))
-def test_a_command_the_quote_scan_accepts_never_runs_a_param(tmp_path, command):
-    """The scan's promise, checked by dash and bash themselves: where it lets
-    a text placeholder through, a value made to break out runs nothing."""
+def test_a_command_that_loads_never_runs_a_param(tmp_path, command):
+    """What a step really runs (substitute + param_env), checked by dash and
+    bash themselves: in a command the definition check lets through, a value
+    made to break out runs nothing. (The check alone was fooled by a trial:
+    `case` patterns inside "$(...)", dash without $'...'.)"""
     if quoted_placeholder(command, {"v"}) is not None:
         return
     for shell in SHELLS:
@@ -163,8 +167,9 @@ def test_a_command_the_quote_scan_accepts_never_runs_a_param(tmp_path, command):
             (tmp_path / "ran").unlink(missing_ok=True)
             filled = substitute(command, {"v": value}, quote=True)
             subprocess.run([shell, "-c", filled], cwd=tmp_path, stdin=subprocess.DEVNULL,
+                           env={**os.environ, **param_env({"v": value})},
                            capture_output=True, timeout=30)
-            assert not (tmp_path / "ran").exists(), (shell, filled)
+            assert not (tmp_path / "ran").exists(), (shell, filled, value)
 
 
 def test_non_finite_numbers_are_refused_where_json_cannot_carry_them():

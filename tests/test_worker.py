@@ -1,9 +1,12 @@
 """The runner, end to end, with real `stepline worker` processes."""
 
+import json
 import os
 import signal
 import threading
 import time
+
+import pytest
 
 from stepline.store import reads
 from stepline.store.check import violations
@@ -106,6 +109,28 @@ run = "echo hello {params.name}; echo env $STEPLINE_PARAM_NAME"
     assert not target.exists()
     messages = log_messages(store, steps_by_name(store, job_id)["greet"]["id"])
     assert messages[0] == f"hello x; touch {target}; $(touch {target})"
+
+
+@pytest.mark.parametrize("command", [
+    # second trial: each loaded and ran a value's command (the scan misread them)
+    'echo "$(case {params.lang} in fr) echo "Bonjour {params.who}";; *) echo "Hi {params.who}";;'
+    ' esac)"',
+    "echo $'\\'' {params.who} '",
+])
+def test_a_value_cannot_run_where_the_definition_check_was_fooled(store, start_worker, tmp_path,
+                                                                  command):
+    target = tmp_path / "pwned"
+    value = f"$(touch {target})`touch {target}`'\"\ntouch {target} #"
+    job_id, job = run(store, start_worker, f"""
+[params]
+lang = "en"
+who = "x"
+[step.greet]
+type = "shell"
+run = {json.dumps(command)}
+""", params={"lang": "en", "who": value})
+    assert job["status"] in ("completed", "failed")
+    assert not target.exists()
 
 
 def test_a_true_false_param_reads_the_same_in_env_and_placeholders(store, start_worker):

@@ -16,6 +16,7 @@ from stepline.engine.params import (
     PARAM_NAME,
     PARAM_REF,
     ParamLimit,
+    env_name,
     param_table,
     quoted_placeholder,
     text_problem,
@@ -112,7 +113,7 @@ def build_definition(data: dict, where: str, default_name: str) -> Definition:
         twin = next((k for k in params if k.upper() == key.upper()), None)
         if twin:  # one would overwrite the other's STEPLINE_PARAM_<NAME>
             raise fail(f"params '{twin}' and '{key}' differ only in case:"
-                       f" both would be STEPLINE_PARAM_{key.upper()}")
+                       f" both would be {env_name(key)}")
         if isinstance(value, dict):  # [params.NAME] default = .., min = .., max = ..
             value, limits[key] = param_table(key, value, fail)
         params[key] = value
@@ -193,8 +194,7 @@ def _build_step(name: str, raw: Any, params: dict, fail) -> StepDef:
     if stype == "shell" and (unsafe := quoted_placeholder(spec["run"], texts)):
         key, where = unsafe
         raise fail(f"{{params.{key}}} {where} in `run`: write it as a bare word (it is"
-                   f" shell-quoted for you), or use \"$STEPLINE_PARAM_{key.upper()}\" there",
-                   name)
+                   f" quoted for you), or use \"${env_name(key)}\" there", name)
     if stype == "generate":
         _check_generate(spec, lambda p: fail(p, name))
     return StepDef(

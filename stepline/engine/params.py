@@ -1,6 +1,6 @@
 """Run-time params: the values a person or client sends when a job is run,
 checked against the definition's `[params]`, and how they are put into steps
-(substituted into specs, shell-quoted in commands, exported as env vars)."""
+(substituted into specs, referenced as env vars in shell commands)."""
 
 from __future__ import annotations
 
@@ -172,9 +172,17 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
 
 
 def substitute(value: Any, params: dict[str, Any], quote: bool = False) -> Any:
-    """Fill {params.x}. Shell commands quote every value, and a definition with
-    a placeholder where that quoting would not hold is refused when it loads
-    (quoted_placeholder); a string that is exactly one reference keeps its type."""
+    """Fill {params.x}; a string that is exactly one reference keeps its type.
+
+    In a shell command (`quote`) a text value is never written into the
+    command: the placeholder becomes "${STEPLINE_PARAM_X}", a quoted reference
+    to the env var every step gets (param_env). As a bare word that is the
+    value, as shell-quoting it would be; and the shell never parses what a
+    variable expands to, so even where the definition check
+    (quoted_placeholder) misjudged the context the value cannot run: a trial
+    found `case` patterns inside "$(...)" and dash's lack of $'...' fooling
+    it. Numbers and true/false have no characters the shell reads: written
+    as they are (so they work in arithmetic too)."""
     if isinstance(value, dict):
         return {k: substitute(v, params, quote) for k, v in value.items()}
     if isinstance(value, list):
@@ -186,7 +194,10 @@ def substitute(value: Any, params: dict[str, Any], quote: bool = False) -> Any:
         return params[whole.group(1)]
 
     def fill(match: re.Match) -> str:
-        text = param_text(params[match.group(1)])
+        key = match.group(1)
+        if quote and isinstance(params[key], str):
+            return f'"${{{env_name(key)}}}"'
+        text = param_text(params[key])
         return shlex.quote(text) if quote else text
 
     return PARAM_REF.sub(fill, value)
@@ -200,8 +211,13 @@ def param_text(value: Any) -> str:
     return str(value)
 
 
+def env_name(key: str) -> str:
+    """The env var a param is in: names differ in more than case, so one each."""
+    return f"STEPLINE_PARAM_{key.upper()}"
+
+
 def param_env(params: dict[str, Any]) -> dict[str, str]:
-    return {f"STEPLINE_PARAM_{k.upper()}": param_text(v) for k, v in params.items()}
+    return {env_name(k): param_text(v) for k, v in params.items()}
 
 
 WORD_START = " \t\n;&|()"  # after these, `#` starts a comment and `((` arithmetic
@@ -211,14 +227,16 @@ def quoted_placeholder(command: str, names: Collection[str]) -> tuple[str, str] 
     """(name, where) for a {params.x} of a text param that is not a bare word
     of a shell command, or None when every one is.
 
-    `substitute` shell-quotes each value ('...'), which protects it only where
-    the shell reads a bare word, at the top or inside $(...): inside "..."
-    the quotes are literal and $(id) in the value runs; inside '...' or $'...'
-    they end the quoting; after a backslash or a $ they mean something else;
-    inside `...` a backquote in the value ends the command; in arithmetic
-    ($((...)), ((...)), [[...]]) bash evaluates a[$(id)]; a newline in the
-    value ends a comment; in a here-document quotes are literal. Numbers and
-    true/false are safe anywhere, so only text params (`names`) are checked.
+    `substitute` writes a text placeholder as "${STEPLINE_PARAM_X}", which is
+    the value itself only where the shell reads a bare word, at the top or
+    inside $(...): inside "..." it splits the value into words, inside '...'
+    or $'...' or after a backslash it is literal text, after a $ it is
+    something else, and in arithmetic ($((...)), ((...)), [[...]]) bash
+    evaluates the value (a[$(id)] runs); comments, backquotes and
+    here-documents are parses of their own. The shell never parses a
+    variable's value otherwise, so where this scan misjudges, a value is
+    mangled, not run (bash arithmetic aside). Numbers and true/false are
+    safe anywhere, so only text params (`names`) are checked.
     tests/test_fuzz.py runs what this accepts through dash and bash."""
     stack = ["top"]  # open contexts: top, cmd ($(), dq, sq, ansi, arith, test, brace
     parens = [0]  # unclosed ( in each context
