@@ -56,7 +56,8 @@ def test_definition_page_graph_history_and_rerun_with_edited_params(
     assert 0 <= top and bottom <= page.viewport_size["height"]  # the note to the run button
     page.screenshot(path=str(OUTPUT / "definition-page-rerun.png"))
     pause = page.locator(f"#run-{DEF} input[name='param.pause']")
-    assert pause.input_value() == "0.2" and pause.get_attribute("inputmode") == "decimal"
+    assert pause.input_value() == "0.2"
+    assert pause.get_attribute("inputmode") is None  # no min: a keypad without "-" would not do
     pause.fill("0.1")
     page.click(f"#run-{DEF} button[type=submit]")
     page.wait_for_url(f"{server.url}/jobs/*")

@@ -135,14 +135,15 @@ run = {json.dumps(command)}
 
 def test_a_true_false_param_reads_the_same_in_env_and_placeholders(store, start_worker):
     """Review: `env = { DRY = "{params.dry}" }` gave Python's False, while
-    $STEPLINE_PARAM_DRY and the command gave false."""
+    $STEPLINE_PARAM_DRY and the command gave false; and the step's env must
+    not replace the param its placeholders read."""
     job_id, job = run(store, start_worker, """
 [params]
 dry = false
 [step.show]
 type = "shell"
 run = "echo {params.dry} $STEPLINE_PARAM_DRY $DRY"
-env = { DRY = "{params.dry}" }
+env = { DRY = "{params.dry}", STEPLINE_PARAM_DRY = "shadowed" }
 """)
     assert job["status"] == "completed"
     assert log_messages(store, steps_by_name(store, job_id)["show"]["id"]) == [

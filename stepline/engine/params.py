@@ -18,11 +18,9 @@ if TYPE_CHECKING:
 # A param name is what `{params.NAME}` and STEPLINE_PARAM_NAME can carry.
 PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 PARAM_REF = re.compile(r"\{params\.(" + PARAM_NAME.pattern + r")\}")
-# A text param is shown in the job header and passed in argv and the environment
-# (Linux caps one such string at 128 KiB, MAX_ARG_STRLEN): 10,000 characters is
-# a long path list, and one value fits even quoted (up to 5 bytes a character).
-# A command with several such placeholders can still pass the cap: the step
-# then fails with "Argument list too long".
+# A text param is shown in the job header and passed in the environment (Linux
+# caps one such string at 128 KiB, MAX_ARG_STRLEN): 10,000 characters is a long
+# path list, and fits at 4 bytes a character.
 MAX_TEXT_CHARS = 10_000
 
 
@@ -176,7 +174,7 @@ def substitute(value: Any, params: dict[str, Any], quote: bool = False) -> Any:
 
     In a shell command (`quote`) a text value is never written into the
     command: the placeholder becomes "${STEPLINE_PARAM_X}", a quoted reference
-    to the env var every step gets (param_env). As a bare word that is the
+    to the env var every shell step gets (param_env). As a bare word that is the
     value, as shell-quoting it would be; and the shell never parses what a
     variable expands to, so even where the definition check
     (quoted_placeholder) misjudged the context the value cannot run: a trial

@@ -32,8 +32,10 @@ def run_step(ctx: StepContext, step_type: str, spec: dict[str, Any]) -> None:
 
 def run_shell(ctx: StepContext, spec: dict[str, Any]) -> None:
     command = substitute(spec["run"], ctx.params, quote=True)
-    env = {**os.environ, **param_env(ctx.params),
-           **{k: param_text(v) for k, v in substitute(spec.get("env", {}), ctx.params).items()}}
+    # the params last: a step's own `env` cannot change what {params.x} is
+    env = {**os.environ,
+           **{k: param_text(v) for k, v in substitute(spec.get("env", {}), ctx.params).items()},
+           **param_env(ctx.params)}
     cwd = substitute(spec.get("cwd"), ctx.params)
     proc = subprocess.Popen(
         ["/bin/sh", "-c", command], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
