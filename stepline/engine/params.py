@@ -236,11 +236,12 @@ def quoted_placeholder(command: str, names: Collection[str]) -> tuple[str, str] 
     mangled, not run (bash arithmetic aside). Numbers and true/false are
     safe anywhere, so only text params (`names`) are checked.
     tests/test_fuzz.py runs what this accepts through dash and bash."""
-    stack = ["top"]  # open contexts: top, cmd ($(), dq, sq, ansi, arith, test, brace
-    parens = [0]  # unclosed ( in each context
+    # open contexts, innermost last, each [kind, unclosed "("s in it]; kinds:
+    # top, cmd ($(), dq, sq, ansi, arith, test, brace
+    stack = [["top", 0]]
     i = 0
     while i < len(command):
-        here, ch = stack[-1], command[i]
+        here, ch = stack[-1][0], command[i]
         ref = PARAM_REF.match(command, i)
         if ref and ref.group(1) in names:
             if here not in ("top", "cmd"):
@@ -252,7 +253,7 @@ def quoted_placeholder(command: str, names: Collection[str]) -> tuple[str, str] 
             continue
         if here == "sq":
             if ch == "'":
-                stack.pop(), parens.pop()
+                stack.pop()
             i += 1
             continue
         if ch == "\\":
@@ -262,7 +263,7 @@ def quoted_placeholder(command: str, names: Collection[str]) -> tuple[str, str] 
             continue
         if here == "ansi":
             if ch == "'":
-                stack.pop(), parens.pop()
+                stack.pop()
             i += 1
             continue
         if ch == "`":
@@ -279,31 +280,31 @@ def quoted_placeholder(command: str, names: Collection[str]) -> tuple[str, str] 
         opened = _opening(command, i, here)
         if opened:
             kind, width = opened
-            stack.append(kind), parens.append(0)
+            stack.append([kind, 0])
             i += width
             continue
         if here == "dq":
             if ch == '"':
-                stack.pop(), parens.pop()
+                stack.pop()
             i += 1
             continue
         if here == "brace":
             if ch == "}":
-                stack.pop(), parens.pop()
+                stack.pop()
             i += 1
             continue
         if ch == "(":
-            parens[-1] += 1
-        elif ch == ")" and parens[-1]:
-            parens[-1] -= 1
+            stack[-1][1] += 1
+        elif ch == ")" and stack[-1][1]:
+            stack[-1][1] -= 1
         elif ch == ")" and here == "arith" and command.startswith("))", i):
-            stack.pop(), parens.pop()
+            stack.pop()
             i += 2
             continue
         elif ch == ")" and here == "cmd":
-            stack.pop(), parens.pop()
+            stack.pop()
         elif here == "test" and command.startswith("]]", i):
-            stack.pop(), parens.pop()
+            stack.pop()
             i += 2
             continue
         elif ch == "#" and here in ("top", "cmd") and _word_start(command, i):
